@@ -1,0 +1,1 @@
+"""hbt.export: an encoder source to a self-describing ONNX bundle (installed from ``export/``)."""
