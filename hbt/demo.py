@@ -8,16 +8,16 @@ import click
 
 from hbt.cli import user_errors
 
-SENTENCES = {
-    "en": "The library opens at nine in the morning.",
-    "de": "Die Bibliothek öffnet um neun Uhr morgens.",
-    "hi": "पुस्तकालय सुबह नौ बजे खुलता है।",
-    "zh": "图书馆早上九点开门。",
-    "ar": "تفتح المكتبة في التاسعة صباحًا.",
-    "es": "Mi perro juega en el parque con una pelota.",
-    "ru": "Моя собака играет в парке с мячом.",
-    "th": "สุนัขของฉันเล่นลูกบอลในสวนสาธารณะ",
-}
+DEMO_CORPUS = Path(__file__).parent / "data" / "demo_corpus.jsonl"  # 30 topics x 8 languages
+# (question, language filter): each asks about a topic in another language than the passages it may find.
+QUESTIONS = [
+    ("माउंट एवरेस्ट कितना ऊँचा है?", ["de"]),
+    ("Wer hat das Penicillin entdeckt?", None),
+    ("¿Por qué hierve el agua a menos de cien grados en la montaña?", ["zh", "ar"]),
+    ("Кто изобрёл Всемирную паутину?", ["en"]),
+    ("蜜蜂是如何交流的？", ["fr", "es"]),
+    ("ما سبب الزلازل؟", None),
+]
 
 
 def ensure_bundle(out: Path) -> Path:
@@ -35,20 +35,26 @@ def ensure_bundle(out: Path) -> Path:
 
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True,
-              help="Where the bundle goes.")
+              help="Where the bundle and the index go.")
 @user_errors
 def main(out: Path):
-    """Export multilingual-e5-small to int8 and show a cross-lingual similarity table."""
+    """Export multilingual-e5-small to int8, index a multilingual corpus, answer questions across languages."""
+    from hbt.corpus import read_corpus
     from hbt.encoder import Encoder
+    from hbt.index import Index, build_index
+    from hbt.search import Searcher
 
     encoder = Encoder(ensure_bundle(out))
-    vectors = encoder.encode_queries(list(SENTENCES.values()))
-    similarity = vectors @ vectors.T
-    langs = list(SENTENCES)
-    click.echo("\nCosine similarity (two topics: library hours, a dog playing):")
-    click.echo("      " + " ".join(f"{lang:>5}" for lang in langs))
-    for lang, row in zip(langs, similarity):
-        click.echo(f"{lang:>5} " + " ".join(f"{value:5.2f}" for value in row))
+    index_dir = out / "index-demo"
+    manifest = build_index(read_corpus(DEMO_CORPUS), encoder, index_dir, force=True)
+    click.echo(f"indexed {manifest['count']} passages in 8 languages into {index_dir}")
+    searcher = Searcher(encoder, Index(index_dir))
+    for question, langs in QUESTIONS:
+        hits = searcher.search([question], k=3, langs=langs)[0]
+        click.echo(f"\n{question}" + (f"   (only {', '.join(langs)})" if langs else ""))
+        for hit in hits:
+            click.echo(f"  {hit.rank}. {hit.score:.3f} [{hit.lang}] {hit.text}")
+    click.echo(f"\nTry your own: hbt-search query \"...\" --index {index_dir}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""hbt-search: query an index in any language."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from hbt.cli import user_errors
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Search an hbt index. Queries and documents may be in different languages."""
+
+
+def _read_queries(path: Path) -> tuple[list[str], list[str]]:
+    """TSV (qid<TAB>text) or JSONL ({"id"|"qid"|"_id", "text"|"query"})."""
+    from hbt.errors import DataError
+
+    ids, texts = [], []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                if line.lstrip().startswith("{"):
+                    row = json.loads(line)
+                    qid = row.get("id", row.get("qid", row.get("_id")))
+                    text = row.get("text", row.get("query"))
+                else:
+                    qid, text = line.rstrip("\n").split("\t", 1)
+                if qid is None or not isinstance(text, str) or not text.strip():
+                    raise ValueError("needs an id and a non-empty text")
+            except ValueError as e:
+                raise DataError(f"{path}:{number}: {e}; expected qid<TAB>text or JSON with id and text") from e
+            ids.append(str(qid))
+            texts.append(text)
+    if not texts:
+        raise DataError(f"{path}: no queries")
+    return ids, texts
+
+
+@main.command()
+@click.argument("texts", nargs=-1)
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index directory.")
+@click.option("-k", type=int, default=10, show_default=True, help="Results per query.")
+@click.option("--ef", type=click.IntRange(1), help="HNSW search beam (default: the index's).")
+@click.option("--lang", "langs", multiple=True, help="Only documents in this language (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query.")
+@click.option("--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TSV or JSONL queries; writes a TREC run (qid Q0 docid rank score tag).")
+@click.option("--out", type=click.File("w"), default="-", help="Where the TREC run goes (default stdout).")
+@click.option("--bundle", type=click.Path(path_type=Path), help="Bundle (default: the one the index names).")
+@user_errors
+def query(texts, index_dir, k, ef, langs, as_json, queries, out, bundle):
+    """Search for TEXTS (or --queries FILE) and print the top k documents.
+
+    \b
+    Examples:
+      hbt-search query "इस बीमारी का इलाज क्या है?" --index my-index -k 5
+      hbt-search query "quantum computing" --index my-index --lang de --lang fr --json
+      hbt-search query --queries topics.tsv --index my-index --out run.trec
+    """
+    from hbt.search import Searcher, write_trec_run
+
+    if queries:
+        query_ids, texts = _read_queries(queries)
+    elif not texts:
+        raise click.UsageError("give query TEXTS or --queries FILE")
+    else:
+        query_ids = [str(i) for i in range(1, len(texts) + 1)]
+    searcher = Searcher.open(index_dir, bundle)
+    results = searcher.search(list(texts), k=k, ef=ef, langs=langs)
+    if queries:
+        write_trec_run(out, query_ids, results)
+    elif as_json:
+        for text, hits in zip(texts, results):
+            click.echo(json.dumps({"query": text, "hits": [hit.__dict__ for hit in hits]}, ensure_ascii=False))
+    else:
+        for text, hits in zip(texts, results):
+            click.echo(f"\n{text}")
+            click.echo(f"{'rank':>4}  {'score':>6}  {'id':<14} {'lang':<4} text")
+            for hit in hits:
+                snippet = " ".join(hit.text.split())
+                snippet = snippet if len(snippet) <= 70 else snippet[:69] + "…"
+                click.echo(f"{hit.rank:>4}  {hit.score:6.3f}  {hit.id:<14.14} {hit.lang:<4} {snippet}")

@@ -1,0 +1,90 @@
+"""Corpus readers: JSONL (hbt or BEIR fields) and TSV, streamed, with file:line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from hbt.errors import DataError
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    title: str = ""
+    lang: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class ReadStats:
+    documents: int = 0
+    skipped: int = 0
+
+
+def _open_lines(path: str | Path):
+    if str(path) == "-":
+        return "<stdin>", io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="strict")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such corpus file")
+    return str(path), open(path, encoding="utf-8", errors="strict")
+
+
+def _parse_jsonl(line: str) -> Document:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg})") from e
+    if not isinstance(row, dict):
+        raise ValueError("expected a JSON object")
+    doc_id = row.pop("id", None) if "id" in row else row.pop("_id", None)
+    text = row.pop("text", None)
+    if doc_id is None or not isinstance(text, str):
+        raise ValueError("needs 'id' (or BEIR '_id') and a string 'text'")
+    title, lang = row.pop("title", "") or "", row.pop("lang", "") or ""
+    return Document(str(doc_id), text, str(title), str(lang), row)
+
+
+def _parse_tsv(line: str) -> Document:
+    parts = line.rstrip("\n").split("\t")
+    if len(parts) < 2:
+        raise ValueError("expected id<TAB>text")
+    return Document(parts[0], parts[1])
+
+
+def read_corpus(path: str | Path, skip_invalid: bool = False, stats: ReadStats | None = None) -> Iterator[Document]:
+    """Yield documents one by one; bad lines raise DataError(file:line) or, with skip_invalid, are counted."""
+    stats = stats if stats is not None else ReadStats()
+    name, handle = _open_lines(path)
+    parse = _parse_tsv if name.endswith(".tsv") else None
+    with handle:
+        line_number = 0
+        while True:
+            line_number += 1
+            try:
+                line = handle.readline()
+            except UnicodeDecodeError as e:
+                raise DataError(f"{name}:{line_number}: invalid UTF-8 ({e.reason}); re-encode the file as UTF-8") from e
+            if not line:
+                break
+            if not line.strip():
+                continue
+            if parse is None:  # stdin and unknown extensions: decide from the first line
+                parse = _parse_jsonl if line.lstrip().startswith("{") else _parse_tsv
+            try:
+                doc = parse(line)
+                if not doc.text.strip():
+                    raise ValueError("empty text")
+            except ValueError as e:
+                if skip_invalid:
+                    stats.skipped += 1
+                    continue
+                raise DataError(f"{name}:{line_number}: {e}; fix the line or pass --skip-invalid") from e
+            stats.documents += 1
+            yield doc
