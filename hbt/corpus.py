@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -27,13 +27,14 @@ class ReadStats:
     skipped: int = 0
 
 
-def _open_lines(path: str | Path):
+def _open_bytes(path: str | Path):
+    """Bytes, decoded line by line below, so an encoding error names its line."""
     if str(path) == "-":
-        return "<stdin>", io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="strict")
+        return "<stdin>", contextlib.nullcontext(sys.stdin.buffer)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such corpus file")
-    return str(path), open(path, encoding="utf-8", errors="strict")
+    return str(path), open(path, "rb")
 
 
 def _parse_jsonl(line: str) -> Document:
@@ -61,18 +62,14 @@ def _parse_tsv(line: str) -> Document:
 def read_corpus(path: str | Path, skip_invalid: bool = False, stats: ReadStats | None = None) -> Iterator[Document]:
     """Yield documents one by one; bad lines raise DataError(file:line) or, with skip_invalid, are counted."""
     stats = stats if stats is not None else ReadStats()
-    name, handle = _open_lines(path)
+    name, opened = _open_bytes(path)
     parse = _parse_tsv if name.endswith(".tsv") else None
-    with handle:
-        line_number = 0
-        while True:
-            line_number += 1
+    with opened as handle:
+        for line_number, raw in enumerate(handle, start=1):
             try:
-                line = handle.readline()
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{name}:{line_number}: invalid UTF-8 ({e.reason}); re-encode the file as UTF-8") from e
-            if not line:
-                break
             if not line.strip():
                 continue
             if parse is None:  # stdin and unknown extensions: decide from the first line
