@@ -1,0 +1,1 @@
+"""hbt.bench: benchmark harnesses and readable reports (installed from ``bench/``)."""

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,4 +199,5 @@ def test_search_cli_does_not_import_torch():
             "import hbt.encoder, hbt.index, hbt.search; "
             "heavy = {'torch', 'transformers', 'tokenizers'} & set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
-    assert subprocess.run(["hbt-search", "--help"], capture_output=True).returncode == 0
+    script = Path(sys.executable).parent / "hbt-search"  # the console script of this environment
+    assert subprocess.run([str(script), "--help"], capture_output=True).returncode == 0

@@ -1,0 +1,102 @@
+"""LAReQA evaluation (XQuAD-R, MLQA-R): answer-sentence retrieval across languages.
+
+Candidates are every sentence of every paragraph; a question's relevant candidates
+are the sentence holding its answer, in every language that has the same qa id.
+Settings: monolingual (per language), cross-lingual (queries in X, candidates of Y
+only, every ordered pair X != Y, macro-averaged) and multilingual (one pool).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from hbt.errors import DataError
+from hbt.metrics import relevant_ranks, summarize
+
+DATASETS = {"xquad-r": "xquad-r", "mlqa-r": "mlqa-r"}
+
+
+@dataclass
+class Language:
+    candidates: list[str]
+    questions: dict[str, str]  # qa id -> question
+    answers: dict[str, int]  # qa id -> index of the answer sentence in candidates
+
+
+def load_language(path: Path) -> Language:
+    data = json.load(gzip.open(path, "rt", encoding="utf-8"))
+    candidates, questions, answers = [], {}, {}
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            first = len(candidates)
+            candidates.extend(paragraph["sentences"])
+            breaks = paragraph["sentence_breaks"]
+            for qa in paragraph["qas"]:
+                start = qa["answers"][0]["answer_start"]
+                hit = next((i for i, (a, b) in enumerate(breaks) if a <= start < b), None)
+                if hit is not None:
+                    questions[qa["id"]] = qa["question"]
+                    answers[qa["id"]] = first + hit
+    return Language(candidates, questions, answers)
+
+
+def load_dataset(data_dir: Path, name: str, languages: list[str] | None = None) -> dict[str, Language]:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    folder = Path(data_dir) / DATASETS[name]
+    files = sorted(folder.glob("*.json.gz"))
+    if not files:
+        raise DataError(f"{folder}: no {name} files (<lang>.json.gz); get them with hbt-bench download {name} "
+                        "or point --data-dir / HBT_DATA at a copy")
+    found = {f.name.split(".")[0]: f for f in files}
+    missing = sorted(set(languages or ()) - set(found))
+    if missing:
+        raise DataError(f"{folder}: missing languages {', '.join(missing)}")
+    return {lang: load_language(found[lang]) for lang in sorted(languages or found)}
+
+
+def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_passages: Callable,
+             settings=("mono", "cross", "multi"), progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Embed once, then score every setting with exact search."""
+    langs = list(dataset)
+    questions, candidates = {}, {}
+    for lang in langs:
+        progress(f"embedding {lang}")
+        ids = sorted(dataset[lang].questions)
+        questions[lang] = (ids, encode_queries([dataset[lang].questions[i] for i in ids]))
+        candidates[lang] = encode_passages(dataset[lang].candidates)
+
+    def ranks_for(query_lang: str, pool_langs: list[str]) -> list[np.ndarray]:
+        offsets = np.cumsum([0] + [len(dataset[l].candidates) for l in pool_langs])
+        pool = np.vstack([candidates[l] for l in pool_langs])
+        ids, vectors = questions[query_lang]
+        out = []
+        for qid, scores in zip(ids, vectors @ pool.T):
+            relevant = [offsets[j] + dataset[l].answers[qid] for j, l in enumerate(pool_langs) if qid in dataset[l].answers]
+            if relevant:
+                out.append(relevant_ranks(scores, np.array(relevant)))
+        return out
+
+    results = {}
+    if "mono" in settings:
+        per = {l: summarize(ranks_for(l, [l])) for l in langs}
+        results["mono"] = {"mean": _macro(per), "per_language": per}
+    if "cross" in settings:
+        pairs = {f"{x}-{y}": summarize(r) for x in langs for y in langs if x != y and (r := ranks_for(x, [y]))}
+        results["cross"] = {"mean": _macro(pairs), "pairs": pairs}
+    if "multi" in settings:
+        ranks = {l: ranks_for(l, langs) for l in langs}
+        everything = summarize([r for l in langs for r in ranks[l]])
+        results["multi"] = {"mean": everything, "per_language": {l: summarize(ranks[l]) for l in langs}}
+    return results
+
+
+def _macro(groups: dict[str, dict]) -> dict:
+    keys = [k for k in next(iter(groups.values())) if k != "queries"]
+    return {k: float(np.mean([g[k] for g in groups.values()])) for k in keys} | {"groups": len(groups)}

@@ -1,0 +1,111 @@
+"""Metrics (property tests, cross-checked with ranx), LAReQA settings, reports and bench CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hbt.cli.bench import main as bench_cli
+from hbt.lareqa import evaluate, load_dataset
+from hbt.metrics import average_precision, language_bias, ndcg_at, recall_at, relevant_ranks
+from tests.test_export import assert_one_line_error
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_agree_with_ranx(seed):
+    """200 random rankings with ties, evaluated by hbt and by ranx (one call: ranx compiles with numba)."""
+    ranx = pytest.importorskip("ranx")
+    rng = np.random.default_rng(seed)
+    qrels, run, ours = {}, {}, {}
+    for q in range(200):
+        n = int(rng.integers(2, 40))
+        scores = rng.integers(0, n // 2 + 1, size=n).astype(float)  # many ties
+        relevant = rng.choice(n, size=rng.integers(1, n + 1), replace=False)
+        ranks = relevant_ranks(scores, relevant)
+        ours[f"q{q:03d}"] = (average_precision(ranks), ndcg_at(ranks, 10), recall_at(ranks, 10))
+        assert 0 <= language_bias(ranks) <= n - 1
+        # Stable descending order by score, then index: give ranx strictly decreasing scores in that order.
+        order = sorted(range(n), key=lambda i: (-scores[i], i))
+        qrels[f"q{q:03d}"] = {f"d{i:03d}": 1 for i in relevant}
+        run[f"q{q:03d}"] = {f"d{i:03d}": float(n - position) for position, i in enumerate(order)}
+    expected = {m: ranx.evaluate(ranx.Qrels(qrels), ranx.Run(run), m, return_mean=False)
+                for m in ("map", "ndcg@10", "recall@10")}
+    for position, q in enumerate(sorted(ours)):  # ranx returns queries in id order
+        assert ours[q] == pytest.approx((expected["map"][position], expected["ndcg@10"][position],
+                                         expected["recall@10"][position]))
+
+
+def test_metric_edge_cases():
+    assert average_precision(np.array([1, 2, 3])) == 1.0
+    assert average_precision(np.array([2])) == 0.5
+    assert ndcg_at(np.array([11]), 10) == 0.0
+    assert language_bias(np.array([3, 3])) == 0
+
+
+def write_lareqa(folder, lang, paragraphs):
+    """paragraphs: list of (sentences, [(qa_id, question, answer_sentence_index)])."""
+    data = {"data": [{"title": "t", "paragraphs": []}]}
+    for sentences, qas in paragraphs:
+        breaks, start = [], 0
+        for s in sentences:
+            breaks.append([start, start + len(s)])
+            start += len(s) + 1
+        data["data"][0]["paragraphs"].append({
+            "context": " ".join(sentences), "sentences": sentences, "sentence_breaks": breaks,
+            "qas": [{"id": qid, "question": q, "answers": [{"text": "x", "answer_start": breaks[i][0]}]} for qid, q, i in qas],
+        })
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / f"{lang}.json.gz", "wt", encoding="utf-8") as f:
+        json.dump(data, f)
+
+
+@pytest.fixture
+def toy_dataset(tmp_path):
+    root = tmp_path / "data"
+    for lang in ("aa", "bb"):
+        write_lareqa(root / "xquad-r", lang, [
+            ([f"{lang} alpha sentence", f"{lang} beta sentence"], [("q1", f"{lang} alpha?", 0), ("q2", f"{lang} beta?", 1)]),
+        ])
+    return root
+
+
+def fake_encoder(texts):
+    """Embeds by topic word only: a perfect, language-blind retriever."""
+    topics = ["alpha", "beta"]
+    vectors = np.array([[float(t in text) for t in topics] + [0.01] for text in texts])
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_lareqa_settings_on_a_perfect_retriever(toy_dataset):
+    data = load_dataset(toy_dataset, "xquad-r")
+    assert data["aa"].answers == {"q1": 0, "q2": 1}
+    results = evaluate(data, fake_encoder, fake_encoder)
+    assert results["mono"]["mean"]["map"] == 1.0 and results["cross"]["mean"]["groups"] == 2
+    assert results["cross"]["mean"]["map"] == 1.0
+    multi = results["multi"]["mean"]
+    assert multi["map"] == 1.0 and multi["language_bias"] == pytest.approx(1.0)  # ties: both answers rank 1 and 2
+
+
+def test_bench_accuracy_writes_report(tiny_bundle, toy_dataset, tmp_path):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "xquad-r",
+                                            "--data-dir", str(toy_dataset), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["settings"]) == {"mono", "cross", "multi"} and results["environment"]["bundle"]["fingerprint"]
+    assert "| mono |" in (out / "report.md").read_text()
+    assert (out / "heatmap.png").stat().st_size > 1000 and (out / "languages.png").stat().st_size > 1000
+    table = CliRunner().invoke(bench_cli, ["compare", str(out), str(out)]).output
+    assert "(+0.000)" in table
+
+
+def test_bench_errors(tiny_bundle, tmp_path):
+    runner = CliRunner()
+    assert_one_line_error(runner.invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "nope",
+                                                    "--data-dir", str(tmp_path)]), "unknown dataset")
+    assert_one_line_error(runner.invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "mlqa-r",
+                                                    "--data-dir", str(tmp_path)]), "no mlqa-r files", "HBT_DATA")
