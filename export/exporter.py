@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from hbt import __version__
+from hbt.atomic import replace_directory
 from hbt.bundle import MANIFEST, MODEL_FILE, Manifest, sha256_file
 from hbt.errors import BundleError, FidelityError, SourceError
 from hbt.sources import Source, resolve_source
@@ -65,7 +66,7 @@ def export_bundle(config: ExportConfig, step: Callable[[str], None] = log.info) 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         manifest = _build(config, source, staging, step)
-        _replace_directory(staging, out)
+        replace_directory(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
@@ -160,18 +161,3 @@ def _versions() -> dict:
 
     return {"hbt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "onnxruntime": onnxruntime.__version__}
-
-
-def _replace_directory(staging: Path, out: Path) -> None:
-    """Rename the finished staging directory onto ``out``, after syncing it to disk."""
-    for file in staging.iterdir():
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
-    staging.chmod(0o755)  # mkdtemp made it private
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)

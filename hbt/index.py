@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from hbt import __version__
+from hbt.atomic import replace_directory
 from hbt.bundle import sha256_file
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
@@ -130,17 +131,7 @@ def _staged(target: Path, copy_existing: bool) -> Iterator[Path]:
         if copy_existing:
             shutil.copytree(target, staging, dirs_exist_ok=True)
         yield staging
-        for file in staging.iterdir():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-        staging.chmod(0o755)
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old)
-        else:
-            staging.rename(target)
+        replace_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
