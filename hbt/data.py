@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +29,34 @@ class Record:
         return [(q, p) for q in sorted(self.questions) for p in sorted(self.passages) if q != p]
 
 
+PASSAGE_UNITS = ("paragraph", "sentence")
+# A sentence ends at . ! ? followed by space, or right after a CJK full stop (no space follows one).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
+
+
+def answer_sentence(context: str, answers: list[str]) -> str | None:
+    """The first sentence of ``context`` that holds an answer, or None (an answer spanning sentences).
+
+    The parallel set keeps answer strings without offsets, so a string that occurs
+    in two sentences picks the first: a small, uniform noise on every batching.
+    """
+    sentences = [s.strip() for s in _SENTENCE_END.split(context) if s.strip()]
+    return next((s for answer in answers if answer for s in sentences if answer in s), None)
+
+
 def _open(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
-def load_records(path: Path | str, languages: list[str] | None = None) -> list[Record]:
-    """Read a parallel QA file (rows with "langs") or plain pairs (query, passage, query_lang, passage_lang)."""
+def load_records(path: Path | str, languages: list[str] | None = None, passage_unit: str = "paragraph") -> list[Record]:
+    """Read a parallel QA file (rows with "langs") or plain pairs (query, passage, query_lang, passage_lang).
+
+    ``passage_unit="sentence"`` turns parallel QA passages into the sentence that holds
+    the answer (LAReQA's candidates are sentences); languages without one are dropped.
+    """
     path = Path(path)
+    if passage_unit not in PASSAGE_UNITS:
+        raise DataError(f"passage unit {passage_unit!r}: choose one of {', '.join(PASSAGE_UNITS)}")
     if not path.is_file():
         raise DataError(f"{path}: no such training file")
     wanted = set(languages or ())
@@ -48,9 +70,11 @@ def load_records(path: Path | str, languages: list[str] | None = None) -> list[R
                 if "langs" in row:
                     record = records.setdefault(str(row["id"]), Record(str(row["id"])))
                     for lang, item in row["langs"].items():
-                        if not wanted or lang in wanted:
+                        passage = item["context"] if passage_unit == "paragraph" else answer_sentence(
+                            item["context"], item.get("answers", []))
+                        if passage and (not wanted or lang in wanted):
                             record.questions[lang] = item["question"]
-                            record.passages[lang] = item["context"]
+                            record.passages[lang] = passage
                 else:
                     qid = str(row.get("id", number))
                     record = records.setdefault(qid, Record(qid))

@@ -9,6 +9,7 @@ only, every ordered pair X != Y, macro-averaged) and multilingual (one pool).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +30,24 @@ class Language:
     answers: dict[str, int]  # qa id -> index of the answer sentence in candidates
 
 
-def load_language(path: Path) -> Language:
+def sampled(qa_id: str, share: float) -> bool:
+    """A stable, seed-free choice of about ``share`` of the qa ids, the same in every language and run."""
+    return share >= 1.0 or int(hashlib.sha1(qa_id.encode()).hexdigest()[:8], 16) < share * 2**32
+
+
+def load_language(path: Path, share: float = 1.0) -> Language:
+    """One language's candidates and questions; ``share`` < 1 keeps the paragraphs of a sample of qa ids."""
     data = json.load(gzip.open(path, "rt", encoding="utf-8"))
     candidates, questions, answers = [], {}, {}
     for article in data["data"]:
         for paragraph in article["paragraphs"]:
+            qas = [qa for qa in paragraph["qas"] if sampled(qa["id"], share)]
+            if not qas:
+                continue
             first = len(candidates)
             candidates.extend(paragraph["sentences"])
             breaks = paragraph["sentence_breaks"]
-            for qa in paragraph["qas"]:
+            for qa in qas:
                 start = qa["answers"][0]["answer_start"]
                 hit = next((i for i, (a, b) in enumerate(breaks) if a <= start < b), None)
                 if hit is not None:
@@ -46,7 +56,8 @@ def load_language(path: Path) -> Language:
     return Language(candidates, questions, answers)
 
 
-def load_dataset(data_dir: Path, name: str, languages: list[str] | None = None) -> dict[str, Language]:
+def load_dataset(data_dir: Path, name: str, languages: list[str] | None = None,
+                 share: float = 1.0) -> dict[str, Language]:
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     folder = Path(data_dir) / DATASETS[name]
@@ -58,7 +69,7 @@ def load_dataset(data_dir: Path, name: str, languages: list[str] | None = None) 
     missing = sorted(set(languages or ()) - set(found))
     if missing:
         raise DataError(f"{folder}: missing languages {', '.join(missing)}")
-    return {lang: load_language(found[lang]) for lang in sorted(languages or found)}
+    return {lang: load_language(found[lang], share) for lang in sorted(languages or found)}
 
 
 def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_passages: Callable,

@@ -39,6 +39,7 @@ class TrainConfig:
     alpha: float = 0.5
     language_weighting: str = "uniform"
     languages: tuple[str, ...] = ()
+    passage_unit: str = "paragraph"  # or "sentence": the answer sentence of each passage
     steps: int = 0  # 0: derive from epochs
     epochs: float = 1.0
     batch_size: int = 32
@@ -57,6 +58,7 @@ class TrainConfig:
     time_budget: float = 0.0  # seconds; 0: none
     bf16: bool = False
     gradient_checkpointing: bool = False
+    freeze_embeddings: bool = False
 
 
 def info_nce(queries: torch.Tensor, passages: torch.Tensor, temperature: float = 0.05,
@@ -149,7 +151,7 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
     torch.manual_seed(config.seed)
 
     # Data: split by question id, then one sampler per split.
-    records = load_records(Path(config.data), list(config.languages) or None)
+    records = load_records(Path(config.data), list(config.languages) or None, config.passage_unit)
     train_records, val_records = split_by_id(records, config.validation_fraction, config.seed)
     sampler = BatchSampler(train_records, config.batch_size, config.batching, config.alpha,
                            config.language_weighting, config.seed)
@@ -161,10 +163,13 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
     model = DualEncoder(resolve_source(str(resume_dir) if resuming else config.base))
     if config.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable()
+    if config.freeze_embeddings:  # AdamW over the 250k-row vocabulary costs more than the layers on CPU
+        model.backbone.get_input_embeddings().weight.requires_grad_(False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(steps * config.warmup_fraction), steps))
@@ -196,7 +201,7 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
             loss = compute_loss(model, local_slice(batch), config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1

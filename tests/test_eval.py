@@ -90,6 +90,21 @@ def test_lareqa_settings_on_a_perfect_retriever(toy_dataset):
     assert multi["map"] == 1.0 and multi["language_bias"] == pytest.approx(1.0)  # ties: both answers rank 1 and 2
 
 
+def test_sample_keeps_the_same_ids_in_every_language(tmp_path):
+    """A sampled question keeps its paragraph (its answer) in every language, so relevance stays whole."""
+    for lang in ("aa", "bb"):
+        write_lareqa(tmp_path / "mlqa-r", lang, [([f"{lang} s{i}a", f"{lang} s{i}b"], [(f"id{i}", f"{lang} q{i}?", i % 2)])
+                                                 for i in range(200)])
+    full = load_dataset(tmp_path, "mlqa-r")
+    part = load_dataset(tmp_path, "mlqa-r", share=0.3)
+    kept = set(part["aa"].questions)
+    assert kept == set(part["bb"].questions) and 30 < len(kept) < 90
+    assert load_dataset(tmp_path, "mlqa-r", share=0.3)["aa"].questions == part["aa"].questions
+    for lang in ("aa", "bb"):
+        assert len(part[lang].candidates) == 2 * len(kept)
+        assert all(part[lang].candidates[part[lang].answers[q]] == full[lang].candidates[full[lang].answers[q]] for q in kept)
+
+
 def test_bench_accuracy_writes_report(tiny_bundle, toy_dataset, tmp_path):
     out = tmp_path / "report"
     result = CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "xquad-r",

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hbt.cli.train import main as train_cli
-from hbt.data import Record, load_records, split_by_id
+from hbt.data import Record, answer_sentence, load_records, split_by_id
 from hbt.errors import DataError
 from hbt.sampler import BatchSampler, batch_statistics
 from hbt.train import TrainConfig, info_nce, train
@@ -175,6 +175,34 @@ def test_cli_dry_run_and_errors(tiny_model_dir, tmp_path):
                                                     "--base", str(tmp_path), "--steps", "1"]), "not a model directory")
 
 
+def test_answer_sentence_picks_the_sentence_holding_the_answer():
+    context = "Warsaw is the capital. It lies on the Vistula! Its old town was rebuilt after 1945?"
+    assert answer_sentence(context, ["Vistula"]) == "It lies on the Vistula!"
+    assert answer_sentence(context, ["", "1945"]) == "Its old town was rebuilt after 1945?"
+    assert answer_sentence("华沙是首都。它位于维斯瓦河畔。", ["维斯瓦河"]) == "它位于维斯瓦河畔。"
+    assert answer_sentence(context, ["capital. It"]) is None  # spans two sentences: no pair
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1), min_size=1, max_size=6),
+       st.integers(0, 5))
+def test_answer_sentence_is_a_piece_of_the_context_holding_an_answer(sentences, pick):
+    context = " ".join(sentences)
+    answer = sentences[pick % len(sentences)].strip()[:3]
+    found = answer_sentence(context, [answer])
+    assert found is None or (answer in found and found in context)
+
+
+def test_frozen_embeddings_stay_put(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    train(tiny_config(tiny_model_dir, tmp_path, freeze_embeddings=True), log=lambda record: None)
+    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(tmp_path / "run" / "last" / "model.safetensors")
+    name = next(n for n in after if n.endswith("word_embeddings.weight"))
+    torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
+    assert any(not torch.equal(after[n], before[n]) for n in after if "encoder.layer" in n)
+
+
 def test_reads_the_shared_parallel_set():
     path = DATA_DIR / "train" / "parallel_qp.squad-dev-minus-xquad.jsonl.gz"
     if not path.is_file():
@@ -182,6 +210,11 @@ def test_reads_the_shared_parallel_set():
     records = load_records(path)
     counts = {lang: sum(lang in r.questions for r in records) for lang in ("en", "es", "it", "zh", "id")}
     assert counts == {"en": 9380, "it": 6117, "es": 5851, "id": 3770, "zh": 3445}
+    sentences = load_records(path, passage_unit="sentence")
+    kept = sum(len(r.passages) for r in sentences) / sum(len(r.passages) for r in records)
+    paragraphs = {r.id: r.passages for r in records}
+    assert kept > 0.98
+    assert all(p in paragraphs[r.id][lang] for r in sentences for lang, p in r.passages.items())
 
 
 @pytest.mark.slow

@@ -24,10 +24,12 @@ def main():
               help="Folder holding the datasets (or set HBT_DATA).")
 @click.option("--settings", default="mono,cross,multi", show_default=True, help="Comma-separated settings.")
 @click.option("--languages", help="Comma-separated subset of the dataset's languages.")
+@click.option("--sample", "share", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Evaluate a stable share of the qa ids (and the paragraphs holding them), for quick comparisons.")
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/<dataset>-<bundle>).")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Encoder threads (0: all cores).")
 @user_errors
-def accuracy(bundle, dataset, data_dir, settings, languages, out, threads):
+def accuracy(bundle, dataset, data_dir, settings, languages, share, out, threads):
     """mAP, Recall@1/10/100, nDCG@10 and language bias, with exact search, per setting and language."""
     from tqdm import tqdm
 
@@ -36,13 +38,13 @@ def accuracy(bundle, dataset, data_dir, settings, languages, out, threads):
     from hbt.lareqa import evaluate, load_dataset
 
     encoder = Encoder(bundle, threads=threads or None)
-    data = load_dataset(data_dir, dataset, languages.split(",") if languages else None)
+    data = load_dataset(data_dir, dataset, languages.split(",") if languages else None, share)
     chosen = tuple(settings.split(","))
     with tqdm(total=len(data), desc="embedding", unit=" languages") as bar:
         results = evaluate(data, encoder.encode_queries, encoder.encode_passages, chosen,
                            progress=lambda message: bar.update(1))
     files = sorted((data_dir / dataset).glob("*.json.gz"))
-    report = {"dataset": dataset, "environment": environment(encoder.manifest, files), "settings": results}
+    report = {"dataset": dataset, "sample": share, "environment": environment(encoder.manifest, files), "settings": results}
     out = out or Path("reports") / f"{dataset}-{Path(bundle).name}"
     write_report(report, out, f"{dataset}: {encoder.manifest.source} ({encoder.manifest.quantization})")
     for setting, values in results.items():

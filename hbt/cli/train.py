@@ -18,6 +18,8 @@ from hbt.cli import user_errors
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="P(monolingual batch) for hybrid.")
 @click.option("--language-weighting", type=click.Choice(["uniform", "size"]), default="uniform", show_default=True)
 @click.option("--languages", help="Comma-separated languages to train on (default: all in the data).")
+@click.option("--passage-unit", type=click.Choice(["paragraph", "sentence"]), default="paragraph", show_default=True,
+              help="sentence: train on the sentence holding the answer (LAReQA's candidates are sentences).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoints, metrics).")
 @click.option("--steps", type=click.IntRange(0), default=0, help="Optimizer steps (overrides --epochs).")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
@@ -32,6 +34,8 @@ from hbt.cli import user_errors
 @click.option("--time-budget", type=click.FloatRange(0), default=0, help="Stop (with a checkpoint) after this many seconds.")
 @click.option("--bf16", is_flag=True, help="bf16 autocast (GPU, or CPUs with AMX/AVX-512 bf16).")
 @click.option("--gradient-checkpointing", is_flag=True, help="Trade compute for memory.")
+@click.option("--freeze-embeddings", is_flag=True,
+              help="Keep the word embeddings fixed (on CPU, ~1.7x faster steps: their AdamW update dominates).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print an epoch's batch statistics; load no model.")
 @user_errors
@@ -52,7 +56,7 @@ def main(languages, dry_run, resume, **options):
         from hbt.data import load_records, split_by_id
         from hbt.sampler import BatchSampler, batch_statistics
 
-        train_records, _ = split_by_id(load_records(Path(config.data), list(config.languages) or None),
+        train_records, _ = split_by_id(load_records(Path(config.data), list(config.languages) or None, config.passage_unit),
                                        config.validation_fraction, config.seed)
         sampler = BatchSampler(train_records, config.batch_size, config.batching, config.alpha,
                                config.language_weighting, config.seed)
