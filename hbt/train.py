@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -75,7 +76,7 @@ def info_nce(queries: torch.Tensor, passages: torch.Tensor, temperature: float =
 
 def gather_with_grad(embeddings: torch.Tensor) -> torch.Tensor:
     """All ranks' embeddings, so every rank's negatives include the others' examples."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not distributed():
         return embeddings
     from torch.distributed.nn.functional import all_gather
 
@@ -101,13 +102,44 @@ def compute_loss(model: DualEncoder, batch: list[Pair], config: TrainConfig) -> 
                     None if n is None else gather_with_grad(n.float()))
 
 
+def distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def init_distributed() -> None:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not distributed():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend)
+
+
 def local_slice(batch: list[Pair]) -> list[Pair]:
     """This rank's share of the global batch (every rank draws the same global batch)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not distributed():
         return batch
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     share = len(batch) // world
     return batch[rank * share : (rank + 1) * share]
+
+
+def backward(model: DualEncoder, batch: list[Pair], config: TrainConfig) -> torch.Tensor:
+    """Loss of the global batch and its gradients, equal to one process's however many ranks share it.
+
+    Every rank computes the same loss over the gathered embeddings; all_gather's
+    backward sums each rank's share, so averaging parameter gradients (as DDP does)
+    gives exactly the single-process gradient.
+    """
+    loss = compute_loss(model, local_slice(batch), config)
+    loss.backward()
+    if distributed():
+        world = torch.distributed.get_world_size()
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= world
+    return loss
 
 
 @torch.no_grad()
@@ -117,7 +149,7 @@ def validation_loss(model: DualEncoder, records: list[Record], config: TrainConf
         return float("nan")
     model.eval()
     sampler = BatchSampler(records, config.batch_size, "hybrid", 0.5, seed=config.seed + 1)
-    losses = [compute_loss(model, sampler.next_batch(), config).item() for _ in range(config.eval_batches)]
+    losses = [compute_loss(model, local_slice(sampler.next_batch()), config).item() for _ in range(config.eval_batches)]
     model.train()
     return float(np.mean(losses))
 
@@ -147,7 +179,11 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
     out = Path(config.out)
     if (out / "last").exists() and not resume:
         raise DataError(f"{out}: holds a training run; pass --resume to continue it or choose another --out")
-    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    init_distributed()
+    rank0 = not distributed() or torch.distributed.get_rank() == 0
+    if distributed() and config.batch_size % torch.distributed.get_world_size():
+        raise DataError(f"batch size {config.batch_size} does not split evenly over "
+                        f"{torch.distributed.get_world_size()} processes; use a multiple of the process count")
     torch.manual_seed(config.seed)
 
     # Data: split by question id, then one sampler per split.
@@ -165,7 +201,7 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
         model.backbone.gradient_checkpointing_enable()
     if config.freeze_embeddings:  # AdamW over the 250k-row vocabulary costs more than the layers on CPU
         model.backbone.get_input_embeddings().weight.requires_grad_(False)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.ndim >= 2]
@@ -198,9 +234,8 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
     try:
         while step < steps:
             batch = sampler.next_batch()
-            loss = compute_loss(model, local_slice(batch), config)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = backward(model, batch, config)
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             scheduler.step()

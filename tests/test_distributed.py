@@ -1,0 +1,46 @@
+"""Data parallel training for real: 2 gloo processes must match one process on the same global batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from hbt.modeling import DualEncoder
+from hbt.sampler import BatchSampler
+from hbt.sources import resolve_source
+from hbt.train import TrainConfig, backward
+from tests.test_train import make_records
+
+WORLD = 2
+
+
+def one_step(model_dir: str) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and gradients of one global batch of 8, through the training loop's backward."""
+    torch.manual_seed(0)
+    model = DualEncoder(resolve_source(model_dir)).eval()  # no dropout: both runs see one function
+    config = TrainConfig(base=model_dir, data="", out="", batch_size=8, max_query_length=16, max_passage_length=32)
+    batch = BatchSampler(make_records(40), 8, "hybrid", 0.5, seed=3).next_batch()
+    loss = backward(model, batch, config)
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def rank_main(rank: int, model_dir: str, store: str, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        results[rank] = one_step(model_dir)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path):
+    single_loss, single_grads = one_step(str(tiny_model_dir))
+    results = mp.Manager().dict()
+    mp.spawn(rank_main, args=(str(tiny_model_dir), str(tmp_path / "store"), results), nprocs=WORLD)
+    for rank in range(WORLD):
+        loss, grads = results[rank]
+        assert loss == pytest.approx(single_loss, rel=1e-5)
+        assert grads.keys() == single_grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, single_grads[name], rtol=1e-4, atol=1e-6)
