@@ -8,6 +8,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -94,11 +95,12 @@ def plot(results: dict, out: Path) -> None:
         plt.close(fig)
 
 
-def write_report(results: dict, out: Path, title: str) -> None:
+def write_report(results: dict, out: Path, text: str, plots: Callable[[dict, Path], None] = plot) -> None:
+    """A report directory: results.json (every number), report.md (``text``) and the plots' PNGs."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    (out / "report.md").write_text(markdown(results, title))
-    plot(results, out)
+    (out / "report.md").write_text(text)
+    plots(results, out)
 
 
 def compare(reports: list[Path]) -> str:

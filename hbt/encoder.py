@@ -52,7 +52,8 @@ class Encoder:
         self.manifest: Manifest = read_manifest(self.bundle_dir, verify=verify)
         self.tokenizer = Tokenizer(self.bundle_dir / self.manifest.tokenizer.file, self.manifest.tokenizer)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
+        self.threads = threads or min(os.cpu_count() or 1, 8)
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         try:
             self._session = ort.InferenceSession(

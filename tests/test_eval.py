@@ -118,6 +118,19 @@ def test_bench_accuracy_writes_report(tiny_bundle, toy_dataset, tmp_path):
     assert "(+0.000)" in table
 
 
+def test_bench_latency_report_on_the_demo_corpus(tiny_bundle, tmp_path):
+    out = tmp_path / "latency"
+    result = CliRunner().invoke(bench_cli, ["latency", "--bundle", str(tiny_bundle), "--data-dir", str(tmp_path),
+                                            "--queries", "30", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["workload"]["source"] == "demo corpus" and results["index_build"]["documents"] == 240
+    e2e = results["end_to_end"]
+    assert len(e2e["seconds"]) == 30 and 0 < e2e["p50_ms"] <= e2e["p99_ms"]
+    assert results["encode"]["batch_32_texts_per_second"] > 0 and results["peak_memory_mib"] > 0
+    assert "end to end p50" in (out / "report.md").read_text() and (out / "latency.png").stat().st_size > 1000
+
+
 def test_bench_errors(tiny_bundle, tmp_path):
     runner = CliRunner()
     assert_one_line_error(runner.invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "nope",
