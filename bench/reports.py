@@ -27,24 +27,31 @@ def environment(bundle_manifest, data_files: list[Path]) -> dict:
     }
 
 
-def _row(name: str, numbers: dict) -> str:
+def _metrics(results: dict) -> list[str]:
+    """The metric columns the report's settings have, in METRICS order first."""
+    present = {m for values in results["settings"].values() for m in values["mean"] if m not in ("groups", "queries")}
+    return [m for m in METRICS if m in present] + sorted(present - set(METRICS))
+
+
+def _row(name: str, numbers: dict, metrics: list[str]) -> str:
     return f"| {name} | " + " | ".join(f"{numbers[m]:.3f}" if m != "language_bias" else f"{numbers[m]:.1f}"
-                                        for m in METRICS) + " |"
+                                        for m in metrics) + " |"
 
 
 def markdown(results: dict, title: str) -> str:
-    header = "| | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS)
+    metrics = _metrics(results)
+    header = "| | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics)
+    settings = results["settings"]
     lines = [f"# {title}", "", "## Summary", "", header]
-    for setting in ("mono", "cross", "multi"):
-        if setting in results["settings"]:
-            lines.append(_row(setting, results["settings"][setting]["mean"]))
-    for setting, key in (("mono", "per_language"), ("multi", "per_language")):
-        if setting in results["settings"]:
-            lines += ["", f"## {setting}: per query language", "", header]
-            lines += [_row(lang, numbers) for lang, numbers in results["settings"][setting][key].items()]
+    lines += [_row(setting, values["mean"], metrics) for setting, values in settings.items()]
+    for setting, values in settings.items():
+        for key, label in (("per_language", "per query language"), ("pairs", "per language pair")):
+            if key in values and (setting != "cross" or len(values[key]) <= 12):  # the heatmap shows cross
+                lines += ["", f"## {setting}: {label}", "", header]
+                lines += [_row(name, numbers, metrics) for name, numbers in values[key].items()]
     lines += ["", "Recall@k is the share of a question's relevant candidates in the top k; language bias is the",
               "mean distance between the best and worst rank of a question's answers (multilingual pool; lower is better).",
-              "", "Plots: `heatmap.png` (query × candidate language mAP), `languages.png` (per-language mAP)."]
+              "", "Plots: `heatmap.png` (query × candidate language mAP), `languages.png` (per-language scores)."]
     return "\n".join(lines) + "\n"
 
 
@@ -78,18 +85,19 @@ def plot(results: dict, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "heatmap.png", dpi=120)
         plt.close(fig)
-    per_setting = {s: settings[s]["per_language"] for s in ("mono", "multi") if s in settings}
+    per_setting = {s: v["per_language"] for s, v in settings.items() if "per_language" in v}
     if per_setting:
         langs = sorted(next(iter(per_setting.values())))
+        metric = _metrics(results)[0]
         fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(langs), 3.5))
         width = 0.8 / len(per_setting)
         for k, (setting, per) in enumerate(per_setting.items()):
-            ax.bar(np.arange(len(langs)) + k * width, [per[l]["map"] for l in langs], width, label=setting)
+            ax.bar(np.arange(len(langs)) + k * width, [per[l][metric] for l in langs], width, label=setting)
         ax.set_xticks(np.arange(len(langs)) + width * (len(per_setting) - 1) / 2, langs)
-        ax.set_ylabel("mAP")
+        ax.set_ylabel(metric)
         ax.set_ylim(0, 1)
         ax.legend()
-        ax.set_title("mAP per query language")
+        ax.set_title(f"{metric} per query language")
         fig.tight_layout()
         fig.savefig(out / "languages.png", dpi=120)
         plt.close(fig)
@@ -105,15 +113,22 @@ def write_report(results: dict, out: Path, text: str, plots: Callable[[dict, Pat
 
 def compare(reports: list[Path]) -> str:
     """Side-by-side mean metrics of several reports, with differences from the first."""
+    from hbt.errors import DataError
+
+    missing = [str(p) for p in reports if not (Path(p) / "results.json").is_file()]
+    if missing:
+        raise DataError(f"not a report directory (no results.json): {', '.join(missing)}; give hbt-bench accuracy --out folders")
     loaded = [(path, json.loads((Path(path) / "results.json").read_text())) for path in reports]
-    lines = ["| report | setting | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    metrics = _metrics(loaded[0][1])
+    lines = ["| report | setting | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     base = loaded[0][1]["settings"]
     for position, (path, results) in enumerate(loaded):
         for setting, values in results["settings"].items():
             cells = []
-            for m in METRICS:
-                value = values["mean"][m]
-                delta = value - base.get(setting, {}).get("mean", {}).get(m, value)
-                cells.append(f"{value:.3f}" + (f" ({delta:+.3f})" if position else ""))
+            for m in metrics:
+                value = values["mean"].get(m)
+                reference = base.get(setting, {}).get("mean", {}).get(m)
+                delta = f" ({value - reference:+.3f})" if position and value is not None and reference is not None else ""
+                cells.append("—" if value is None else f"{value:.3f}{delta}")
             lines.append(f"| {Path(path).name} | {setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

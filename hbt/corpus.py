@@ -44,10 +44,11 @@ def _parse_jsonl(line: str) -> Document:
         raise ValueError(f"not valid JSON ({e.msg})") from e
     if not isinstance(row, dict):
         raise ValueError("expected a JSON object")
-    doc_id = row.pop("id", None) if "id" in row else row.pop("_id", None)
+    key = next((k for k in ("id", "_id", "docid") if k in row), None)  # hbt, BEIR, MIRACL
+    doc_id = row.pop(key) if key else None
     text = row.pop("text", None)
     if doc_id is None or not isinstance(text, str):
-        raise ValueError("needs 'id' (or BEIR '_id') and a string 'text'")
+        raise ValueError("needs 'id' (or BEIR '_id', MIRACL 'docid') and a string 'text'")
     title, lang = row.pop("title", "") or "", row.pop("lang", "") or ""
     return Document(str(doc_id), text, str(title), str(lang), row)
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from hbt.errors import DataError
 from hbt.metrics import relevant_ranks, summarize
+from hbt.retrieval import ann_index, ranks_in, retrieve
 
 DATASETS = {"xquad-r": "xquad-r", "mlqa-r": "mlqa-r"}
 
@@ -72,10 +73,19 @@ def load_dataset(data_dir: Path, name: str, languages: list[str] | None = None,
     return {lang: load_language(found[lang], share) for lang in sorted(languages or found)}
 
 
+SETTINGS = ("mono", "cross", "multi", "x-en")
+
+
 def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_passages: Callable,
-             settings=("mono", "cross", "multi"), progress: Callable[[str], None] = lambda s: None) -> dict:
-    """Embed once, then score every setting with exact search."""
+             settings=("mono", "cross", "multi"), progress: Callable[[str], None] = lambda s: None,
+             ann: bool = False) -> dict:
+    """Embed once, then score every setting: exact search, or the top 100 of an HNSW index (``ann``)."""
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise DataError(f"unknown setting {', '.join(sorted(unknown))}; choose from {', '.join(SETTINGS)}")
     langs = list(dataset)
+    if "x-en" in settings and "en" not in langs:
+        raise DataError("the x-en setting needs English among the dataset's languages")
     questions, candidates = {}, {}
     for lang in langs:
         progress(f"embedding {lang}")
@@ -83,15 +93,21 @@ def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_pass
         questions[lang] = (ids, encode_queries([dataset[lang].questions[i] for i in ids]))
         candidates[lang] = encode_passages(dataset[lang].candidates)
 
+    pools = {}  # pool languages -> candidate matrix, or its HNSW index (built once per pool)
+
     def ranks_for(query_lang: str, pool_langs: list[str]) -> list[np.ndarray]:
         offsets = np.cumsum([0] + [len(dataset[l].candidates) for l in pool_langs])
-        pool = np.vstack([candidates[l] for l in pool_langs])
+        key = tuple(pool_langs)
+        if key not in pools:
+            matrix = np.vstack([candidates[l] for l in pool_langs])
+            pools[key] = ann_index(matrix) if ann else matrix
         ids, vectors = questions[query_lang]
+        rows = retrieve(vectors, pools[key]) if ann else vectors @ pools[key].T
         out = []
-        for qid, scores in zip(ids, vectors @ pool.T):
+        for qid, row in zip(ids, rows):
             relevant = [offsets[j] + dataset[l].answers[qid] for j, l in enumerate(pool_langs) if qid in dataset[l].answers]
             if relevant:
-                out.append(relevant_ranks(scores, np.array(relevant)))
+                out.append(ranks_in(row, relevant) if ann else relevant_ranks(row, np.array(relevant)))
         return out
 
     results = {}
@@ -101,6 +117,9 @@ def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_pass
     if "cross" in settings:
         pairs = {f"{x}-{y}": summarize(r) for x in langs for y in langs if x != y and (r := ranks_for(x, [y]))}
         results["cross"] = {"mean": _macro(pairs), "pairs": pairs}
+    if "x-en" in settings:  # MKQA-like: questions in every other language, English answers only
+        pairs = {f"{x}-en": summarize(r) for x in langs if x != "en" and (r := ranks_for(x, ["en"]))}
+        results["x-en"] = {"mean": _macro(pairs), "pairs": pairs}
     if "multi" in settings:
         ranks = {l: ranks_for(l, langs) for l in langs}
         everything = summarize([r for l in langs for r in ranks[l]])

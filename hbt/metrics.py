@@ -3,7 +3,8 @@
 For query q with relevant candidates at 1-based ranks r_1 < ... < r_m:
 AP = mean_j j / r_j; Recall@k = |{r_j <= k}| / m; nDCG@k with binary gains;
 language bias = r_m - r_1 (in a multilingual pool, how far apart the same
-answer's languages land: lower is better).
+answer's languages land: lower is better). A truncated run (approximate search)
+gives unretrieved candidates rank inf: they add nothing to AP, recall or nDCG.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def ndcg_at(ranks: np.ndarray, k: int) -> float:
 
 
 def language_bias(ranks: np.ndarray) -> float:
-    return float(ranks.max() - ranks.min())
+    """Spread of the retrieved answers' ranks (a truncated run's unretrieved ones, rank inf, are left out)."""
+    found = ranks[np.isfinite(ranks)]
+    return float(found.max() - found.min()) if len(found) else 0.0
 
 
 def summarize(all_ranks: list[np.ndarray], ks=(1, 10, 100)) -> dict:

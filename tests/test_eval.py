@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from hbt.cli.bench import main as bench_cli
+from hbt.errors import DataError
 from hbt.lareqa import evaluate, load_dataset
 from hbt.metrics import average_precision, language_bias, ndcg_at, recall_at, relevant_ranks
 from tests.test_export import assert_one_line_error
@@ -88,6 +89,20 @@ def test_lareqa_settings_on_a_perfect_retriever(toy_dataset):
     assert results["cross"]["mean"]["map"] == 1.0
     multi = results["multi"]["mean"]
     assert multi["map"] == 1.0 and multi["language_bias"] == pytest.approx(1.0)  # ties: both answers rank 1 and 2
+
+
+@pytest.mark.parametrize("ann", [False, True])
+def test_x_to_english_and_hnsw_ranking(tmp_path, ann):
+    for lang in ("en", "de", "hi"):
+        write_lareqa(tmp_path / "xquad-r", lang, [
+            ([f"{lang} alpha sentence", f"{lang} beta sentence"], [("q1", f"{lang} alpha?", 0), ("q2", f"{lang} beta?", 1)]),
+        ])
+    data = load_dataset(tmp_path, "xquad-r")
+    results = evaluate(data, fake_encoder, fake_encoder, ("x-en", "multi"), ann=ann)
+    assert set(results["x-en"]["pairs"]) == {"de-en", "hi-en"} and results["x-en"]["mean"]["map"] == 1.0
+    assert results["multi"]["mean"]["map"] == 1.0
+    with pytest.raises(DataError, match="x-en setting needs English"):
+        evaluate({"de": data["de"]}, fake_encoder, fake_encoder, ("x-en",))
 
 
 def test_sample_keeps_the_same_ids_in_every_language(tmp_path):

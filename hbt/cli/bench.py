@@ -19,38 +19,90 @@ def main():
 
 @main.command()
 @click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle made by hbt-export.")
-@click.option("--dataset", required=True, help="xquad-r or mlqa-r (LAReQA format).")
+@click.option("--dataset", required=True,
+              help="xquad-r, mlqa-r (LAReQA); miracl, beir (corpus, queries, qrels); mkqa (answer recall over --corpus).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True,
               help="Folder holding the datasets (or set HBT_DATA).")
-@click.option("--settings", default="mono,cross,multi", show_default=True, help="Comma-separated settings.")
+@click.option("--settings", default="mono,cross,multi", show_default=True,
+              help="LAReQA settings, comma-separated: mono, cross, multi, x-en.")
 @click.option("--languages", help="Comma-separated subset of the dataset's languages.")
 @click.option("--sample", "share", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              help="Evaluate a stable share of the qa ids (and the paragraphs holding them), for quick comparisons.")
+              help="LAReQA: evaluate a stable share of the qa ids (and the paragraphs holding them).")
+@click.option("--corpus", type=click.Path(path_type=Path), help="miracl/beir/mkqa: passages JSONL (default in the dataset folder).")
+@click.option("--queries", type=click.Path(path_type=Path), help="miracl/beir: topics TSV or queries JSONL.")
+@click.option("--qrels", type=click.Path(path_type=Path), help="miracl/beir: TREC or BEIR qrels.")
+@click.option("--ann", is_flag=True, help="Rank through an HNSW index (top 100) instead of exact search.")
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/<dataset>-<bundle>).")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Encoder threads (0: all cores).")
 @user_errors
-def accuracy(bundle, dataset, data_dir, settings, languages, share, out, threads):
-    """mAP, Recall@1/10/100, nDCG@10 and language bias, with exact search, per setting and language."""
+def accuracy(bundle, dataset, data_dir, settings, languages, share, corpus, queries, qrels, ann, out, threads):
+    """Retrieval accuracy per setting and language, written as a report directory.
+
+    \b
+    LAReQA (xquad-r, mlqa-r): mAP, Recall@1/10/100, nDCG@10 and language bias in the
+      monolingual, cross-lingual, multilingual-pool and X->English settings.
+    miracl, beir: the same metrics from qrels, over --corpus.
+    mkqa: Recall@20/100 (a normalized answer in the top k) per query language, over --corpus.
+
+    \b
+    Example:
+      hbt-bench accuracy --bundle bundles/e5-small-int8 --dataset mlqa-r --out reports/mlqa-r
+    """
     from tqdm import tqdm
 
+    from hbt import lareqa, retrieval
     from hbt.bench.reports import environment, markdown, write_report
+    from hbt.corpus import read_corpus
     from hbt.encoder import Encoder
-    from hbt.lareqa import evaluate, load_dataset
+    from hbt.errors import DataError
 
+    known = (*lareqa.DATASETS, *retrieval.QRELS_DATASETS, "mkqa")
+    if dataset not in known:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(known)}")
+    wanted = languages.split(",") if languages else None
     encoder = Encoder(bundle, threads=threads or None)
-    data = load_dataset(data_dir, dataset, languages.split(",") if languages else None, share)
-    chosen = tuple(settings.split(","))
-    with tqdm(total=len(data), desc="embedding", unit=" languages") as bar:
-        results = evaluate(data, encoder.encode_queries, encoder.encode_passages, chosen,
-                           progress=lambda message: bar.update(1))
-    files = sorted((data_dir / dataset).glob("*.json.gz"))
-    report = {"dataset": dataset, "sample": share, "environment": environment(encoder.manifest, files), "settings": results}
+    if dataset in lareqa.DATASETS:
+        data = lareqa.load_dataset(data_dir, dataset, wanted, share)
+        files = sorted((data_dir / dataset).glob("*.json.gz"))
+        with tqdm(total=len(data), desc="embedding", unit=" languages") as bar:
+            results = lareqa.evaluate(data, encoder.encode_queries, encoder.encode_passages, tuple(settings.split(",")),
+                                      progress=lambda message: bar.update(1), ann=ann)
+    elif dataset in retrieval.QRELS_DATASETS:
+        paths = retrieval.find_files(data_dir, dataset, {"corpus": corpus, "queries": queries, "qrels": qrels})
+        files = list(paths.values())
+        results = retrieval.evaluate_qrels(retrieval.read_queries(paths["queries"]), retrieval.read_qrels(paths["qrels"]),
+                                           list(read_corpus(paths["corpus"])), encoder.encode_queries,
+                                           encoder.encode_passages, ann)
+    else:
+        paths = retrieval.find_files(data_dir, dataset, {"mkqa": queries, "corpus": corpus})
+        files = list(paths.values())
+        results = retrieval.evaluate_mkqa(retrieval.read_mkqa(paths["mkqa"], wanted), list(read_corpus(paths["corpus"])),
+                                          encoder.encode_queries, encoder.encode_passages, ann=ann)
+    report = {"dataset": dataset, "sample": share, "search": "hnsw top 100" if ann else "exact",
+              "environment": environment(encoder.manifest, files), "settings": results}
     out = out or Path("reports") / f"{dataset}-{Path(bundle).name}"
     write_report(report, out, markdown(report, f"{dataset}: {encoder.manifest.source} ({encoder.manifest.quantization})"))
     for setting, values in results.items():
-        click.echo(f"{setting:>6}: mAP {values['mean']['map']:.3f}  R@1 {values['mean']['recall@1']:.3f}  "
-                   f"R@10 {values['mean']['recall@10']:.3f}  bias {values['mean']['language_bias']:.1f}")
+        click.echo(f"{setting:>6}: " + "  ".join(f"{m} {v:.3f}" for m, v in values["mean"].items()
+                                                  if m not in ("groups", "queries")))
     click.echo(f"report: {out}/report.md")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True)
+@click.option("--base-url", help="A mirror of github.com (default, or $HBT_DOWNLOAD_URL).")
+@user_errors
+def download(name, data_dir, base_url):
+    """Fetch NAME (xquad-r, mlqa-r, xquad, mkqa) from its GitHub source into DATA_DIR/NAME.
+
+    Files already there are kept; each new one is written whole or not at all.
+    """
+    from hbt.download import SOURCES, download as fetch
+
+    with click.progressbar(length=len(SOURCES.get(name, [])), label=f"downloading {name}") as bar:
+        written = fetch(name, data_dir, base_url, progress=lambda file, size: bar.update(1))
+    click.echo(f"{len(written)} new file(s) in {data_dir / name}")
 
 
 @main.command()
