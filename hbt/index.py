@@ -126,14 +126,19 @@ def _staged(target: Path, copy_existing: bool) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(target.parent, os.W_OK):
         raise SearchIndexError(f"{target.parent}: not writable; choose another output directory")
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging = None
     try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
         if copy_existing:
             shutil.copytree(target, staging, dirs_exist_ok=True)
         yield staging
         replace_directory(staging, target)
+    except OSError as e:  # a read-only directory (also for root), a full disk, ...
+        raise SearchIndexError(f"{target}: cannot write ({e.strerror or e}); free space or choose another "
+                               "output directory. Nothing was changed") from e
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _create_tables(db: sqlite3.Connection) -> None:

@@ -103,6 +103,55 @@ def test_lang_filter_inside_search(tiny_bundle, index_dir):
     assert {h.lang for h in hits} <= {"de", "zh"} and len(hits) == 2
 
 
+@pytest.fixture(scope="module")
+def fuzz_searcher(tiny_bundle, tmp_path_factory):
+    rows = [{"id": f"d{i}", "text": text, "lang": lang} for i, (text, lang) in enumerate(zip(MULTILINGUAL, LANGS))]
+    directory = tmp_path_factory.mktemp("fuzz")
+    build_index(read_corpus(write_jsonl(directory / "c.jsonl", rows)), Encoder(tiny_bundle), directory / "index")
+    return Searcher(Encoder(tiny_bundle), Index(directory / "index"))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(queries=st.lists(st.text(max_size=300), min_size=1, max_size=4), k=st.integers(-2, 20),
+       langs=st.none() | st.lists(st.sampled_from(LANGS + ["xx"]), max_size=3))
+def test_query_path_fuzz(fuzz_searcher, queries, k, langs):
+    """Any text, k and language filter: ranked hits from the filter's languages, or a DataError for bad k."""
+    count = fuzz_searcher.index.count
+    try:
+        results = fuzz_searcher.search(queries, k=k, langs=langs)
+    except DataError as e:
+        assert not 1 <= k <= count and "k = " in str(e)
+        return
+    assert 1 <= k <= count and len(results) == len(queries)
+    pool = sum(1 for lang in LANGS if not langs or lang in langs)
+    for hits in results:
+        assert len(hits) == min(k, pool) and [h.rank for h in hits] == list(range(1, len(hits) + 1))
+        assert all(h.lang in langs for h in hits) if langs else True
+        assert all(-1.0001 <= h.score <= 1.0001 for h in hits)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_unwritable_output_is_one_line_and_changes_nothing(tiny_bundle, index_dir, corpus, monkeypatch):
+    """Root ignores permission bits, so the operating system's refusal is simulated where it surfaces."""
+    import tempfile
+
+    before = (index_dir / "manifest.json").read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    runner = CliRunner()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK and real_access(path, mode))
+    assert_one_line_error(runner.invoke(index_cli, ["build", str(corpus), "--bundle", str(tiny_bundle), "--out",
+                                                    str(index_dir.parent / "new")]), "not writable")
+    monkeypatch.undo()
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    assert_one_line_error(runner.invoke(index_cli, ["add", str(index_dir), str(corpus)]), "Permission denied",
+                          "Nothing was changed")
+    assert (index_dir / "manifest.json").read_bytes() == before and not (index_dir.parent / "new").exists()
+
+
 def test_add_grows_and_delete_hides(tiny_bundle, index_dir, tmp_path):
     encoder = Encoder(tiny_bundle)
     extra = write_jsonl(tmp_path / "extra.jsonl", [{"id": f"x{i}", "text": f"extra text number {i}"} for i in range(1200)])
