@@ -49,13 +49,13 @@ class Job:
         return self.name if not self.batching else f"{self.name}-seed{self.seed}"
 
 
-def queue(seeds: list[int], sweep: list[float]) -> list[Job]:
+def queue(seeds: list[int], sweep: list[float], sweep_seeds: list[int]) -> list[Job]:
     jobs = [Job("zero-shot", 0, fp32_too=True)]
     for seed in seeds:
         first = seed == seeds[0]
         jobs += [Job("mono", seed, "mono", 1.0, fp32_too=first), Job("cross", seed, "cross", 0.0, fp32_too=first),
                  Job("hybrid", seed, "hybrid", 0.5, fp32_too=first)]
-    for seed in seeds:  # the sweep's ends and middle are the rows above
+    for seed in sweep_seeds:  # the sweep's ends and middle are the rows above
         jobs += [Job(f"alpha-{a:g}", seed, "hybrid", a, ("mlqa-r",)) for a in sweep]
     return jobs
 
@@ -83,14 +83,16 @@ def main():
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(os.environ.get("HBT_DATA", "../shared/data")))
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--sweep", default="0.25,0.75", show_default=True, help="Extra alphas (0, 0.5 and 1 are the main rows).")
+@click.option("--sweep-seeds", default="0", show_default=True, help="Seeds of the extra alphas (queued last).")
 @click.option("--steps", default=80, show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--lr", default="3e-5", show_default=True)
-def run(work, data_dir, seeds, sweep, steps, batch_size, lr):
+def run(work, data_dir, seeds, sweep, sweep_seeds, steps, batch_size, lr):
     """Work through the queue; rerun the same command to continue after an interruption."""
     work.mkdir(parents=True, exist_ok=True)
     train_file = data_dir / "train" / "parallel_qp.squad-dev-minus-xquad.jsonl.gz"
-    for job in queue([int(s) for s in seeds.split(",")], [float(a) for a in sweep.split(",") if a]):
+    for job in queue([int(s) for s in seeds.split(",")], [float(a) for a in sweep.split(",") if a],
+                     [int(s) for s in sweep_seeds.split(",") if s]):
         row = work / job.directory
         if job.batching:
             checkpoint = row / "train"
@@ -198,7 +200,8 @@ def report(work, out):
     if points:
         plot_sweep(points, out)
         lines += ["", "![alpha sweep](alpha-sweep.png)"]
-    commands = (work / "commands.log").read_text().splitlines() if (work / "commands.log").exists() else []
+    logged = (work / "commands.log").read_text().splitlines() if (work / "commands.log").exists() else []
+    commands = list(dict.fromkeys(logged))  # a stage interrupted and rerun is logged twice
     lines += ["", "## Commands", "", "Every number above comes from these commands, in this order:", "", "```"]
     lines += [c.replace(str(work), "runs/study") for c in commands] + ["```", ""]
     (out / "results.md").write_text("\n".join(lines))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -68,12 +69,18 @@ def main(languages, dry_run, resume, **options):
 
     from hbt.train import train
 
-    with tqdm(desc="training", unit=" steps", dynamic_ncols=True) as bar:
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, one process reports
+    with tqdm(desc="training", unit=" steps", dynamic_ncols=True, disable=not rank0) as bar:
         def log(record):
             bar.update(1)
             bar.set_postfix(loss=record["loss"], ex_s=record["examples_per_second"])
-            if "validation_loss" in record:
+            if "validation_loss" in record and rank0:
                 bar.write(f"step {record['step']}: validation loss {record['validation_loss']:.4f}")
 
         summary = train(config, log, resume=resume)
-    click.echo(json.dumps(summary, indent=2))
+    if rank0:
+        click.echo(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":  # torchrun -m hbt.cli.train
+    main()
