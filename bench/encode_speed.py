@@ -35,12 +35,34 @@ def throughput(encode, texts: list[str], batch_size: int) -> tuple[float, np.nda
     return len(texts) / (time.perf_counter() - start), vectors
 
 
+def sentence_transformers_int8(source: str, threads: int):
+    """sentence-transformers' ONNX backend, quantized by its export_dynamic_quantized_onnx_model."""
+    import tempfile
+
+    import onnxruntime
+    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+
+    from hbt.sources import resolve_source
+
+    work = Path(tempfile.mkdtemp(prefix="st-int8-"))
+    model_dir = resolve_source(source).model_dir
+    SentenceTransformer(str(model_dir), backend="onnx").save(str(work))
+    export_dynamic_quantized_onnx_model(SentenceTransformer(str(work), backend="onnx"), "avx512_vnni", str(work))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    model = SentenceTransformer(str(work), backend="onnx", model_kwargs={
+        "file_name": "onnx/model_qint8_avx512_vnni.onnx", "provider": "CPUExecutionProvider", "session_options": options})
+    return lambda texts, batch_size: model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
+
+
 @click.command()
 @click.option("--bundle", "bundles", multiple=True, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--torch", "torch_source", help="Also time the PyTorch model of this source (fp32 and bf16).")
+@click.option("--sentence-transformers", "st_source",
+              help="Also time sentence-transformers' own dynamic int8 ONNX export of this source (what a user would pick instead).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(os.environ.get("HBT_DATA", "../shared/data")))
 @click.option("--threads", type=int, default=2, show_default=True)
-def main(bundles, torch_source, data_dir, threads):
+def main(bundles, torch_source, st_source, data_dir, threads):
     from hbt.encoder import Encoder
 
     texts = ["passage: " + s for s in sample_sentences(data_dir)]
@@ -61,6 +83,8 @@ def main(bundles, torch_source, data_dir, threads):
                 return model.embed(batch_texts, batch_size)
 
         rows += [("pytorch fp32", torch_encode), ("pytorch bf16", lambda t, b: torch_encode(t, b, bf16=True))]
+    if st_source:
+        rows.append(("sentence-transformers int8", sentence_transformers_int8(st_source, threads)))
     for name, encode in rows:
         single, _ = throughput(encode, texts[:64], 1)
         batched, vectors = throughput(encode, texts, 32)

@@ -273,6 +273,6 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
             metrics_file.close()
     if not (out / "best").exists() and rank0:  # no validation split: the last model is the result
         save_checkpoint(model, out / "best", config, {"step": step})
-    return {"steps": step, "stopped": stop_reason, "best_validation_loss": best,
+    return {"steps": step, "stopped": stop_reason, "best_validation_loss": best if math.isfinite(best) else None,
             "examples_per_second": round(examples / max(time.time() - started, 1e-9), 2),
             "checkpoint": str(out / "best")}
