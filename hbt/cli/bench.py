@@ -29,7 +29,7 @@ def main():
 @click.option("--sample", "share", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="LAReQA: evaluate a stable share of the qa ids (and the paragraphs holding them).")
 @click.option("--corpus", type=click.Path(path_type=Path), help="miracl/beir/mkqa: passages JSONL (default in the dataset folder).")
-@click.option("--queries", type=click.Path(path_type=Path), help="miracl/beir: topics TSV or queries JSONL.")
+@click.option("--queries", type=click.Path(path_type=Path), help="miracl/beir: topics TSV or queries JSONL; mkqa: the MKQA JSONL.")
 @click.option("--qrels", type=click.Path(path_type=Path), help="miracl/beir: TREC or BEIR qrels.")
 @click.option("--ann", is_flag=True, help="Rank through an HNSW index (top 100) instead of exact search.")
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/<dataset>-<bundle>).")
