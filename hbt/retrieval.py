@@ -127,8 +127,14 @@ def retrieve(query_vectors: np.ndarray, pool, depth: int = DEPTH) -> np.ndarray:
     return pool.knn_query(query_vectors, k=depth)[0].astype(np.int64)
 
 
+def _require(docs: list[Document]) -> None:
+    if not docs:
+        raise DataError("the corpus has no documents; give a JSONL or TSV corpus with at least one")
+
+
 def evaluate_qrels(queries: dict[str, str], qrels: dict[str, set[str]], docs: list[Document],
                    encode_queries, encode_passages, ann: bool = False) -> dict:
+    _require(docs)
     judged = sorted(set(queries) & set(qrels))
     if not judged:
         raise DataError(f"the qrels and the queries share no query id (queries like {next(iter(queries), '-')!r}, "
@@ -185,6 +191,7 @@ def read_mkqa(path: Path, languages: list[str] | None = None, answer_language: s
 
 def evaluate_mkqa(mkqa: dict[str, list[MkqaQuery]], docs: list[Document], encode_queries, encode_passages,
                   ks=(20, 100), ann: bool = False) -> dict:
+    _require(docs)
     passages = encode_passages([d.text for d in docs])
     pool = ann_index(passages) if ann else passages
     normalized = [normalize_answer(f"{d.title} {d.text}") for d in docs]

@@ -58,6 +58,8 @@ def test_qrels_evaluation_reads_miracl_and_beir_files(tmp_path):
         assert results["unjudged_queries"] == 1
     with pytest.raises(DataError, match="share no query id"):
         evaluate_qrels({"x": "alpha"}, {"q1": {"d0"}}, docs, encode, encode)
+    with pytest.raises(DataError, match="no documents"):
+        evaluate_qrels({"q1": "alpha"}, {"q1": {"d0"}}, [], encode, encode)
     with pytest.raises(DataError, match="no judged document"):
         evaluate_qrels({"q1": "alpha"}, {"q1": {"other"}}, docs, encode, encode)
 

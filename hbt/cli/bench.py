@@ -17,6 +17,22 @@ def main():
     """Measure retrieval accuracy and compare reports."""
 
 
+def with_progress(encode, description: str, chunk: int = 1024):
+    """``encode`` in chunks under a progress bar with texts/second: corpora can take minutes."""
+    import numpy as np
+    from tqdm import tqdm
+
+    def encode_with_bar(texts):
+        with tqdm(total=len(texts), desc=description, unit=" texts", dynamic_ncols=True) as bar:
+            parts = []
+            for start in range(0, len(texts), chunk):
+                parts.append(encode(texts[start : start + chunk]))
+                bar.update(len(parts[-1]))
+        return np.vstack(parts)
+
+    return encode_with_bar
+
+
 @main.command()
 @click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle made by hbt-export.")
 @click.option("--dataset", required=True,
@@ -72,12 +88,13 @@ def accuracy(bundle, dataset, data_dir, settings, languages, share, corpus, quer
         files = list(paths.values())
         results = retrieval.evaluate_qrels(retrieval.read_queries(paths["queries"]), retrieval.read_qrels(paths["qrels"]),
                                            list(read_corpus(paths["corpus"])), encoder.encode_queries,
-                                           encoder.encode_passages, ann)
+                                           with_progress(encoder.encode_passages, "embedding corpus"), ann)
     else:
         paths = retrieval.find_files(data_dir, dataset, {"mkqa": queries, "corpus": corpus})
         files = list(paths.values())
         results = retrieval.evaluate_mkqa(retrieval.read_mkqa(paths["mkqa"], wanted), list(read_corpus(paths["corpus"])),
-                                          encoder.encode_queries, encoder.encode_passages, ann=ann)
+                                          encoder.encode_queries, with_progress(encoder.encode_passages, "embedding corpus"),
+                                          ann=ann)
     report = {"dataset": dataset, "sample": share, "search": "hnsw top 100" if ann else "exact",
               "environment": environment(encoder.manifest, files), "settings": results}
     out = out or Path("reports") / f"{dataset}-{Path(bundle).name}"
