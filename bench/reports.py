@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-METRICS = ("map", "recall@1", "recall@10", "ndcg@10", "language_bias")
+METRICS = ("map", "recall@1", "recall@10", "recall@100", "ndcg@10", "language_bias")
 
 
 def environment(bundle_manifest, data_files: list[Path]) -> dict:

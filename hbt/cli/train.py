@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -75,7 +76,7 @@ def main(languages, dry_run, resume, **options):
             bar.update(1)
             bar.set_postfix(loss=record["loss"], ex_s=record["examples_per_second"])
             if "validation_loss" in record and rank0:
-                bar.write(f"step {record['step']}: validation loss {record['validation_loss']:.4f}")
+                bar.write(f"step {record['step']}: validation loss {record['validation_loss']:.4f}", file=sys.stderr)
 
         summary = train(config, log, resume=resume)
     if rank0:
