@@ -158,6 +158,30 @@ def test_resume_reproduces_uninterrupted_run(tiny_model_dir, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
 
 
+def test_sigterm_checkpoints_and_resume_continues(tiny_model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "hbt.cli.train", "--base", str(tiny_model_dir), "--data",
+               str(write_pairs(tmp_path / "pairs.jsonl")), "--batch-size", "4", "--eval-every", "0", "--out", str(out)]
+    process = subprocess.Popen([*command, "--steps", "100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len((out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []) < 3:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=60) != 0
+    done = len((out / "metrics.jsonl").read_text().splitlines())
+    state = torch.load(out / "last" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == done >= 3
+    resumed = subprocess.run([*command, "--steps", str(done + 2), "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == done + 2
+
+
 def test_cli_dry_run_and_errors(tiny_model_dir, tmp_path):
     runner = CliRunner()
     data = write_pairs(tmp_path / "pairs.jsonl")

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from hbt.cli import user_errors
+
+
+def interrupt(signum, frame):
+    """SIGTERM (kill, a scheduler's preemption) checkpoints like Ctrl-C, so --resume continues from here."""
+    raise KeyboardInterrupt
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,6 +76,7 @@ def main(languages, dry_run, resume, **options):
 
     from hbt.train import train
 
+    signal.signal(signal.SIGTERM, interrupt)
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, one process reports
     with tqdm(desc="training", unit=" steps", dynamic_ncols=True, disable=not rank0) as bar:
         def log(record):
