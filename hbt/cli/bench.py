@@ -98,7 +98,8 @@ def accuracy(bundle, dataset, data_dir, settings, languages, share, corpus, quer
     report = {"dataset": dataset, "sample": share, "search": "hnsw top 100" if ann else "exact",
               "environment": environment(encoder.manifest, files), "settings": results}
     out = out or Path("reports") / f"{dataset}-{Path(bundle).name}"
-    write_report(report, out, markdown(report, f"{dataset}: {encoder.manifest.source} ({encoder.manifest.quantization})"))
+    precision = "fp32" if encoder.manifest.quantization == "none" else encoder.manifest.quantization
+    write_report(report, out, markdown(report, f"{dataset}: {encoder.manifest.source} ({precision})"))
     for setting, values in results.items():
         click.echo(f"{setting:>6}: " + "  ".join(f"{m} {v:.3f}" for m, v in values["mean"].items()
                                                   if m not in ("groups", "queries")))
