@@ -13,7 +13,6 @@ on all threads, build time and bytes per vector.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from hbt.lareqa import raw_texts
+
 K = 10
 
 
@@ -31,13 +32,7 @@ def real_vectors(bundle: Path, data_dir: Path, cache: Path, queries: int) -> tup
         return np.load(cache / "passages.npy"), np.load(cache / "queries.npy")
     from hbt.encoder import Encoder
 
-    sentences, questions = [], []
-    for folder in ("xquad-r", "mlqa-r"):
-        for file in sorted((data_dir / folder).glob("*.json.gz")):
-            data = json.load(gzip.open(file, "rt", encoding="utf-8"))
-            for paragraph in (p for a in data["data"] for p in a["paragraphs"]):
-                sentences += paragraph["sentences"]
-                questions += [qa["question"] for qa in paragraph["qas"]]
+    sentences, questions = raw_texts(data_dir, ("xquad-r", "mlqa-r"))
     chosen = np.random.default_rng(0).choice(len(questions), size=min(queries, len(questions)), replace=False)
     encoder = Encoder(bundle)
     cache.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,6 @@ batches of 1 and 32, and each bundle's cosine to the first one.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import time
 from pathlib import Path
@@ -17,14 +15,12 @@ from pathlib import Path
 import click
 import numpy as np
 
+from hbt.lareqa import raw_texts
+
 
 def sample_sentences(data_dir: Path, n: int = 512, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
-    pool = []
-    for folder in ("xquad-r", "mlqa-r"):
-        for file in sorted((data_dir / folder).glob("*.json.gz")):
-            data = json.load(gzip.open(file, "rt", encoding="utf-8"))
-            pool += [s for a in data["data"] for p in a["paragraphs"] for s in p["sentences"]]
+    pool, _ = raw_texts(data_dir, ("xquad-r", "mlqa-r"))
     return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
 
 

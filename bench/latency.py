@@ -7,8 +7,6 @@ queries) and the bundled demo corpus otherwise, so the command runs anywhere.
 
 from __future__ import annotations
 
-import gzip
-import json
 import resource
 import tempfile
 import time
@@ -22,14 +20,12 @@ from hbt.corpus import Document, read_corpus
 from hbt.demo import DEMO_CORPUS, QUESTIONS
 from hbt.encoder import Encoder
 from hbt.index import Index, IndexConfig, build_index
+from hbt.lareqa import raw_texts
 from hbt.search import Searcher
 
 
 def sample_questions(data_dir: Path, n: int, seed: int = 0) -> list[str]:
-    pool = []
-    for file in sorted((data_dir / "xquad-r").glob("*.json.gz")):
-        data = json.load(gzip.open(file, "rt", encoding="utf-8"))
-        pool += [qa["question"] for a in data["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    _, pool = raw_texts(data_dir, ("xquad-r",))
     rng = np.random.default_rng(seed)
     return [pool[i] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
 

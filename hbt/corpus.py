@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ class Document:
 class ReadStats:
     documents: int = 0
     skipped: int = 0
+
+
+def open_text(path: Path):
+    """A UTF-8 text file, gzip-compressed when its name ends in .gz."""
+    return gzip.open(path, "rt", encoding="utf-8") if Path(path).suffix == ".gz" else open(path, encoding="utf-8")
 
 
 def _open_bytes(path: str | Path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hbt.corpus import open_text
 from hbt.errors import DataError
 
 
@@ -44,10 +44,6 @@ def answer_sentence(context: str, answers: list[str]) -> str | None:
     return next((s for answer in answers if answer for s in sentences if answer in s), None)
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def load_records(path: Path | str, languages: list[str] | None = None, passage_unit: str = "paragraph") -> list[Record]:
     """Read a parallel QA file (rows with "langs") or plain pairs (query, passage, query_lang, passage_lang).
 
@@ -61,7 +57,7 @@ def load_records(path: Path | str, languages: list[str] | None = None, passage_u
         raise DataError(f"{path}: no such training file")
     wanted = set(languages or ())
     records: dict[str, Record] = {}
-    with _open(path) as handle:
+    with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

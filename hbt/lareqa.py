@@ -8,7 +8,6 @@ only, every ordered pair X != Y, macro-averaged) and multilingual (one pool).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from hbt.corpus import open_text
 from hbt.errors import DataError
 from hbt.metrics import relevant_ranks, summarize
 from hbt.retrieval import ann_index, ranks_in, retrieve
@@ -31,6 +31,19 @@ class Language:
     answers: dict[str, int]  # qa id -> index of the answer sentence in candidates
 
 
+def raw_texts(data_dir: Path, folders: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Every candidate sentence and every question of the folders' files, in file order (benchmark workloads)."""
+    sentences, questions = [], []
+    for folder in folders:
+        for file in sorted((Path(data_dir) / folder).glob("*.json.gz")):
+            with open_text(file) as handle:
+                data = json.load(handle)
+            for paragraph in (p for a in data["data"] for p in a["paragraphs"]):
+                sentences += paragraph["sentences"]
+                questions += [qa["question"] for qa in paragraph["qas"]]
+    return sentences, questions
+
+
 def sampled(qa_id: str, share: float) -> bool:
     """A stable, seed-free choice of about ``share`` of the qa ids, the same in every language and run."""
     return share >= 1.0 or int(hashlib.sha1(qa_id.encode()).hexdigest()[:8], 16) < share * 2**32
@@ -38,7 +51,8 @@ def sampled(qa_id: str, share: float) -> bool:
 
 def load_language(path: Path, share: float = 1.0) -> Language:
     """One language's candidates and questions; ``share`` < 1 keeps the paragraphs of a sample of qa ids."""
-    data = json.load(gzip.open(path, "rt", encoding="utf-8"))
+    with open_text(path) as handle:
+        data = json.load(handle)
     candidates, questions, answers = [], {}, {}
     for article in data["data"]:
         for paragraph in article["paragraphs"]:

@@ -9,7 +9,6 @@ string occurs in one of the top k passages" (the BGE-M3 / RocketQA protocol).
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import string
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hbt.corpus import Document
+from hbt.corpus import Document, open_text
 from hbt.errors import DataError
 from hbt.metrics import summarize
 
@@ -55,8 +54,7 @@ def _lines(path: Path):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
+    with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if line.strip():
                 yield number, line.rstrip("\n")

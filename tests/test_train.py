@@ -176,10 +176,11 @@ def test_sigterm_checkpoints_and_resume_continues(tiny_model_dir, tmp_path):
     assert process.wait(timeout=60) != 0
     done = len((out / "metrics.jsonl").read_text().splitlines())
     state = torch.load(out / "last" / "trainer_state.pt", weights_only=False)
-    assert state["step"] == done >= 3
-    resumed = subprocess.run([*command, "--steps", str(done + 2), "--resume"], capture_output=True, text=True)
+    # The signal may land between a step and its metrics line: the checkpoint holds every logged step.
+    assert state["step"] in (done, done + 1) and done >= 3
+    resumed = subprocess.run([*command, "--steps", str(state["step"] + 2), "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["steps"] == done + 2
+    assert json.loads(resumed.stdout)["steps"] == state["step"] + 2
 
 
 def test_cli_dry_run_and_errors(tiny_model_dir, tmp_path):
