@@ -13,6 +13,7 @@ on all threads, build time and bytes per vector.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -81,12 +82,12 @@ def qps_batched(search_all, queries: np.ndarray) -> tuple[float, np.ndarray]:
     return len(queries) / (time.perf_counter() - start), found
 
 
-def bench_hnswlib(passages, queries, truth, M: int, efs: list[int], threads: int) -> list[dict]:
+def bench_hnswlib(passages, queries, truth, M: int, ef_construction: int, efs: list[int], threads: int) -> list[dict]:
     import hnswlib
 
     index = hnswlib.Index(space="ip", dim=passages.shape[1])
     start = time.perf_counter()
-    index.init_index(max_elements=len(passages), M=M, ef_construction=200, random_seed=100)
+    index.init_index(max_elements=len(passages), M=M, ef_construction=ef_construction, random_seed=100)
     index.add_items(passages, num_threads=threads)
     build = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as scratch:
@@ -97,17 +98,17 @@ def bench_hnswlib(passages, queries, truth, M: int, efs: list[int], threads: int
         index.set_ef(ef)
         loop = qps_loop(lambda q: index.knn_query(q, k=K, num_threads=1), queries)
         batched, found = qps_batched(lambda q: index.knn_query(q, k=K, num_threads=threads)[0], queries)
-        rows.append({"library": "hnswlib", "M": M, "ef": ef, "recall@10": recall(found, truth), "qps_loop": loop,
+        rows.append({"library": "hnswlib", "M": M, "efc": ef_construction, "ef": ef, "recall@10": recall(found, truth), "qps_loop": loop,
                      "qps_batched": batched, "build_s": build, "bytes_per_vector": size / len(passages)})
     return rows
 
 
-def bench_faiss(passages, queries, truth, M: int, efs: list[int], threads: int) -> list[dict]:
+def bench_faiss(passages, queries, truth, M: int, ef_construction: int, efs: list[int], threads: int) -> list[dict]:
     import faiss
 
     faiss.omp_set_num_threads(threads)
     index = faiss.IndexHNSWFlat(passages.shape[1], M, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 200
+    index.hnsw.efConstruction = ef_construction
     start = time.perf_counter()
     index.add(passages)
     build = time.perf_counter() - start
@@ -119,7 +120,7 @@ def bench_faiss(passages, queries, truth, M: int, efs: list[int], threads: int) 
         loop = qps_loop(lambda q: index.search(q, K), queries)
         faiss.omp_set_num_threads(threads)
         batched, found = qps_batched(lambda q: index.search(q, K)[1], queries)
-        rows.append({"library": "faiss", "M": M, "ef": ef, "recall@10": recall(found, truth), "qps_loop": loop,
+        rows.append({"library": "faiss", "M": M, "efc": ef_construction, "ef": ef, "recall@10": recall(found, truth), "qps_loop": loop,
                      "qps_batched": batched, "build_s": build, "bytes_per_vector": size / len(passages)})
     return rows
 
@@ -127,18 +128,18 @@ def bench_faiss(passages, queries, truth, M: int, efs: list[int], threads: int) 
 def bench_exact(passages, queries) -> dict:
     loop = qps_loop(lambda q: exact_top_k(passages, q), queries)
     batched, _ = qps_batched(lambda q: exact_top_k(passages, q), queries)
-    return {"library": "numpy exact", "M": "", "ef": "", "recall@10": 1.0, "qps_loop": loop, "qps_batched": batched,
+    return {"library": "numpy exact", "M": "", "efc": "", "ef": "", "recall@10": 1.0, "qps_loop": loop, "qps_batched": batched,
             "build_s": 0.0, "bytes_per_vector": passages.shape[1] * 4}
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# Approximate search: {meta['vectors']:,} vectors, {meta['queries']} queries", "",
              f"{meta['source']}. Recall@10 against exact search; loop = one query at a time on one thread; "
-             f"batched = all queries in one call on {meta['threads']} threads; build on {meta['threads']} threads "
-             "(ef_construction 200).", "",
-             "| index | M | ef | recall@10 | QPS loop | QPS batched | build s | bytes/vector |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['library']} | {r['M']} | {r['ef']} | {r['recall@10']:.3f} | {r['qps_loop']:,.0f} | "
+             f"batched = all queries in one call on {meta['threads']} threads; build on {meta['threads']} threads; "
+             "efc = ef_construction.", "",
+             "| index | M | efc | ef | recall@10 | QPS loop | QPS batched | build s | bytes/vector |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['library']} | {r['M']} | {r.get('efc', 200)} | {r['ef']} | {r['recall@10']:.3f} | {r['qps_loop']:,.0f} | "
               f"{r['qps_batched']:,.0f} | {r['build_s']:.1f} | {r['bytes_per_vector']:.0f} |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -148,12 +149,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(os.environ.get("HBT_DATA", "../shared/data")))
 @click.option("--scale", type=int, default=0, help="Grow to this many vectors (0: the real set only).")
 @click.option("--M", "ms", default="16,32", show_default=True)
+@click.option("--ef-construction", "efcs", default="200", show_default=True)
 @click.option("--ef", "efs", default="16,32,64,128,256", show_default=True)
 @click.option("--queries", default=2000, show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/reports/ann"), show_default=True)
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("runs/ann-cache"), show_default=True)
-def main(bundle, data_dir, scale, ms, efs, queries, threads, out, cache):
+def main(bundle, data_dir, scale, ms, efcs, efs, queries, threads, out, cache):
     passages, query_vectors = real_vectors(bundle, data_dir, cache, queries)
     source = f"{len(passages):,} real XQuAD-R + MLQA-R candidate embeddings ({Path(bundle).name})"
     if scale > len(passages):
@@ -161,10 +163,10 @@ def main(bundle, data_dir, scale, ms, efs, queries, threads, out, cache):
         source += f", grown to {scale:,} with rotated, noised copies"
     truth = exact_top_k(passages, query_vectors)
     rows = [bench_exact(passages, query_vectors)] if len(passages) <= 200_000 else []
-    for M in (int(m) for m in ms.split(",")):
-        ef_list = [int(e) for e in efs.split(",")]
+    ef_list = [int(e) for e in efs.split(",")]
+    for M, ef_construction in itertools.product(map(int, ms.split(",")), map(int, efcs.split(","))):
         for library in (bench_hnswlib, bench_faiss):
-            rows += library(passages, query_vectors, truth, M, ef_list, threads)
+            rows += library(passages, query_vectors, truth, M, ef_construction, ef_list, threads)
             click.echo(markdown(rows, {"vectors": len(passages), "queries": len(query_vectors),
                                        "source": source, "threads": threads}).splitlines()[-1])
     meta = {"vectors": len(passages), "queries": len(query_vectors), "source": source, "threads": threads}
