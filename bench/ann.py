@@ -8,7 +8,8 @@ cached beside --out, so reruns skip the encoding. ``--scale N`` grows the set to
 vectors with randomly rotated, noised copies of the real ones (a hard, clustered
 set, unlike uniform noise). For each M and ef, both libraries report recall@10
 against exact search, queries/second one query at a time on one thread and batched
-on all threads, build time and bytes per vector.
+on all threads, build time and bytes per vector. hnswlib is built as hbt-index
+builds it, in shuffled batches (``hbt.index.add_in_batches``); faiss as its users do.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from hbt.index import add_shuffled
+from hbt.index import add_in_batches
 from hbt.lareqa import raw_texts
 
 K = 10
@@ -89,7 +90,7 @@ def bench_hnswlib(passages, queries, truth, M: int, ef_construction: int, efs: l
     index = hnswlib.Index(space="ip", dim=passages.shape[1])
     start = time.perf_counter()
     index.init_index(max_elements=len(passages), M=M, ef_construction=ef_construction, random_seed=100)
-    add_shuffled(index, passages, np.arange(len(passages)), threads)  # as hbt-index builds
+    add_in_batches(index, passages, threads)
     build = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as scratch:
         index.save_index(f"{scratch}/index.bin")
@@ -126,6 +127,9 @@ def bench_faiss(passages, queries, truth, M: int, ef_construction: int, efs: lis
     return rows
 
 
+LIBRARIES = {"hnswlib": bench_hnswlib, "faiss": bench_faiss}
+
+
 def bench_exact(passages, queries) -> dict:
     loop = qps_loop(lambda q: exact_top_k(passages, q), queries)
     batched, _ = qps_batched(lambda q: exact_top_k(passages, q), queries)
@@ -152,11 +156,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
 @click.option("--M", "ms", default="16,32", show_default=True)
 @click.option("--ef-construction", "efcs", default="200", show_default=True)
 @click.option("--ef", "efs", default="16,32,64,128,256", show_default=True)
+@click.option("--libraries", default="hnswlib,faiss", show_default=True)
 @click.option("--queries", default=2000, show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/reports/ann"), show_default=True)
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("runs/ann-cache"), show_default=True)
-def main(bundle, data_dir, scale, ms, efcs, efs, queries, threads, out, cache):
+def main(bundle, data_dir, scale, ms, efcs, efs, libraries, queries, threads, out, cache):
     passages, query_vectors = real_vectors(bundle, data_dir, cache, queries)
     source = f"{len(passages):,} real XQuAD-R + MLQA-R candidate embeddings ({Path(bundle).name})"
     if scale > len(passages):
@@ -166,7 +171,7 @@ def main(bundle, data_dir, scale, ms, efcs, efs, queries, threads, out, cache):
     rows = [bench_exact(passages, query_vectors)] if len(passages) <= 200_000 else []
     ef_list = [int(e) for e in efs.split(",")]
     for M, ef_construction in itertools.product(map(int, ms.split(",")), map(int, efcs.split(","))):
-        for library in (bench_hnswlib, bench_faiss):
+        for library in (LIBRARIES[name] for name in libraries.split(",")):
             rows += library(passages, query_vectors, truth, M, ef_construction, ef_list, threads)
             click.echo(markdown(rows, {"vectors": len(passages), "queries": len(query_vectors),
                                        "source": source, "threads": threads}).splitlines()[-1])

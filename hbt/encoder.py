@@ -27,7 +27,11 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 def pad_batch(ids: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad to the longest sequence of the batch: ids and attention mask, both [B, T] int64."""
+    """Pad to the longest sequence of the batch: ids and attention mask, both [B, T] int64.
+
+    Padding goes on the right: the fused Attention of hbt-export's graphs reads each
+    row's length from its mask.
+    """
     width = max(len(row) for row in ids)
     input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(ids), width), dtype=np.int64)

@@ -172,6 +172,13 @@ def add_shuffled(graph, vectors: np.ndarray, labels: np.ndarray, threads: int = 
     graph.add_items(vectors[order], labels[order], num_threads=threads or -1)
 
 
+def add_in_batches(graph, vectors: np.ndarray, threads: int = 0) -> None:
+    """Add vectors labelled by row as hbt-index does: INSERT_BATCH at a time, each shuffled."""
+    for start in range(0, len(vectors), INSERT_BATCH):
+        batch = vectors[start : start + INSERT_BATCH]
+        add_shuffled(graph, batch, np.arange(start, start + len(batch)), threads)
+
+
 class _GraphWriter:
     """Embeds and stores documents chunk by chunk; adds their vectors in shuffled batches."""
 

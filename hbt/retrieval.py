@@ -20,7 +20,7 @@ import numpy as np
 
 from hbt.corpus import Document, open_text
 from hbt.errors import DataError
-from hbt.index import SPACE, IndexConfig, add_shuffled
+from hbt.index import SPACE, IndexConfig, add_in_batches
 from hbt.metrics import summarize
 
 DEPTH = 100  # ranks beyond this count as not retrieved
@@ -108,7 +108,7 @@ def ann_index(passage_vectors: np.ndarray):
     graph = hnswlib.Index(space=SPACE, dim=passage_vectors.shape[1])
     graph.init_index(max_elements=len(passage_vectors), M=config.M, ef_construction=config.ef_construction,
                      random_seed=100)
-    add_shuffled(graph, passage_vectors, np.arange(len(passage_vectors)))
+    add_in_batches(graph, passage_vectors)
     return graph
 
 

@@ -32,12 +32,24 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+INT8_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QAttention"}
+
+
+def graph_ops(bundle) -> set[str]:
+    return {node.op_type for node in onnx.load(str(bundle / MODEL_FILE), load_external_data=False).graph.node}
+
+
+def int8_ops(bundle) -> set[str]:
+    return graph_ops(bundle) & INT8_OPS
+
+
 def test_bundle_is_self_describing(tiny_bundle, tiny_model_dir):
     manifest = read_manifest(tiny_bundle)
     assert manifest.dimension == 32 and manifest.max_length == 64 and manifest.quantization == "none"
     assert manifest.query_prefix == "query: " and manifest.pooling == "mean"
     assert set(manifest.files) == {MODEL_FILE, "sentencepiece.bpe.model"}
     assert manifest.fidelity["min_cosine"] >= 0.9999
+    assert {"Attention", "SkipLayerNormalization"} <= graph_ops(tiny_bundle)  # fused: fewer, larger kernels
     assert manifest.source_fingerprint == "sha256:" + sha256_file(tiny_model_dir / "model.safetensors")
     assert not [p for p in tiny_bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
@@ -49,21 +61,16 @@ def test_cli_exports_int8(tiny_model_dir, tmp_path):
     assert manifest.quantization == "int8" and 0.98 <= manifest.fidelity["min_cosine"] <= 1.0001
 
 
-def int8_ops(bundle) -> set[str]:
-    graph = onnx.load(str(bundle / MODEL_FILE), load_external_data=False).graph
-    return {node.op_type for node in graph.node} & {"MatMulInteger", "DynamicQuantizeLinear"}
-
-
 def test_outlier_ratio_keeps_matmuls_fp32(tiny_model_dir, tmp_path):
     # Every input's largest token is at least its median one: ratio 1 keeps every MatMul fp32.
     result = run_export(tiny_model_dir, "--out", tmp_path / "all", "--max-length", 64, "--outlier-ratio", 1)
     assert result.exit_code == 0, result.output
     kept = read_manifest(tmp_path / "all").details["fp32_matmuls"]
-    assert len(kept) == 2 * 6 and all(ratio >= 1 for ratio in kept.values())  # 2 layers x (Q, K, V, out, FFN in/out)
+    assert len(kept) == 2 * 4 and all(ratio >= 1 for ratio in kept.values())  # 2 x (Attention, out, FFN in, FFN out)
     assert not int8_ops(tmp_path / "all")
     assert run_export(tiny_model_dir, "--out", tmp_path / "none", "--max-length", 64, "--outlier-ratio", 0).exit_code == 0
     assert read_manifest(tmp_path / "none").details["fp32_matmuls"] == {}
-    assert int8_ops(tmp_path / "none") == {"MatMulInteger", "DynamicQuantizeLinear"}
+    assert int8_ops(tmp_path / "none") == INT8_OPS
 
 
 token_batches = st.tuples(st.integers(1, 4), st.integers(3, 9), st.integers(1, 8), st.integers(0, 2**32 - 1))
