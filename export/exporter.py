@@ -20,7 +20,7 @@ import numpy as np
 from hbt import __version__
 from hbt.atomic import replace_directory
 from hbt.bundle import MANIFEST, MODEL_FILE, Manifest, sha256_file
-from hbt.encoder import pad_batch
+from hbt.encoder import model_inputs, pad_batch
 from hbt.errors import BundleError, FidelityError, SourceError
 from hbt.sources import Source, resolve_source
 from hbt.tokenizer import Tokenizer, TokenizerSpec
@@ -29,20 +29,20 @@ log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("int8", "none")
 # Minimum cosine between ONNX and PyTorch embeddings of the reference set. Correct
-# fp32 graphs agree to ~1e-6; dynamic int8 costs this model ~0.004 on average and
-# ~0.007 at worst, while the broken int8 exports of onnxruntime issue 9599 fall
-# below 0.9. The int8 gate leaves room for harder models without letting that through.
+# fp32 graphs agree to ~1e-6; hbt's int8 costs e5-small ~0.0015 on average and ~0.0035
+# at worst, while the broken int8 exports of onnxruntime issue 9599 fall below 0.9.
+# The int8 gate leaves room for harder models without letting that through.
 # Contrastively fine-tuned models are harder: their embeddings spread out (mean pairwise
-# cosine 0.75 -> 0.09 after hbt-train), so the same int8 noise costs more cosine
-# (mean 0.965, min 0.91 measured). --min-cosine accepts such drift deliberately.
+# cosine 0.75 -> 0.09 after hbt-train), so the same int8 noise costs more cosine (min
+# 0.91-0.96 measured). --min-cosine accepts such drift deliberately.
 MIN_COSINE = {"none": 0.9999, "int8": 0.98}
 # Dynamic int8 gives each MatMul input one scale for the whole batch. In e5-small the
-# <s> and </s> tokens reach 12-28x the typical token's largest activation at the FFN
+# <s> and </s> tokens reach 12-34x the typical token's largest activation at the FFN
 # output projections of layers 0, 4 and 5, so the other tokens get a handful of the
 # 256 levels there. MatMuls whose input has such outlier tokens stay fp32: for e5-small
-# the 3 of 72 that give 60% of the int8 error (mean cosine 0.9965 -> 0.9986, minimum
-# 0.992 -> 0.997; multilingual-pool mAP lost to int8 .020 -> .007 on XQuAD-R, .012 -> .004
-# on MLQA-R) for 5-15% of the batch throughput. Keeping the next 9 (ratio >= 5.5) in fp32
+# the 3 of 72 that give 60% of the int8 error (reference-set cosine mean 0.9964 -> 0.9985,
+# min 0.993 -> 0.997; multilingual-pool mAP lost to int8 .020 -> .008 on XQuAD-R, .012 ->
+# .004 on MLQA-R) for 5-15% of the batch throughput. Keeping the next 9 (ratio >= 5.5) in fp32
 # gains only 0.0005 cosine more. Per-channel smoothing (SmoothQuant) did not help: the
 # outliers are whole tokens, not channels.
 OUTLIER_RATIO = 10.0
@@ -93,7 +93,7 @@ def _build(config: ExportConfig, source: Source, staging: Path, step: Callable[[
 
     torch_model = DualEncoder(source, config.max_length)
     max_length = torch_model.max_length
-    step(f"exporting ONNX graph (opset {config.opset})")
+    step(f"exporting and fusing the ONNX graph (opset {config.opset})")
     work = staging / "fp32"
     fp32_model = fuse(onnx_export(source.model_dir, work, config.opset), work / "fused.onnx",
                       torch_model.backbone.config)
@@ -165,7 +165,7 @@ def onnx_export(model_dir: Path, out_dir: Path, opset: int) -> Path:
     return out_dir / "model.onnx"
 
 
-def fuse(model: Path, out: Path, config) -> Path:
+def fuse(model: Path, out: Path, model_config) -> Path:
     """The graph with onnxruntime's transformer fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm).
 
     A one-query encode runs ~400 small kernels unfused; the fused graph has a quarter of
@@ -178,8 +178,8 @@ def fuse(model: Path, out: Path, config) -> Path:
 
     prepared = out.with_name("prepared.onnx")
     quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
-    optimize_model(str(prepared), model_type="bert", num_heads=config.num_attention_heads,
-                   hidden_size=config.hidden_size, opt_level=1).save_model_to_file(str(out))
+    optimize_model(str(prepared), model_type="bert", num_heads=model_config.num_attention_heads,
+                   hidden_size=model_config.hidden_size, opt_level=1).save_model_to_file(str(out))
     return out
 
 
@@ -227,11 +227,9 @@ def matmul_outlier_ratios(model: Path, batch: tuple[np.ndarray, np.ndarray]) -> 
     for tensor in set(probed.values()) - known_outputs:
         graph.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    inputs = {i.name for i in session.get_inputs()}
     input_ids, mask = batch
-    feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
     tensors = list(probed.values())
-    values = dict(zip(tensors, session.run(tensors, {k: v for k, v in feed.items() if k in inputs})))
+    values = dict(zip(tensors, session.run(tensors, model_inputs(input_ids, mask, session))))
     return {name: outlier_ratio(values[tensor], mask) for name, tensor in probed.items()}
 
 
