@@ -100,8 +100,8 @@ def bench_hnswlib(passages, queries, truth, M: int, ef_construction: int, efs: l
         index.set_ef(ef)
         loop = qps_loop(lambda q: index.knn_query(q, k=K, num_threads=1), queries)
         batched, found = qps_batched(lambda q: index.knn_query(q, k=K, num_threads=threads)[0], queries)
-        rows.append({"library": "hnswlib", "M": M, "efc": ef_construction, "ef": ef, "recall@10": recall(found, truth), "qps_loop": loop,
-                     "qps_batched": batched, "build_s": build, "bytes_per_vector": size / len(passages)})
+        rows.append({"library": "hnswlib", "M": M, "efc": ef_construction, "ef": ef, "recall@10": recall(found, truth),
+                     "qps_loop": loop, "qps_batched": batched, "build_s": build, "bytes_per_vector": size / len(passages)})
     return rows
 
 
@@ -122,8 +122,8 @@ def bench_faiss(passages, queries, truth, M: int, ef_construction: int, efs: lis
         loop = qps_loop(lambda q: index.search(q, K), queries)
         faiss.omp_set_num_threads(threads)
         batched, found = qps_batched(lambda q: index.search(q, K)[1], queries)
-        rows.append({"library": "faiss", "M": M, "efc": ef_construction, "ef": ef, "recall@10": recall(found, truth), "qps_loop": loop,
-                     "qps_batched": batched, "build_s": build, "bytes_per_vector": size / len(passages)})
+        rows.append({"library": "faiss", "M": M, "efc": ef_construction, "ef": ef, "recall@10": recall(found, truth),
+                     "qps_loop": loop, "qps_batched": batched, "build_s": build, "bytes_per_vector": size / len(passages)})
     return rows
 
 
@@ -133,8 +133,8 @@ LIBRARIES = {"hnswlib": bench_hnswlib, "faiss": bench_faiss}
 def bench_exact(passages, queries) -> dict:
     loop = qps_loop(lambda q: exact_top_k(passages, q), queries)
     batched, _ = qps_batched(lambda q: exact_top_k(passages, q), queries)
-    return {"library": "numpy exact", "M": "", "efc": "", "ef": "", "recall@10": 1.0, "qps_loop": loop, "qps_batched": batched,
-            "build_s": 0.0, "bytes_per_vector": passages.shape[1] * 4}
+    return {"library": "numpy exact", "M": "", "efc": "", "ef": "", "recall@10": 1.0, "qps_loop": loop,
+            "qps_batched": batched, "build_s": 0.0, "bytes_per_vector": passages.shape[1] * 4}
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -144,7 +144,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "efc = ef_construction.", "",
              "| index | M | efc | ef | recall@10 | QPS loop | QPS batched | build s | bytes/vector |",
              "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['library']} | {r['M']} | {r.get('efc', 200)} | {r['ef']} | {r['recall@10']:.3f} | {r['qps_loop']:,.0f} | "
+    lines += [f"| {r['library']} | {r['M']} | {r['efc']} | {r['ef']} | {r['recall@10']:.3f} | {r['qps_loop']:,.0f} | "
               f"{r['qps_batched']:,.0f} | {r['build_s']:.1f} | {r['bytes_per_vector']:.0f} |" for r in rows]
     return "\n".join(lines) + "\n"
 
