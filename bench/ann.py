@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from hbt.index import add_in_batches
+from hbt.index import IndexConfig, add_in_batches, new_graph
 from hbt.lareqa import raw_texts
 
 K = 10
@@ -85,11 +85,8 @@ def qps_batched(search_all, queries: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def bench_hnswlib(passages, queries, truth, M: int, ef_construction: int, efs: list[int], threads: int) -> list[dict]:
-    import hnswlib
-
-    index = hnswlib.Index(space="ip", dim=passages.shape[1])
     start = time.perf_counter()
-    index.init_index(max_elements=len(passages), M=M, ef_construction=ef_construction, random_seed=100)
+    index = new_graph(passages.shape[1], len(passages), IndexConfig(M=M, ef_construction=ef_construction))
     add_in_batches(index, passages, threads)
     build = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as scratch:

@@ -229,7 +229,7 @@ def matmul_outlier_ratios(model: Path, batch: tuple[np.ndarray, np.ndarray]) -> 
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     input_ids, mask = batch
     tensors = list(probed.values())
-    values = dict(zip(tensors, session.run(tensors, model_inputs(input_ids, mask, session))))
+    values = dict(zip(tensors, session.run(tensors, model_inputs(input_ids, mask, {i.name for i in session.get_inputs()}))))
     return {name: outlier_ratio(values[tensor], mask) for name, tensor in probed.items()}
 
 

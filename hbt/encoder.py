@@ -41,10 +41,9 @@ def pad_batch(ids: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarra
     return input_ids, mask
 
 
-def model_inputs(input_ids: np.ndarray, mask: np.ndarray, session) -> dict[str, np.ndarray]:
-    """The feed a session's graph declares. BERT graphs also take token_type_ids, all zero for XLM-R tokenizers."""
+def model_inputs(input_ids: np.ndarray, mask: np.ndarray, names: set[str]) -> dict[str, np.ndarray]:
+    """The feed for a graph with these input names. BERT graphs also take token_type_ids, all zero for XLM-R."""
     feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-    names = {i.name for i in session.get_inputs()}
     return {name: value for name, value in feed.items() if name in names}
 
 
@@ -75,6 +74,7 @@ class Encoder:
                 f"{self.bundle_dir / MODEL_FILE}: onnxruntime cannot load it ({str(e).splitlines()[0]}); "
                 "re-export the bundle with hbt-export"
             ) from e
+        self._input_names = {i.name for i in self._session.get_inputs()}
         self.truncated = 0
 
     @property
@@ -103,5 +103,5 @@ class Encoder:
 
     def _run(self, ids: list[np.ndarray]) -> np.ndarray:
         input_ids, mask = pad_batch(ids, self.manifest.tokenizer.pad_id)
-        hidden = self._session.run(None, model_inputs(input_ids, mask, self._session))[0]
+        hidden = self._session.run(None, model_inputs(input_ids, mask, self._input_names))[0]
         return l2_normalize(mean_pool(hidden, mask))

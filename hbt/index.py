@@ -158,6 +158,15 @@ def _check_unique(db: sqlite3.Connection, docs: list[Document]) -> None:
         raise DataError(f"duplicate document id {stored[0]!r}: already in the index; ids must be unique")
 
 
+def new_graph(dimension: int, capacity: int, config: IndexConfig = IndexConfig()):
+    """An empty HNSW graph with hbt's space and seed (it grows past ``capacity`` as vectors come)."""
+    import hnswlib
+
+    graph = hnswlib.Index(space=SPACE, dim=dimension)
+    graph.init_index(max_elements=capacity, M=config.M, ef_construction=config.ef_construction, random_seed=100)
+    return graph
+
+
 def add_shuffled(graph, vectors: np.ndarray, labels: np.ndarray, threads: int = 0) -> None:
     """Add vectors to an HNSW graph in a random (seeded) order, growing it as needed.
 
@@ -234,8 +243,6 @@ def _save(staging: Path, graph, db: sqlite3.Connection, manifest: dict) -> dict:
 def build_index(docs: Iterable[Document], encoder, out: Path, config: IndexConfig = IndexConfig(),
                 progress: Callable[[int], None] = lambda n: None, force: bool = False) -> dict:
     """Embed a stream of documents and write a new index directory at ``out``."""
-    import hnswlib
-
     out = Path(out)
     if out.exists() and not force:
         raise SearchIndexError(f"{out}: already exists; choose another --out, use hbt-index add, or pass --force")
@@ -248,9 +255,7 @@ def build_index(docs: Iterable[Document], encoder, out: Path, config: IndexConfi
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with _staged(out, copy_existing=False) as staging:
-        graph = hnswlib.Index(space=SPACE, dim=encoder.dimension)
-        graph.init_index(max_elements=ENCODE_CHUNK * 4, M=config.M, ef_construction=config.ef_construction,
-                         random_seed=100)
+        graph = new_graph(encoder.dimension, ENCODE_CHUNK * 4, config)
         db = sqlite3.connect(str(staging / DOCS_FILE))
         _create_tables(db)
         writer = _GraphWriter(graph, db, encoder, 0, config.threads)

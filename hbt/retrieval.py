@@ -20,7 +20,7 @@ import numpy as np
 
 from hbt.corpus import Document, open_text
 from hbt.errors import DataError
-from hbt.index import SPACE, IndexConfig, add_in_batches
+from hbt.index import add_in_batches, new_graph
 from hbt.metrics import summarize
 
 DEPTH = 100  # ranks beyond this count as not retrieved
@@ -102,12 +102,7 @@ def ranks_in(found: np.ndarray, relevant) -> np.ndarray:
 
 def ann_index(passage_vectors: np.ndarray):
     """An HNSW index over unit vectors, with hbt-index's default build settings."""
-    import hnswlib
-
-    config = IndexConfig()
-    graph = hnswlib.Index(space=SPACE, dim=passage_vectors.shape[1])
-    graph.init_index(max_elements=len(passage_vectors), M=config.M, ef_construction=config.ef_construction,
-                     random_seed=100)
+    graph = new_graph(passage_vectors.shape[1], len(passage_vectors))
     add_in_batches(graph, passage_vectors)
     return graph
 
