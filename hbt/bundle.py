@@ -19,6 +19,13 @@ FORMAT = "hbt-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
+# Prefixes what ``Manifest.fingerprint`` covers; indexes recorded before it carry a bare
+# sha256 of model.onnx, which ``check_fingerprint`` recognizes to say "rebuild".
+FINGERPRINT_SCHEME = "manifest-sha256:"
+POOLINGS = ("mean",)
+# Bounds on what a manifest may ask the runtime to allocate.
+MAX_DIMENSION = 1 << 16
+MAX_LENGTH = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -40,18 +47,29 @@ class Manifest:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the exported model: the sha256 of model.onnx."""
-        return self.files.get(MODEL_FILE, "")
+        """Identifies what the vectors depend on: every file and every field the runtime reads.
 
-    def to_json(self) -> str:
-        return json.dumps({
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "source": {"name": self.source, "fingerprint": self.source_fingerprint},
-            "model": {"file": MODEL_FILE, "dimension": self.dimension,
-                      "max_length": self.max_length, "opset": self.opset},
+        Two bundles share it only if they embed every text alike; an index records it to
+        refuse a bundle that would give incomparable vectors.
+        """
+        canonical = json.dumps(self._runtime_fields() | {"files": self.files}, sort_keys=True, ensure_ascii=False)
+        return FINGERPRINT_SCHEME + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def _runtime_fields(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": {"file": MODEL_FILE, "dimension": self.dimension, "max_length": self.max_length},
             "pooling": self.pooling, "normalize": self.normalize,
             "prefixes": {"query": self.query_prefix, "passage": self.passage_prefix},
             "tokenizer": self.tokenizer.to_dict(),
+        }
+
+    def to_json(self) -> str:
+        fields = self._runtime_fields()
+        fields["model"]["opset"] = self.opset
+        return json.dumps({
+            "format": FORMAT, **fields,
+            "source": {"name": self.source, "fingerprint": self.source_fingerprint},
             "quantization": self.quantization,
             "files": self.files, "fidelity": self.fidelity, "details": self.details,
         }, indent=2, ensure_ascii=False)
@@ -71,7 +89,7 @@ class Manifest:
                 f"({FORMAT_VERSION}); upgrade hbt (pip install -U hbt)"
             )
         try:
-            return cls(
+            manifest = cls(
                 source=raw["source"]["name"], source_fingerprint=raw["source"]["fingerprint"],
                 dimension=raw["model"]["dimension"], max_length=raw["model"]["max_length"],
                 opset=raw["model"]["opset"], quantization=raw["quantization"],
@@ -82,6 +100,63 @@ class Manifest:
             )
         except (KeyError, TypeError) as e:
             raise BundleError(f"{where}: manifest lacks field {e}; re-export the bundle with hbt-export") from e
+        manifest.validate(where)
+        return manifest
+
+    def validate(self, where: Path) -> None:
+        """Refuse what a hostile or damaged manifest could make the runtime do.
+
+        Files are plain names inside the bundle (no paths, no ``..``), the model and the
+        tokenizer are among the checksummed files, and sizes are bounded before anything
+        is allocated from them.
+        """
+        def refuse(problem: str):
+            raise BundleError(f"{where}: {problem}; re-export the bundle with hbt-export")
+
+        if not isinstance(self.files, dict) or not all(isinstance(v, str) for v in self.files.values()):
+            refuse("'files' must map file names to sha256 digests")
+        for name in (*self.files, self.tokenizer.file):
+            if not is_plain_file_name(name):
+                refuse(f"file name {name!r} is not a plain file name inside the bundle")
+        for name in (MODEL_FILE, self.tokenizer.file):
+            if name not in self.files:
+                refuse(f"{name} is not listed in 'files' with its sha256")
+        for field_name, value, limit in (("dimension", self.dimension, MAX_DIMENSION),
+                                         ("max_length", self.max_length, MAX_LENGTH)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limit:
+                refuse(f"model {field_name} {value!r} is not an integer in 1..{limit}")
+        if self.max_length < 3:
+            refuse(f"model max_length {self.max_length} leaves no room for a token between <s> and </s>")
+        if self.pooling not in POOLINGS or self.normalize is not True:
+            refuse(f"pooling {self.pooling!r} with normalize {self.normalize!r} is not what this hbt runs "
+                   f"({', '.join(POOLINGS)} pooling, normalized)")
+        if not isinstance(self.query_prefix, str) or not isinstance(self.passage_prefix, str):
+            refuse("prefixes must be strings")
+        ids = [self.tokenizer.id_offset, self.tokenizer.bos_id, self.tokenizer.pad_id, self.tokenizer.eos_id,
+               self.tokenizer.unk_id]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 20 for i in ids):
+            refuse("tokenizer ids must be small non-negative integers")
+
+
+def is_plain_file_name(name: object) -> bool:
+    """A file name without directories: no separators, not absolute, not '.' or '..'."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name and Path(name).name == name)
+
+
+def check_fingerprint(recorded: str, manifest: Manifest, bundle_dir: Path, where: Path) -> None:
+    """Refuse a bundle whose fingerprint differs from the one ``where`` (an index) recorded."""
+    if recorded == manifest.fingerprint:
+        return
+    if not recorded.startswith(FINGERPRINT_SCHEME):
+        raise BundleError(
+            f"{where}: recorded by an older hbt, whose bundle fingerprint covered model.onnx only; "
+            f"rebuild it with hbt-index build --bundle {bundle_dir}"
+        )
+    raise BundleError(
+        f"{where}: built with another bundle than {bundle_dir} (different model, tokenizer or settings), "
+        "whose vectors would not be comparable; use the bundle it was built with, or rebuild it"
+    )
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -12,11 +12,14 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hbt.bundle import MANIFEST, MODEL_FILE, FORMAT_VERSION, read_manifest, sha256_file
+from hbt.bundle import FINGERPRINT_SCHEME, FORMAT_VERSION, MANIFEST, MODEL_FILE, check_fingerprint, read_manifest, sha256_file
 from hbt.cli.export import main as export_cli
-from hbt.encoder import Encoder
+from hbt.encoder import Encoder, pad_batch
 from hbt.errors import BundleError
-from hbt.export.exporter import outlier_ratio
+from hbt.export.exporter import fp32_counts
+from hbt.export.fidelity import GateSet, reference_texts
+from hbt.export.quantize import int8_error, matmul_sensitivities
+from tests.conftest import MULTILINGUAL
 
 
 def run_export(*args):
@@ -43,60 +46,132 @@ def int8_ops(bundle) -> set[str]:
     return graph_ops(bundle) & INT8_OPS
 
 
+def torch_vectors(model_dir, texts, max_length=64):
+    """The PyTorch model's embeddings, computed here rather than read from the manifest."""
+    from hbt.modeling import DualEncoder
+    from hbt.sources import resolve_source
+
+    return DualEncoder(resolve_source(str(model_dir)), max_length).embed(texts)
+
+
 def test_bundle_is_self_describing(tiny_bundle, tiny_model_dir):
     manifest = read_manifest(tiny_bundle)
     assert manifest.dimension == 32 and manifest.max_length == 64 and manifest.quantization == "none"
     assert manifest.query_prefix == "query: " and manifest.pooling == "mean"
     assert set(manifest.files) == {MODEL_FILE, "sentencepiece.bpe.model"}
-    assert manifest.fidelity["min_cosine"] >= 0.9999
     assert {"Attention", "SkipLayerNormalization"} <= graph_ops(tiny_bundle)  # fused: fewer, larger kernels
     assert manifest.source_fingerprint == "sha256:" + sha256_file(tiny_model_dir / "model.safetensors")
     assert not [p for p in tiny_bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
-def test_cli_exports_int8(tiny_model_dir, tmp_path):
+def test_fp32_bundle_embeds_like_pytorch(tiny_bundle, tiny_model_dir):
+    texts = reference_texts() + MULTILINGUAL
+    cosines = (Encoder(tiny_bundle).encode(texts) * torch_vectors(tiny_model_dir, texts)).sum(axis=1)
+    assert cosines.min() > 0.99999
+    assert read_manifest(tiny_bundle).fidelity["min_cosine"] == pytest.approx(cosines[: len(reference_texts())].min(), abs=1e-5)
+
+
+def gate_map(vectors_of) -> float:
+    """mAP on the gate set, computed from scratch: each text asks for its translations among the others."""
+    gate = GateSet.builtin()
+    queries, passages = vectors_of(gate.texts)
+    precisions = []
+    for i, scores in enumerate(queries @ passages.T):
+        order = [j for j in np.argsort(-scores, kind="stable") if j != i]
+        hits = np.cumsum([gate.topics[j] == gate.topics[i] for j in order])
+        ranks = [r + 1 for r, j in enumerate(order) if gate.topics[j] == gate.topics[i]]
+        precisions.append(np.mean([hits[r - 1] / r for r in ranks]))
+    return float(np.mean(precisions))
+
+
+def test_cli_exports_int8_within_the_gate(tiny_model_dir, tmp_path):
     result = run_export(tiny_model_dir, "--out", tmp_path / "b", "--max-length", 64)
     assert result.exit_code == 0, result.output
     manifest = read_manifest(tmp_path / "b")
-    assert manifest.quantization == "int8" and 0.98 <= manifest.fidelity["min_cosine"] <= 1.0001
+    assert manifest.quantization == "int8" and int8_ops(tmp_path / "b")
+    encoder = Encoder(tmp_path / "b")
+    exported = gate_map(lambda texts: (encoder.encode_queries(texts), encoder.encode_passages(texts)))
+    fp32 = gate_map(lambda texts: (torch_vectors(tiny_model_dir, ["query: " + t for t in texts]),
+                                   torch_vectors(tiny_model_dir, ["passage: " + t for t in texts])))
+    gate = manifest.fidelity["gate"]
+    assert exported == pytest.approx(gate["map"], abs=1e-4) and fp32 == pytest.approx(gate["map_reference"], abs=1e-3)
+    assert fp32 - exported <= 0.005
 
 
-def test_outlier_ratio_keeps_matmuls_fp32(tiny_model_dir, tmp_path):
-    # Every input's largest token is at least its median one: ratio 1 keeps every MatMul fp32.
-    result = run_export(tiny_model_dir, "--out", tmp_path / "all", "--max-length", 64, "--outlier-ratio", 1)
+def plant_outlier(model_dir, out, layer: int, loudness: float = 1e4):
+    """A copy of the tiny model where one FFN unit of ``layer`` fires at ``loudness`` for every token.
+
+    Its output weights are zero, so PyTorch's embeddings do not change; dynamic int8
+    gives that MatMul's input one scale for all channels, and the loud unit leaves the
+    others no levels.
+    """
+    import torch
+    from transformers import BertModel
+
+    shutil.copytree(model_dir, out)
+    model = BertModel.from_pretrained(model_dir, add_pooling_layer=False)
+    with torch.no_grad():
+        model.encoder.layer[layer].intermediate.dense.bias[0] = loudness
+        model.encoder.layer[layer].output.dense.weight[:, 0] = 0
+    model.save_pretrained(out)
+    return out
+
+
+def test_planted_outlier_matmul_alone_stays_fp32(tiny_model_dir, tmp_path):
+    model = plant_outlier(tiny_model_dir, tmp_path / "model", layer=1)
+    texts = reference_texts() + MULTILINGUAL
+    expected = torch_vectors(tiny_model_dir, texts)
+    assert (torch_vectors(model, texts) * expected).sum(axis=1).min() > 0.99999  # the plant is invisible in fp32
+
+    result = run_export(model, "--out", tmp_path / "b", "--max-length", 64)
     assert result.exit_code == 0, result.output
-    kept = read_manifest(tmp_path / "all").details["fp32_matmuls"]
-    assert len(kept) == 2 * 4 and all(ratio >= 1 for ratio in kept.values())  # 2 x (Attention, out, FFN in, FFN out)
-    assert not int8_ops(tmp_path / "all")
-    assert run_export(tiny_model_dir, "--out", tmp_path / "none", "--max-length", 64, "--outlier-ratio", 0).exit_code == 0
-    assert read_manifest(tmp_path / "none").details["fp32_matmuls"] == {}
-    assert int8_ops(tmp_path / "none") == INT8_OPS
+    kept = read_manifest(tmp_path / "b").details["fp32_matmuls"]
+    assert list(kept) == ["/encoder/layer.1/output/dense/MatMul"], kept
+    assert (Encoder(tmp_path / "b").encode(texts) * expected).sum(axis=1).min() > 0.95
 
 
-token_batches = st.tuples(st.integers(1, 4), st.integers(3, 9), st.integers(1, 8), st.integers(0, 2**32 - 1))
+def test_sensitivity_ranks_the_planted_matmul_first(tiny_model_dir, tmp_path):
+    model = plant_outlier(tiny_model_dir, tmp_path / "model", layer=0)
+    assert run_export(model, "--out", tmp_path / "b", "--quantize", "none", "--max-length", 64).exit_code == 0
+    encoder = Encoder(tmp_path / "b")
+    batch = pad_batch(encoder.tokenizer.encode(MULTILINGUAL, 64)[0], encoder.manifest.tokenizer.pad_id)
+    errors = matmul_sensitivities(tmp_path / "b" / MODEL_FILE, batch)
+    first, second = list(errors.values())[:2]
+    assert list(errors)[0] == "/encoder/layer.0/output/dense/MatMul" and first > 10 * second, errors
+    assert len(errors) == 2 * 4  # 2 layers x (Attention, attention output, FFN in, FFN out)
+
+
+def test_fp32_counts_grow_to_the_limit():
+    assert fp32_counts(0) == [0]
+    for limit in range(1, 60):
+        counts = fp32_counts(limit)
+        assert counts[:2] == [0, 1] and counts[-1] == limit and all(b > a for a, b in zip(counts, counts[1:]))
+        assert len(counts) <= 4 + 2 * np.log2(limit + 1)
 
 
 @settings(max_examples=50, deadline=None)
-@given(token_batches, st.floats(0.01, 100))
-def test_outlier_ratio_is_scale_free_and_ignores_padding(shape, scale):
-    batch, tokens, hidden, seed = shape
+@given(st.integers(1, 4), st.integers(3, 9), st.integers(1, 8), st.integers(0, 2**32 - 1), st.floats(0.01, 100))
+def test_int8_error_is_scale_free_and_ignores_padding(batch, tokens, hidden, seed, scale):
     rng = np.random.default_rng(seed)
-    activations = rng.normal(size=(batch, tokens, hidden)).astype(np.float32)
+    x = rng.normal(size=(batch, tokens, hidden)).astype(np.float64)
+    weight = rng.normal(size=(hidden, 5))
     mask = np.ones((batch, tokens), dtype=np.int64)
     mask[:, -1] = 0
-    ratio = outlier_ratio(activations, mask)
-    assert ratio >= 1 and np.isclose(outlier_ratio(activations * scale, mask), ratio, rtol=1e-5)
-    activations[:, -1] = 1e6  # padding
-    assert np.isclose(outlier_ratio(activations, mask), ratio, rtol=1e-5)
+    error = int8_error(x, weight, mask)
+    assert 0 <= error < 0.1 and np.isclose(int8_error(x * scale, weight, mask), error, rtol=1e-6)
+    x[:, -1] = rng.normal(size=hidden)  # other padding: quantized alongside, but not scored
+    assert int8_error(x, weight, mask) < 0.1
 
 
 @settings(max_examples=50, deadline=None)
-@given(token_batches, st.floats(2, 1000))
-def test_outlier_ratio_sees_one_loud_token(shape, loudness):
-    batch, tokens, hidden, seed = shape
-    activations = np.random.default_rng(seed).uniform(0.5, 1, size=(batch, tokens, hidden)).astype(np.float32)
-    activations[0, 0, 0] = 2 * loudness  # every other token, most of them, peaks in [0.5, 1]
-    assert outlier_ratio(activations, np.ones((batch, tokens))) >= loudness
+@given(st.integers(2, 4), st.integers(4, 9), st.integers(0, 2**32 - 1), st.floats(50, 1e4))
+def test_int8_error_grows_with_a_loud_token(batch, tokens, seed, loudness):
+    rng = np.random.default_rng(seed)
+    x, weight = rng.normal(size=(batch, tokens, 16)), rng.normal(size=(16, 8))
+    mask = np.ones((batch, tokens))
+    quiet = int8_error(x, weight, mask)
+    x[0, 0] *= loudness
+    assert int8_error(x, weight, mask) > 5 * quiet
 
 
 def test_missing_source(tmp_path):
@@ -127,17 +202,39 @@ def test_force_replaces_output(tiny_model_dir, tmp_path):
     assert not (out / "stale.txt").exists() and read_manifest(out).max_length == 32
 
 
-def test_fidelity_gate_refuses_and_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
+def test_fp32_graph_that_drifts_is_refused_and_nothing_written(tiny_model_dir, tmp_path, monkeypatch):
     from hbt.export import exporter
 
-    monkeypatch.setitem(exporter.MIN_COSINE, "none", 1.5)  # unreachable: every export fails the gate
+    monkeypatch.setattr(exporter, "MIN_FP32_COSINE", 1.5)  # unreachable: every graph "drifts"
     result = run_export(tiny_model_dir, "--out", tmp_path / "b", "--quantize", "none")
-    assert_one_line_error(result, "min cosine", "nothing was written")
+    assert_one_line_error(result, "drifts from PyTorch", "nothing was written")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_min_cosine_sets_the_gate(tiny_model_dir, tmp_path):
-    """An explicit gate wins over the default either way, and the manifest records it."""
+def broken_int8(fp32_model, out, keep_fp32):
+    """What a broken int8 kernel gives (onnxruntime issue 9599): every weight matrix replaced by noise."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(fp32_model))
+    rng = np.random.default_rng(0)
+    for init in graph.graph.initializer:
+        weight = numpy_helper.to_array(init)
+        if weight.ndim == 2 and weight.dtype == np.float32:
+            init.CopyFrom(numpy_helper.from_array(rng.normal(size=weight.shape).astype(np.float32), init.name))
+    onnx.save(graph, str(out))
+
+
+def test_broken_int8_is_refused_and_nothing_written(tiny_model_dir, tmp_path, monkeypatch):
+    from hbt.export import exporter
+
+    monkeypatch.setattr(exporter, "quantize_int8", broken_int8)
+    result = run_export(tiny_model_dir, "--out", tmp_path / "b", "--max-length", 64)
+    assert_one_line_error(result, "gate-set mAP", "--quantize none", "nothing was written")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_min_cosine_adds_a_floor(tiny_model_dir, tmp_path):
+    """An explicit cosine floor refuses what the retrieval gate accepts, and the manifest records it."""
     assert_one_line_error(run_export(tiny_model_dir, "--out", tmp_path / "b", "--min-cosine", "1"),
                           "min cosine", "--min-cosine")
     assert not (tmp_path / "b").exists()
@@ -180,13 +277,95 @@ def test_newer_format_version_is_refused(tiny_bundle, tmp_path):
         Encoder(bundle)
 
 
+def edited_bundle(bundle, tmp_path, edit):
+    """A copy of ``bundle`` whose manifest.json went through ``edit`` (a function of the parsed JSON)."""
+    out = copy_bundle(bundle, tmp_path)
+    manifest = json.loads((out / MANIFEST).read_text())
+    edit(manifest)
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    return out
+
+
+HOSTILE_MANIFESTS = {
+    "parent path in files": (lambda m: m["files"].update({"../outside.txt": OUTSIDE_SHA}), "not a plain file name"),
+    "absolute path in files": (lambda m: m["files"].update({"/etc/hostname": OUTSIDE_SHA}), "not a plain file name"),
+    "subdirectory in files": (lambda m: m["files"].update({"sub/model.onnx": OUTSIDE_SHA}), "not a plain file name"),
+    "tokenizer outside": (lambda m: m["tokenizer"].update(file="../outside.txt"), "not a plain file name"),
+    "no files": (lambda m: m.update(files={}), "model.onnx is not listed"),
+    "tokenizer unlisted": (lambda m: m["files"].pop("sentencepiece.bpe.model"), "sentencepiece.bpe.model is not listed"),
+    "huge dimension": (lambda m: m["model"].update(dimension=10**12), "dimension"),
+    "negative length": (lambda m: m["model"].update(max_length=-5), "max_length"),
+    "string dimension": (lambda m: m["model"].update(dimension="32"), "dimension"),
+    "other pooling": (lambda m: m.update(pooling="cls"), "pooling"),
+    "unknown tokenizer field": (lambda m: m["tokenizer"].update(exec="rm -rf /"), "manifest lacks field"),
+}
+OUTSIDE_SHA = "0" * 64
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_MANIFESTS))
+def test_hostile_manifest_is_refused(tiny_bundle, tmp_path, case):
+    edit, fragment = HOSTILE_MANIFESTS[case]
+    (tmp_path / "outside.txt").write_text("not part of the bundle")
+    bundle = edited_bundle(tiny_bundle, tmp_path, edit)
+    for verify in (True, False):
+        with pytest.raises(BundleError, match=fragment):
+            read_manifest(bundle, verify=verify)
+
+
+def test_a_path_outside_is_refused_even_with_its_true_checksum(tiny_bundle, tmp_path):
+    (tmp_path / "outside.txt").write_text("not part of the bundle")
+    digest = sha256_file(tmp_path / "outside.txt")
+    bundle = edited_bundle(tiny_bundle, tmp_path, lambda m: m["tokenizer"].update(file="../outside.txt")
+                           or m["files"].update({"../outside.txt": digest}))
+    with pytest.raises(BundleError, match="not a plain file name"):
+        Encoder(bundle)
+
+
+# What the runtime reads, changed one at a time: each must change the fingerprint.
+RUNTIME_EDITS = {
+    "query prefix": lambda m: m["prefixes"].update(query="q: "),
+    "passage prefix": lambda m: m["prefixes"].update(passage=""),
+    "max length": lambda m: m["model"].update(max_length=32),
+    "dimension": lambda m: m["model"].update(dimension=16),
+    "tokenizer layout": lambda m: m["tokenizer"].update(id_offset=0),
+    "tokenizer file": lambda m: m["files"].update({"sentencepiece.bpe.model": "1" * 64}),
+    "model file": lambda m: m["files"].update({MODEL_FILE: "2" * 64}),
+    "another file": lambda m: m["files"].update({"extra.bin": "3" * 64}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUNTIME_EDITS))
+def test_fingerprint_covers_what_the_runtime_reads(tiny_bundle, tmp_path, case):
+    before = read_manifest(tiny_bundle).fingerprint
+    after = read_manifest(edited_bundle(tiny_bundle, tmp_path, RUNTIME_EDITS[case]), verify=False).fingerprint
+    assert after != before and after.startswith(FINGERPRINT_SCHEME)
+
+
+def test_fingerprint_ignores_how_the_bundle_was_made(tiny_bundle, tmp_path):
+    def edit(m):
+        m["source"]["name"] = "renamed"
+        m["fidelity"] = {}
+        m["details"]["note"] = "re-described"
+
+    assert read_manifest(edited_bundle(tiny_bundle, tmp_path, edit)).fingerprint == read_manifest(tiny_bundle).fingerprint
+
+
+def test_check_fingerprint_says_what_to_do(tiny_bundle, tmp_path):
+    manifest = read_manifest(tiny_bundle)
+    check_fingerprint(manifest.fingerprint, manifest, tiny_bundle, tmp_path / "index")
+    with pytest.raises(BundleError, match="older hbt.*rebuild it with hbt-index build --bundle"):
+        check_fingerprint(manifest.files[MODEL_FILE], manifest, tiny_bundle, tmp_path / "index")  # what old indexes hold
+    with pytest.raises(BundleError, match="another bundle"):
+        check_fingerprint(FINGERPRINT_SCHEME + "0" * 64, manifest, tiny_bundle, tmp_path / "index")
+
+
 @pytest.mark.slow
 def test_default_int8_bundle_is_faithful_and_cross_lingual(default_bundle):
     manifest = read_manifest(default_bundle)
     assert manifest.quantization == "int8" and manifest.dimension == 384 and manifest.max_length == 512
-    # Plain dynamic int8 gives 0.996 / 0.992; the outlier-token MatMuls kept in fp32 give the rest.
-    assert manifest.fidelity["mean_cosine"] >= 0.998 and manifest.fidelity["min_cosine"] >= 0.995
-    assert 0 < len(manifest.details["fp32_matmuls"]) <= 6
+    # Plain dynamic int8 loses e5-small .015 gate-set mAP; the fp32 MatMuls bring it within the gate.
+    assert manifest.fidelity["gate"]["map_loss"] <= 0.005 and manifest.fidelity["mean_cosine"] >= 0.998
+    assert 0 < len(manifest.details["fp32_matmuls"]) <= 24
     encoder = Encoder(default_bundle)
     queries = encoder.encode_queries(["Wie hoch ist der Mount Everest?", "月はどのようにしてできたのか"])
     passages = encoder.encode_passages([

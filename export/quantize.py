@@ -1,0 +1,85 @@
+"""Dynamic int8 with accuracy-aware mixed precision: the MatMuls int8 hurts most stay fp32.
+
+Dynamic int8 quantizes each MatMul's input at run time with one scale for the whole
+tensor, and its weights per output channel. Where a few tokens are far louder than
+the rest (e5-small's <s> and </s> reach 12-34x the typical token at the FFN output
+projections of layers 0, 4 and 5), the other tokens get a handful of the 256 levels.
+``matmul_sensitivities`` measures each MatMul's own int8 error on the reference texts,
+and the exporter keeps the worst in fp32, as many as its retrieval gate needs.
+
+Measured on e5-small and rejected (2-core AVX-512 VNNI, batch 32): MatMulNBits 4/8-bit
+weights with int8 compute were faithful (cosine 0.9999) but no faster than fp32;
+per-channel smoothing (SmoothQuant) did not help, since the outliers are whole tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hbt.encoder import model_inputs
+
+
+# The largest int8 weight level per quantized op: onnxruntime's QAttention takes
+# 7-bit weights (reduce_range), which costs the fused attention's QKV projection
+# more than any other MatMul bar the outlier ones.
+WEIGHT_TOP = {"MatMul": 127, "Attention": 64}
+
+
+def quantize_int8(fp32_model: Path, out: Path, keep_fp32: list[str]) -> None:
+    """Dynamic int8 (per-channel int8 weights, activations quantized at run time), but ``keep_fp32`` nodes."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Fused contrib ops have no ONNX shape inference; their outputs are float.
+    quantize_dynamic(str(fp32_model), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                     nodes_to_exclude=sorted(keep_fp32), extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def fake_dynamic_int8(x: np.ndarray) -> np.ndarray:
+    """``x`` through onnxruntime's dynamic activation quantization: uint8, one scale and zero point per tensor."""
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = max(high - low, 1e-12) / 255
+    zero_point = np.round(-low / scale)
+    return (np.clip(np.round(x / scale) + zero_point, 0, 255) - zero_point) * scale
+
+
+def fake_per_channel_int8(weight: np.ndarray, top: int = 127) -> np.ndarray:
+    """A [in, out] weight through symmetric int8 (levels -top..top) with one scale per output channel."""
+    scale = np.maximum(np.abs(weight).max(axis=0, keepdims=True), 1e-12) / top
+    return np.clip(np.round(weight / scale), -top, top) * scale
+
+
+def int8_error(x: np.ndarray, weight: np.ndarray, mask: np.ndarray, weight_top: int = 127) -> float:
+    """Mean relative error per token of ``x @ weight`` [B, T, in] x [in, out] computed in int8.
+
+    Per token, not over the tensor: an outlier token is reproduced well and dominates a
+    tensor-wide norm, while the error it causes falls on the ordinary tokens.
+    """
+    keep = mask.astype(bool)  # [B, T]: padding is quantized with the rest but not scored
+    exact = (x @ weight)[keep]
+    approximate = (fake_dynamic_int8(x) @ fake_per_channel_int8(weight, weight_top))[keep]
+    return float(np.mean(np.linalg.norm(approximate - exact, axis=-1) / np.maximum(np.linalg.norm(exact, axis=-1), 1e-12)))
+
+
+def matmul_sensitivities(model: Path, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """``int8_error`` of every weight MatMul (or fused Attention) of ``model`` on a batch (ids, mask), worst first."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model))
+    weights = {init.name: init for init in graph.graph.initializer}
+    probed = {node.name: (node.input[0], node.input[1], WEIGHT_TOP[node.op_type]) for node in graph.graph.node
+              if node.op_type in WEIGHT_TOP and node.input[1] in weights}
+    known_outputs = {output.name for output in graph.graph.output}
+    tensors = sorted({x for x, _, _ in probed.values()})
+    for tensor in set(tensors) - known_outputs:
+        graph.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    input_ids, mask = batch
+    values = dict(zip(tensors, session.run(tensors, model_inputs(input_ids, mask, {i.name for i in session.get_inputs()}))))
+    errors = {name: int8_error(values[x], numpy_helper.to_array(weights[w]), mask, top)
+              for name, (x, w, top) in probed.items()}
+    return dict(sorted(errors.items(), key=lambda item: -item[1]))
