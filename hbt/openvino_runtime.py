@@ -31,20 +31,16 @@ def import_openvino():
     return openvino
 
 
-def compile_model(xml: Path, threads: int):
-    """An OpenVINO model compiled for this CPU with ``threads`` threads and the precision pinned."""
-    openvino = import_openvino()
-    return openvino.Core().compile_model(str(xml), "CPU", COMPILE_CONFIG | {"INFERENCE_NUM_THREADS": threads})
-
-
 class OpenVINOGraph:
     """The bundle's OpenVINO model: ids and mask [B, T] -> token vectors [B, T, H]."""
 
     def __init__(self, bundle_dir: Path, manifest: Manifest, threads: int):
+        openvino = import_openvino()
         if OPENVINO_MODEL not in manifest.files:
             raise BundleError(f"{bundle_dir}: carries no OpenVINO model; export it again with hbt-export --openvino")
         try:
-            self._compiled = compile_model(bundle_dir / OPENVINO_MODEL, threads)
+            self._compiled = openvino.Core().compile_model(
+                str(bundle_dir / OPENVINO_MODEL), "CPU", COMPILE_CONFIG | {"INFERENCE_NUM_THREADS": threads})
         except RuntimeError as e:  # OpenVINO reports damaged or foreign IR files as RuntimeError
             raise BundleError(
                 f"{bundle_dir / OPENVINO_MODEL}: OpenVINO cannot load it ({str(e).splitlines()[0]}); "

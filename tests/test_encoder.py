@@ -6,10 +6,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hbt.bundle import read_manifest
 from hbt.encoder import Encoder, l2_normalize, mean_pool
+from hbt.errors import BundleError
+from hbt.openvino_runtime import OpenVINOGraph
 from tests.conftest import MULTILINGUAL
 
 
@@ -61,3 +65,50 @@ def test_runtime_does_not_import_torch(tiny_bundle):
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_runtime_is_refused(tiny_bundle):
+    with pytest.raises(BundleError, match="runtime 'tensorrt': choose one of onnxruntime, openvino"):
+        Encoder(tiny_bundle, runtime="tensorrt")
+
+
+def test_openvino_without_the_extra_says_how_to_install(tiny_bundle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'hbt\[openvino\]'"):
+        OpenVINOGraph(tiny_bundle, read_manifest(tiny_bundle), threads=1)
+
+
+@pytest.fixture(scope="module")
+def openvino_bundle(tiny_model_dir, tmp_path_factory):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    pytest.importorskip("nncf", reason="the openvino extra is not installed")
+    from hbt.export.exporter import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-openvino"
+    export_bundle(ExportConfig(source=str(tiny_model_dir), out=out, max_length=64, openvino=True))
+    return out
+
+
+def test_openvino_runtime_agrees_with_onnxruntime(openvino_bundle):
+    manifest = read_manifest(openvino_bundle)
+    assert {"openvino.xml", "openvino.bin"} <= set(manifest.files)
+    openvino = Encoder(openvino_bundle, runtime="openvino", threads=1)
+    texts = MULTILINGUAL + ["", "a much longer text " * 5]
+    vectors = openvino.encode_passages(texts, batch_size=4)
+    reference = Encoder(openvino_bundle).encode_passages(texts)
+    assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+    assert (vectors * reference).sum(axis=1).min() > 0.99  # static int8 against dynamic int8
+    np.testing.assert_allclose(vectors, np.vstack([openvino.encode_passages([t]) for t in texts]), atol=1e-4)
+    assert manifest.fidelity["openvino"]["gate"]["map_loss"] <= 0.005
+
+
+def test_openvino_runtime_needs_a_bundle_that_carries_it(tiny_bundle):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    with pytest.raises(BundleError, match="hbt-export --openvino"):
+        Encoder(tiny_bundle, runtime="openvino")
+
+
+def test_openvino_pins_fp32_where_not_int8():
+    from hbt.openvino_runtime import COMPILE_CONFIG
+
+    assert COMPILE_CONFIG["INFERENCE_PRECISION_HINT"] == "f32"  # OpenVINO's default is bf16 on AVX-512 bf16 CPUs

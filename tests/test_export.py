@@ -18,7 +18,7 @@ from hbt.encoder import Encoder, pad_batch
 from hbt.errors import BundleError
 from hbt.export.exporter import fp32_counts
 from hbt.export.fidelity import GateSet, reference_texts
-from hbt.export.quantize import int8_error, matmul_sensitivities
+from hbt.export.quantize import fake_dynamic_int8, fake_per_channel_int8, matmul_sensitivities, relative_token_error
 from tests.conftest import MULTILINGUAL
 
 
@@ -101,9 +101,10 @@ def test_cli_exports_int8_within_the_gate(tiny_model_dir, tmp_path):
 def plant_outlier(model_dir, out, layer: int, loudness: float = 1e4):
     """A copy of the tiny model where one FFN unit of ``layer`` fires at ``loudness`` for every token.
 
-    Its output weights are zero, so PyTorch's embeddings do not change; dynamic int8
-    gives that MatMul's input one scale for all channels, and the loud unit leaves the
-    others no levels.
+    Its output weights are zero, so PyTorch's embeddings do not depend on ``loudness``;
+    dynamic int8 gives that MatMul's input one scale for all units, and the loud one
+    leaves the others no levels. The layer's other output weights are scaled up so
+    that its FFN, negligible at random initialization, shapes the embeddings.
     """
     import torch
     from transformers import BertModel
@@ -111,8 +112,9 @@ def plant_outlier(model_dir, out, layer: int, loudness: float = 1e4):
     shutil.copytree(model_dir, out)
     model = BertModel.from_pretrained(model_dir, add_pooling_layer=False)
     with torch.no_grad():
-        model.encoder.layer[layer].intermediate.dense.bias[0] = loudness
+        model.encoder.layer[layer].output.dense.weight *= 50
         model.encoder.layer[layer].output.dense.weight[:, 0] = 0
+        model.encoder.layer[layer].intermediate.dense.bias[0] = loudness
     model.save_pretrained(out)
     return out
 
@@ -120,8 +122,8 @@ def plant_outlier(model_dir, out, layer: int, loudness: float = 1e4):
 def test_planted_outlier_matmul_alone_stays_fp32(tiny_model_dir, tmp_path):
     model = plant_outlier(tiny_model_dir, tmp_path / "model", layer=1)
     texts = reference_texts() + MULTILINGUAL
-    expected = torch_vectors(tiny_model_dir, texts)
-    assert (torch_vectors(model, texts) * expected).sum(axis=1).min() > 0.99999  # the plant is invisible in fp32
+    expected = torch_vectors(plant_outlier(tiny_model_dir, tmp_path / "quiet", layer=1, loudness=0), texts)
+    assert (torch_vectors(model, texts) * expected).sum(axis=1).min() > 0.9999  # the plant is invisible in fp32
 
     result = run_export(model, "--out", tmp_path / "b", "--max-length", 64)
     assert result.exit_code == 0, result.output
@@ -151,27 +153,44 @@ def test_fp32_counts_grow_to_the_limit():
 
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 4), st.integers(3, 9), st.integers(1, 8), st.integers(0, 2**32 - 1), st.floats(0.01, 100))
-def test_int8_error_is_scale_free_and_ignores_padding(batch, tokens, hidden, seed, scale):
+def test_relative_token_error_is_scale_free_and_ignores_padding(batch, tokens, hidden, seed, scale):
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(batch, tokens, hidden)).astype(np.float64)
-    weight = rng.normal(size=(hidden, 5))
+    exact = rng.normal(size=(batch, tokens, hidden))
+    approximate = exact + 0.01 * rng.normal(size=exact.shape)
     mask = np.ones((batch, tokens), dtype=np.int64)
     mask[:, -1] = 0
-    error = int8_error(x, weight, mask)
-    assert 0 <= error < 0.1 and np.isclose(int8_error(x * scale, weight, mask), error, rtol=1e-6)
-    x[:, -1] = rng.normal(size=hidden)  # other padding: quantized alongside, but not scored
-    assert int8_error(x, weight, mask) < 0.1
+    error = relative_token_error(approximate, exact, mask)
+    assert relative_token_error(exact, exact, mask) == 0 and error > 0
+    assert np.isclose(relative_token_error(approximate * scale, exact * scale, mask), error, rtol=1e-9)
+    approximate[:, -1] = 1e6  # padding
+    assert relative_token_error(approximate, exact, mask) == error
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 64), st.integers(0, 2**32 - 1), st.floats(1e-3, 1e3))
+def test_fake_dynamic_int8_rounds_within_half_a_level(size, seed, spread):
+    x = np.random.default_rng(seed).normal(scale=spread, size=size)
+    rounded = fake_dynamic_int8(x)
+    step = (max(x.max(), 0) - min(x.min(), 0)) / 255
+    assert np.abs(rounded - x).max() <= step / 2 * (1 + 1e-9) and fake_dynamic_int8(np.zeros(3)).tolist() == [0, 0, 0]
+    weight = x.reshape(-1, 1)
+    assert np.abs(fake_per_channel_int8(weight) - weight).max() <= np.abs(weight).max() / 127 / 2 * (1 + 1e-9)
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.integers(2, 4), st.integers(4, 9), st.integers(0, 2**32 - 1), st.floats(50, 1e4))
-def test_int8_error_grows_with_a_loud_token(batch, tokens, seed, loudness):
+def test_a_loud_token_costs_the_others_their_precision(batch, tokens, seed, loudness):
     rng = np.random.default_rng(seed)
     x, weight = rng.normal(size=(batch, tokens, 16)), rng.normal(size=(16, 8))
-    mask = np.ones((batch, tokens))
-    quiet = int8_error(x, weight, mask)
+    ordinary = np.ones((batch, tokens))
+    ordinary[0, 0] = 0  # the token made loud below is not scored
+
+    def error():
+        return relative_token_error(fake_dynamic_int8(x) @ fake_per_channel_int8(weight), x @ weight, ordinary)
+
+    quiet = error()
     x[0, 0] *= loudness
-    assert int8_error(x, weight, mask) > 5 * quiet
+    assert error() > 5 * quiet
 
 
 def test_missing_source(tmp_path):

