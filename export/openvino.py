@@ -17,15 +17,16 @@ from hbt.encoder import model_inputs
 from hbt.openvino_runtime import OPENVINO_MODEL, OPENVINO_WEIGHTS, import_openvino
 
 
-def export_openvino(onnx_model: Path, out_dir: Path, calibration: list[tuple[np.ndarray, np.ndarray]],
-                    quantize: str) -> list[str]:
-    """Write ``onnx_model`` as OpenVINO IR into ``out_dir``, static int8 unless ``quantize`` is "none"; its file names.
+def export_openvino(onnx_model: Path, out_dir: Path, calibration: list[tuple[np.ndarray, np.ndarray]] | None,
+                    keep_fp32: list[str]) -> list[str]:
+    """Write ``onnx_model`` as OpenVINO IR into ``out_dir``; its file names.
 
-    ``calibration`` holds padded batches (ids, mask) [B, T].
+    With ``calibration`` (padded batches of ids and mask [B, T]) the model is static
+    int8 but for the MatMuls named in ``keep_fp32``; without, fp32.
     """
     openvino = import_openvino()
     model = openvino.convert_model(str(onnx_model))
-    if quantize == "int8":
+    if calibration is not None:
         try:
             import nncf
         except ImportError as e:
@@ -33,6 +34,6 @@ def export_openvino(onnx_model: Path, out_dir: Path, calibration: list[tuple[np.
         names = {name for port in model.inputs for name in port.get_names()}
         feeds = [model_inputs(ids, mask, names) for ids, mask in calibration]
         model = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=len(feeds))
+                              subset_size=len(feeds), ignored_scope=nncf.IgnoredScope(names=keep_fp32))
     openvino.save_model(model, str(out_dir / OPENVINO_MODEL), compress_to_fp16=False)
     return [OPENVINO_MODEL, OPENVINO_WEIGHTS]
