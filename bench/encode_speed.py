@@ -79,10 +79,17 @@ def sentence_transformers_int8(source: str, threads: int, work: Path | None = No
 def main(bundles, runtimes, torch_source, st_source, data_dir, threads, rounds):
     from hbt.bench.latency import sample_questions
     from hbt.encoder import Encoder
+    from hbt.errors import BundleError
 
     texts = ["passage: " + s for s in sample_sentences(data_dir)]
     questions = ["query: " + q for q in sample_questions(data_dir, 300)]
-    rows = [(f"{b} [{r}]", Encoder(b, threads=threads, runtime=r).encode) for b in bundles for r in runtimes]
+    rows = []
+    for bundle in bundles:
+        for runtime in runtimes:
+            try:
+                rows.append((f"{bundle} [{runtime}]", Encoder(bundle, threads=threads, runtime=runtime).encode))
+            except BundleError as e:  # a bundle exported without --openvino
+                click.echo(f"skipped: {e}")
     if torch_source:
         import torch
 
