@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -14,14 +15,14 @@ pytest.importorskip("starlette", reason="the serve extra is not installed: pip i
 pytest.importorskip("httpx", reason="Starlette's test client needs httpx (the dev extra)")
 
 from click.testing import CliRunner
-from starlette.testclient import TestClient
+
+with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2; httpx works with every version
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 from hbt.corpus import Document
 from hbt.serve.app import ServeConfig, create_app
 from hbt.serve.batching import MicroBatcher
-
-# Starlette 1.x prefers httpx's successor httpx2 for its test client; httpx works with every version.
-pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
 
 DOCS = [
     Document("cat-en", "The cat sleeps on the warm windowsill.", "", "en"),
