@@ -21,12 +21,14 @@ from hbt.cli import UserError, user_errors
               help="Queries encoded in one call (1: no micro-batching).")
 @click.option("--max-wait-ms", type=click.FloatRange(0, 50), default=2.0, show_default=True,
               help="How long a batch may wait for queries arriving together (a lone query never waits).")
+@click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Batches encoded at once; with --threads 1, two workers use two cores for two batches.")
 @click.option("--max-k", type=click.IntRange(1), default=100, show_default=True, help="Largest k a request may ask.")
 @click.option("--threads", type=click.IntRange(1), help="Encoder threads (default: the cores, at most 8).")
 @click.option("--bundle", type=click.Path(path_type=Path), help="Bundle (default: the one the index names).")
 @click.option("--access-log", is_flag=True, help="Log every request (GET /metrics counts them anyway).")
 @user_errors
-def main(index_dir, host, port, token, max_batch, max_wait_ms, max_k, threads, bundle, access_log):
+def main(index_dir, host, port, token, max_batch, max_wait_ms, workers, max_k, threads, bundle, access_log):
     """Serve an index over HTTP: POST /search, GET /info, /health, /metrics,
     /openapi.json, and a search page at /.
 
@@ -49,7 +51,8 @@ def main(index_dir, host, port, token, max_batch, max_wait_ms, max_k, threads, b
     from hbt.serve._shim import ShimSearcher as Searcher
 
     searcher = Searcher.open(index_dir, bundle, threads)
-    app = create_app(searcher, ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_k=max_k, token=token))
+    app = create_app(searcher, ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
+                                                max_k=max_k, token=token))
     if not _is_loopback(host):
         click.echo(f"warning: listening on {host}: whoever reaches this address can search the index and read "
                    f"its documents{'' if token else ' (no --token set)'}", err=True)

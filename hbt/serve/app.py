@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import secrets
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,7 @@ FIELDS = ("query", "queries", "k", "ef", "langs")
 class ServeConfig:
     max_batch: int = 32  # queries per encoder call; 1 turns micro-batching off
     max_wait_ms: float = 2.0  # how long a batch may wait for queries arriving together
+    workers: int = 1  # batches encoded at once (each with the encoder's threads)
     max_k: int = 100
     max_ef: int = 2048
     max_queries: int = 32  # per request
@@ -182,12 +184,14 @@ class SearchService:
         self.searcher, self.config = searcher, config
         self.metrics = Metrics()
         self.batcher: MicroBatcher | None = None  # made in the running loop, by lifespan()
+        # hnswlib's ef is set per graph, not per call: batches encode in parallel, search one at a time.
+        self._search_lock = threading.Lock()
         self._update_gauges()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
         self.batcher = MicroBatcher(self._search_batch, self.config.max_batch, self.config.max_wait_ms / 1000,
-                                    size=lambda query: len(query.texts))
+                                    size=lambda query: len(query.texts), workers=self.config.workers)
         async with self.batcher:
             follower = asyncio.create_task(self._follow_commits())
             try:
@@ -253,7 +257,7 @@ class SearchService:
             **self.searcher.index.info(),
             "limits": {"max_k": config.max_k, "max_ef": config.max_ef, "max_queries": config.max_queries,
                        "max_query_chars": config.max_query_chars},
-            "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms},
+            "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms, "workers": config.workers},
         })
 
     async def prometheus(self, request: Request) -> Response:
@@ -281,13 +285,15 @@ class SearchService:
         vectors = self.searcher.encoder.encode_queries([text for query in queries for text in query.texts])
         encode_ms = (time.perf_counter() - start) * 1000
         runs, row = [], 0
-        for query in queries:
-            try:
-                run = self.searcher.run_vectors(vectors[row : row + len(query.texts)], query.k, query.ef, query.langs)
-                runs.append(dataclasses.replace(run, timings={"encode": encode_ms, **run.timings}))
-            except HbtError as e:
-                runs.append(e)
-            row += len(query.texts)
+        with self._search_lock:
+            for query in queries:
+                try:
+                    run = self.searcher.run_vectors(vectors[row : row + len(query.texts)], query.k, query.ef,
+                                                    query.langs)
+                    runs.append(dataclasses.replace(run, timings={"encode": encode_ms, **run.timings}))
+                except HbtError as e:
+                    runs.append(e)
+                row += len(query.texts)
         return runs
 
     async def _follow_commits(self) -> None:
