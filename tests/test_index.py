@@ -384,3 +384,21 @@ def test_format_1_is_upgraded_in_place(tmp_path, encoder):
     assert result_ids(searcher, "text number 3 of d", 10) == brute_force(live, encoder.encode_queries(
         ["text number 3 of d"])[0], 10)
     assert verify_index(tmp_path / "old")["recall_at_k"] == 1.0
+
+
+def test_verify_finds_vectors_without_a_document(segmented):
+    """A store that lost a live document's row, with checksums made to match: only the count check sees it."""
+    from hbt.bundle import sha256_file
+
+    directory, _ = segmented
+    manifest = json.loads((directory / "manifest.json").read_text())
+    entry = manifest["segments"][0]
+    store = directory / entry["name"] / "docs.sqlite"
+    db = sqlite3.connect(store)
+    db.execute("DELETE FROM docs WHERE label = 3")
+    db.commit()
+    db.close()
+    entry["files"]["docs.sqlite"] = {"sha256": sha256_file(store), "bytes": store.stat().st_size}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SearchIndexError, match="does not hold the 64 live documents"):
+        verify_index(directory)
