@@ -29,13 +29,13 @@ def server_url(default_bundle, tmp_path_factory):
     from hbt.demo import DEMO_CORPUS
     from hbt.encoder import Encoder
     from hbt.index import build_index
-    from hbt.serve._shim import ShimSearcher
+    from hbt.search import Searcher
     from hbt.serve.app import create_app
 
     index_dir = tmp_path_factory.mktemp("serve-browser") / "index"
     docs = [*read_corpus(DEMO_CORPUS), Document("hostile-en", HOSTILE, "<b>not bold</b>", "en")]
     build_index(docs, Encoder(default_bundle), index_dir)
-    server = uvicorn.Server(uvicorn.Config(create_app(ShimSearcher.open(index_dir)), host="127.0.0.1", port=0,
+    server = uvicorn.Server(uvicorn.Config(create_app(Searcher.open(index_dir)), host="127.0.0.1", port=0,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

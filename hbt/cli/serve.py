@@ -48,7 +48,7 @@ def main(index_dir, host, port, token, max_batch, max_wait_ms, workers, max_k, t
         from hbt.serve.app import ServeConfig, create_app
     except ImportError as e:
         raise UserError(str(e)) from e
-    from hbt.serve._shim import ShimSearcher as Searcher
+    from hbt.search import Searcher
 
     searcher = Searcher.open(index_dir, bundle, threads)
     app = create_app(searcher, ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import logging
 import secrets
-import threading
 import time
 from pathlib import Path
 
@@ -184,8 +183,6 @@ class SearchService:
         self.searcher, self.config = searcher, config
         self.metrics = Metrics()
         self.batcher: MicroBatcher | None = None  # made in the running loop, by lifespan()
-        # hnswlib's ef is set per graph, not per call: batches encode in parallel, search one at a time.
-        self._search_lock = threading.Lock()
         self._update_gauges()
 
     @contextlib.asynccontextmanager
@@ -285,15 +282,13 @@ class SearchService:
         vectors = self.searcher.encoder.encode_queries([text for query in queries for text in query.texts])
         encode_ms = (time.perf_counter() - start) * 1000
         runs, row = [], 0
-        with self._search_lock:
-            for query in queries:
-                try:
-                    run = self.searcher.run_vectors(vectors[row : row + len(query.texts)], query.k, query.ef,
-                                                    query.langs)
-                    runs.append(dataclasses.replace(run, timings={"encode": encode_ms, **run.timings}))
-                except HbtError as e:
-                    runs.append(e)
-                row += len(query.texts)
+        for query in queries:
+            try:
+                run = self.searcher.run_vectors(vectors[row : row + len(query.texts)], query.k, query.ef, query.langs)
+                runs.append(dataclasses.replace(run, timings={"encode": encode_ms, **run.timings}))
+            except HbtError as e:
+                runs.append(e)
+            row += len(query.texts)
         return runs
 
     async def _follow_commits(self) -> None:

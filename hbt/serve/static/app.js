@@ -43,7 +43,7 @@ function showStatus(message, isError = false) {
 async function loadInfo() {
   const info = await api("/info");
   const languages = Object.entries(info.languages).filter(([code]) => code !== "").sort();
-  $("summary").textContent = `${info.documents} documents in ${languages.length} languages · commit ${info.generation}`;
+  $("summary").textContent = `${info.count} documents in ${languages.length} languages · commit ${info.generation}`;
   const chips = $("chips");
   chips.replaceChildren();
   for (const [code, count] of languages) {
