@@ -97,11 +97,12 @@ async def post(reader, writer, path: str, body: bytes) -> tuple[int, bytes]:
     return int(head[0].split()[1]), await reader.readexactly(int(headers["content-length"]))
 
 
-def get_json(port: int, path: str) -> dict:
+def get(port: int, path: str) -> bytes:
+    """The body of GET ``path`` on a fresh connection."""
     with socket.create_connection((HOST, port), timeout=10) as connection:
         connection.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
         response = b"".join(iter(lambda: connection.recv(65536), b""))
-    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+    return response.split(b"\r\n\r\n", 1)[1]
 
 
 def free_port() -> int:
@@ -127,7 +128,7 @@ def server(index_dir: Path, options: dict):
     try:
         for _ in range(600):  # up to 60 s
             with contextlib.suppress(OSError):
-                get_json(port, "/health")
+                get(port, "/health")
                 break
             if process.poll() is not None:
                 raise RuntimeError(f"hbt-serve exited with code {process.returncode}")
@@ -142,9 +143,7 @@ def batch_sizes(port: int) -> tuple[float, float]:
     """(sum, count) of the server's batch-size histogram."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with socket.create_connection((HOST, port), timeout=10) as connection:
-        connection.sendall(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
-        text = b"".join(iter(lambda: connection.recv(65536), b"")).split(b"\r\n\r\n", 1)[1].decode()
+    text = get(port, "/metrics").decode()
     samples = {s.name: s.value for f in text_string_to_metric_families(text) if f.name == "hbt_encoder_batch_queries"
                for s in f.samples}
     return samples["hbt_encoder_batch_queries_sum"], samples["hbt_encoder_batch_queries_count"]
@@ -159,6 +158,7 @@ def sweep(port: int, bodies: list[bytes], concurrencies: list[int], seconds: flo
         row = asyncio.run(load.run(concurrency, seconds))
         after = batch_sizes(port)
         row["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
+        row["load_average"] = os.getloadavg()[0]  # other tenants' load shows here
         click.echo(f"  concurrency {concurrency:>3}: {row['qps']:7.1f} q/s, p50 {row['p50_ms']:6.1f} ms, "
                    f"p99 {row['p99_ms']:6.1f} ms, mean batch {row['mean_batch']:4.1f}, failed {row['failed']}")
         rows.append(row)
@@ -204,7 +204,8 @@ def soak(port: int, pid: int, bodies: list[bytes], index_dir: Path, encoder: Enc
     rss_start = rss_mib(pid)
     row = asyncio.run(main())
     rss_end = rss_mib(pid)
-    row.update(events, rss_start_mib=rss_start, rss_end_mib=rss_end, rss_growth=rss_end / rss_start - 1)
+    row.update(events, load_average=os.getloadavg()[0], rss_start_mib=rss_start, rss_end_mib=rss_end,
+               rss_growth=rss_end / rss_start - 1)
     click.echo(f"  soak: {row['qps']:.1f} q/s, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
                f"failed {row['failed']}, RSS {rss_start:.0f} -> {rss_end:.0f} MiB ({row['rss_growth']:+.1%}), "
                f"add visible {events['add_visible_after_commit_s']:.2f} s after its commit")
@@ -217,24 +218,26 @@ def markdown(results: dict) -> str:
     lines = ["# hbt-serve under load", "",
              f"{w['queries']} real questions ({w['source']}) against {w['passages']} passages, k = {w['k']}, "
              f"closed-loop clients on 127.0.0.1, {w['seconds']:.0f} s per point after {w['warmup']:.0f} s of warm-up; "
-             f"server and clients share the machine's {results['environment']['cores']} cores, "
-             "", 
-             "| mode | concurrency | queries/s | × sequential | p50 ms | p99 ms | p99/p50 | mean batch | failed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"server and clients share the machine's {results['environment']['cores']} cores.", "",
+             "| mode | concurrency | queries/s | × sequential | p50 ms | p99 ms | p99/p50 | mean batch | failed | load |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, rows in sweeps.items():
         for row in rows:
             lines.append(f"| {mode} | {row['concurrency']} | {row['qps']:.1f} | "
                          f"{row['qps'] / sequential['qps']:.2f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
-                         f"{row['p99_ms'] / row['p50_ms']:.1f} | {row['mean_batch']:.1f} | {row['failed']} |")
+                         f"{row['p99_ms'] / row['p50_ms']:.1f} | {row['mean_batch']:.1f} | {row['failed']} | "
+                         f"{row['load_average']:.1f} |")
     lines += ["", "Modes (hbt-serve options): " + "; ".join(
         f"{mode}: " + " ".join(f"--{name} {value}" for name, value in MODES[mode].items()) for mode in sweeps) + ".",
-              "", f"× sequential divides by the first row's rate (concurrency "
+              "", "Load is the machine's 1-minute load average after the point (2 cores: above 2, other "
+              "processes were waiting for them too).", "", f"× sequential divides by the first row's rate (concurrency "
               f"{sequential['concurrency']}: one client, one query at a time).", ""]
     if "soak" in results:
         s = results["soak"]
         lines += [f"**Soak** ({s['seconds']:.0f} s at concurrency {s['concurrency']}, batching on): "
                   f"{s['requests']} requests, {s['failed']} failed, {s['qps']:.1f} queries/s, p50 {s['p50_ms']:.1f} ms, "
-                  f"p99 {s['p99_ms']:.1f} ms; RSS {s['rss_start_mib']:.0f} MiB at the start, "
+                  f"p99 {s['p99_ms']:.1f} ms; RSS {s['rss_idle_mib']:.0f} MiB before any query, after 10 s of "
+                  f"warm-up {s['rss_start_mib']:.0f} MiB at the start, "
                   f"{s['rss_end_mib']:.0f} MiB at the end ({s['rss_growth']:+.1%}). An `add` committed a third of "
                   f"the way in was in the answers {s['add_visible_after_commit_s']:.2f} s after its commit, a "
                   f"`delete` at two thirds gone {s['delete_visible_after_commit_s']:.2f} s after.", ""]
@@ -301,8 +304,11 @@ def main(bundle, data_dir, out, concurrency, modes, seconds, warmup, soak_second
         if soak_seconds:
             click.echo(f"soak: {soak_seconds:.0f} s at concurrency 16, micro-batching on")
             with server(index_dir, MODES["on"]) as (port, pid):
-                asyncio.run(Load(port, bodies).run(16, max(warmup, 1)))  # warm up before RSS counts
-                results["soak"] = soak(port, pid, bodies, index_dir, encoder, soak_seconds, 16) | {"concurrency": 16}
+                rss_idle = rss_mib(pid)
+                # Warm up first: the encoder's memory arena grows to the largest batch shapes it has seen.
+                asyncio.run(Load(port, bodies).run(16, 10))
+                results["soak"] = soak(port, pid, bodies, index_dir, encoder, soak_seconds, 16) | {
+                    "concurrency": 16, "rss_idle_mib": rss_idle}
     write_report(results, out, markdown(results), plot)
     click.echo(f"report: {out}/report.md")
 
