@@ -111,6 +111,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -149,18 +155,21 @@ def batch_sizes(port: int) -> tuple[float, float]:
     return samples["hbt_encoder_batch_queries_sum"], samples["hbt_encoder_batch_queries_count"]
 
 
-def sweep(port: int, bodies: list[bytes], concurrencies: list[int], seconds: float, warmup: float) -> list[dict]:
+def sweep(port: int, pid: int, bodies: list[bytes], concurrencies: list[int], seconds: float,
+          warmup: float) -> list[dict]:
     rows = []
     for concurrency in concurrencies:
         load = Load(port, bodies)
         asyncio.run(load.run(concurrency, warmup))
-        before = batch_sizes(port)
+        batches, cpu = batch_sizes(port), cpu_seconds(pid)
         row = asyncio.run(load.run(concurrency, seconds))
+        row["server_cpu_ms_per_query"] = (cpu_seconds(pid) - cpu) * 1000 / max(row["requests"], 1)
         after = batch_sizes(port)
-        row["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
+        row["mean_batch"] = (after[0] - batches[0]) / max(after[1] - batches[1], 1)
         row["load_average"] = os.getloadavg()[0]  # other tenants' load shows here
         click.echo(f"  concurrency {concurrency:>3}: {row['qps']:7.1f} q/s, p50 {row['p50_ms']:6.1f} ms, "
-                   f"p99 {row['p99_ms']:6.1f} ms, mean batch {row['mean_batch']:4.1f}, failed {row['failed']}")
+                   f"p99 {row['p99_ms']:6.1f} ms, mean batch {row['mean_batch']:4.1f}, server CPU "
+                   f"{row['server_cpu_ms_per_query']:.1f} ms/query, failed {row['failed']}")
         rows.append(row)
     return rows
 
@@ -219,18 +228,20 @@ def markdown(results: dict) -> str:
              f"{w['queries']} real questions ({w['source']}) against {w['passages']} passages, k = {w['k']}, "
              f"closed-loop clients on 127.0.0.1, {w['seconds']:.0f} s per point after {w['warmup']:.0f} s of warm-up; "
              f"server and clients share the machine's {results['environment']['cores']} cores.", "",
-             "| mode | concurrency | queries/s | × sequential | p50 ms | p99 ms | p99/p50 | mean batch | failed | load |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| mode | concurrency | queries/s | × sequential | p50 ms | p99 ms | p99/p50 | mean batch "
+             "| server CPU ms/query | failed | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, rows in sweeps.items():
         for row in rows:
             lines.append(f"| {mode} | {row['concurrency']} | {row['qps']:.1f} | "
                          f"{row['qps'] / sequential['qps']:.2f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
-                         f"{row['p99_ms'] / row['p50_ms']:.1f} | {row['mean_batch']:.1f} | {row['failed']} | "
+                         f"{row['p99_ms'] / row['p50_ms']:.1f} | {row['mean_batch']:.1f} | "
+                         f"{row['server_cpu_ms_per_query']:.1f} | {row['failed']} | "
                          f"{row['load_average']:.1f} |")
     lines += ["", "Modes (hbt-serve options): " + "; ".join(
         f"{mode}: " + " ".join(f"--{name} {value}" for name, value in MODES[mode].items()) for mode in sweeps) + ".",
               "", "Load is the machine's 1-minute load average after the point (2 cores: above 2, other "
-              "processes were waiting for them too).", "", f"× sequential divides by the first row's rate (concurrency "
+              "processes were waiting for them too). Server CPU is the CPU time the server process used per "
+              "query (user + system, all its threads): less sensitive to other tenants than queries/s.", "", f"× sequential divides by the first row's rate (concurrency "
               f"{sequential['concurrency']}: one client, one query at a time).", ""]
     if "soak" in results:
         s = results["soak"]
@@ -299,8 +310,8 @@ def main(bundle, data_dir, out, concurrency, modes, seconds, warmup, soak_second
         build_index(docs, encoder, index_dir)
         for mode in modes.split(","):
             click.echo(f"micro-batching {mode}")
-            with server(index_dir, MODES[mode]) as (port, _):
-                results["sweeps"][mode] = sweep(port, bodies, concurrencies, seconds, warmup)
+            with server(index_dir, MODES[mode]) as (port, pid):
+                results["sweeps"][mode] = sweep(port, pid, bodies, concurrencies, seconds, warmup)
         if soak_seconds:
             click.echo(f"soak: {soak_seconds:.0f} s at concurrency 16, micro-batching on")
             with server(index_dir, MODES["on"]) as (port, pid):

@@ -1,4 +1,4 @@
-"""Micro-batching: requests that arrive together go through one call on one worker thread."""
+"""Micro-batching: requests that arrive together go through one call, on worker threads off the event loop."""
 
 from __future__ import annotations
 
