@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import click
@@ -21,10 +22,11 @@ from hbt.cli import UserError, user_errors
               help="Queries encoded in one call (1: no micro-batching).")
 @click.option("--max-wait-ms", type=click.FloatRange(0, 50), default=2.0, show_default=True,
               help="How long a batch may wait for queries arriving together (a lone query never waits).")
-@click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True,
-              help="Batches encoded at once; with --threads 1, two workers use two cores for two batches.")
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="Batches encoded at once, each with --threads threads.")
 @click.option("--max-k", type=click.IntRange(1), default=100, show_default=True, help="Largest k a request may ask.")
-@click.option("--threads", type=click.IntRange(1), help="Encoder threads (default: the cores, at most 8).")
+@click.option("--threads", type=click.IntRange(1),
+              help="Encoder threads per worker (default: the cores shared among the workers, at most 8).")
 @click.option("--bundle", type=click.Path(path_type=Path), help="Bundle (default: the one the index names).")
 @click.option("--access-log", is_flag=True, help="Log every request (GET /metrics counts them anyway).")
 @user_errors
@@ -50,6 +52,9 @@ def main(index_dir, host, port, token, max_batch, max_wait_ms, workers, max_k, t
         raise UserError(str(e)) from e
     from hbt.search import Searcher
 
+    # On 2 shared cores, two batches on one thread each beat one batch on two threads: the
+    # threads of one batch wait for each other at every layer (bench/reports/serve).
+    threads = threads or min(8, max(1, (os.cpu_count() or 1) // workers))
     searcher = Searcher.open(index_dir, bundle, threads)
     app = create_app(searcher, ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
                                                 max_k=max_k, token=token))
