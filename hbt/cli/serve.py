@@ -49,15 +49,15 @@ def main(index_dir, host, port, token, max_batch, max_wait_ms, workers, max_k, t
 
         from hbt.serve.app import ServeConfig, create_app
     except ImportError as e:
-        raise UserError(str(e)) from e
+        raise UserError(f"hbt-serve needs the serve extra ({e.name} is missing): pip install 'hbt[serve]'") from e
     from hbt.search import Searcher
 
     # On 2 shared cores, two batches on one thread each beat one batch on two threads: the
     # threads of one batch wait for each other at every layer (bench/reports/serve).
     threads = threads or min(8, max(1, (os.cpu_count() or 1) // workers))
     searcher = Searcher.open(index_dir, bundle, threads)
-    app = create_app(searcher, ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
-                                                max_k=max_k, token=token))
+    config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers, max_k=max_k, token=token)
+    app = create_app(searcher, config)
     if not _is_loopback(host):
         click.echo(f"warning: listening on {host}: whoever reaches this address can search the index and read "
                    f"its documents{'' if token else ' (no --token set)'}", err=True)

@@ -22,7 +22,8 @@ try:
     from starlette.schemas import SchemaGenerator
     from starlette.staticfiles import StaticFiles
 except ImportError as e:
-    raise ImportError(f"hbt's server needs the serve extra ({e.name} is missing): pip install 'hbt[serve]'") from e
+    raise ImportError(f"hbt's server needs the serve extra ({e.name} is missing): pip install 'hbt[serve]'",
+                      name=e.name) from e
 
 from hbt import __version__
 from hbt.errors import HbtError
