@@ -98,12 +98,17 @@ def _alternatives(keys: tuple[str, ...]) -> str:
     return repr(keys[0]) + (f" (or {', '.join(map(repr, keys[1:]))})" if len(keys) > 1 else "")
 
 
+def _pop_first(row: dict, keys: tuple[str, ...]):
+    """The value of the first of ``keys`` in ``row``, removed from it; None if none is there."""
+    for key in keys:
+        if key in row:
+            return row.pop(key)
+    return None
+
+
 def _id_and_text(row: dict, id_keys: tuple[str, ...], text_keys: tuple[str, ...]) -> tuple[str, str]:
-    """Pop the row's id and text: the first of their keys present, validated."""
-    id_key = next((k for k in id_keys if k in row), None)
-    text_key = next((k for k in text_keys if k in row), None)
-    row_id = row.pop(id_key) if id_key else None
-    text = row.pop(text_key) if text_key else None
+    """Pop the row's id and text (the first of their keys present) and check them."""
+    row_id, text = _pop_first(row, id_keys), _pop_first(row, text_keys)
     if isinstance(row_id, bool) or not isinstance(row_id, (str, int)) or row_id == "" or not isinstance(text, str):
         raise ValueError(f"needs {_alternatives(id_keys)}, a non-empty string or integer, "
                          f"and a string {_alternatives(text_keys)}")

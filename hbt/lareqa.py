@@ -44,6 +44,15 @@ def _require(condition: bool, what: str) -> None:
         raise TypeError(what)
 
 
+def _question(qa: dict) -> tuple[str, str, int]:
+    if not qa["answers"]:
+        raise ValueError(f"qa {qa['id']!r} has no answer")
+    qa_id, question, start = qa["id"], qa["question"], qa["answers"][0]["answer_start"]
+    _require(isinstance(qa_id, str) and isinstance(question, str) and type(start) is int,
+             f"qa {qa_id!r}: its id, question or answer_start has the wrong type")
+    return qa_id, question, start
+
+
 def read_paragraphs(path: Path) -> list[Paragraph]:
     """The paragraphs of one LAReQA file (gzipped SQuAD JSON with sentences and sentence breaks), checked:
     a malformed file raises DataError naming the file and the paragraph."""
@@ -59,11 +68,10 @@ def read_paragraphs(path: Path) -> list[Paragraph]:
             for p, paragraph in enumerate(article["paragraphs"]):
                 where = f"data[{a}].paragraphs[{p}]"
                 sentences = paragraph["sentences"]
-                _require(all(isinstance(s, str) for s in sentences), "a sentence that is not a string")
+                _require(isinstance(sentences, list) and all(isinstance(s, str) for s in sentences),
+                         "sentences must be a list of strings")
                 breaks = [(int(start), int(end)) for start, end in paragraph["sentence_breaks"]]
-                questions = [(qa["id"], qa["question"], qa["answers"][0]["answer_start"]) for qa in paragraph["qas"]]
-                _require(all(isinstance(i, str) and isinstance(q, str) and isinstance(start, int)
-                             for i, q, start in questions), "a qa whose id, question or answer_start has the wrong type")
+                questions = [_question(qa) for qa in paragraph["qas"]]
                 paragraphs.append(Paragraph(sentences, breaks, questions))
     except (KeyError, IndexError, TypeError, ValueError) as e:
         problem = f"no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
