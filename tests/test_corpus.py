@@ -177,3 +177,16 @@ def test_read_queries_errors_name_file_and_line(tmp_path, content, message):
 def test_read_lines_of_a_missing_file(tmp_path):
     with pytest.raises(DataError, match="nope.txt: no such file"):
         list(read_lines(tmp_path / "nope.txt"))
+
+
+def test_hbt_index_builds_from_gzip_on_stdin_and_skips_invalid_utf8(tiny_bundle, tmp_path):
+    """The reported failure: `hbt-index build` on a gzipped corpus stopped at line 1 with "invalid UTF-8"."""
+    from click.testing import CliRunner
+
+    from hbt.cli.index import main as index_cli
+
+    corpus = gzip.compress(jsonl(ROWS) + b'{"id": "latin-1", "text": "caf\xe9"}\n')
+    result = CliRunner().invoke(index_cli, ["build", "-", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "index"),
+                                            "--skip-invalid"], input=corpus)
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path / 'index'}: 2 documents, 1 invalid lines skipped" in result.output

@@ -152,7 +152,7 @@ def download(name, data_dir, base_url):
               help="Passages to index (real data only; the demo corpus has 240).")
 @renamed_option("--queries", "--num-queries", type=click.IntRange(1))
 @renamed_option("--passages", "--num-passages", type=click.IntRange(1))
-@click.option("-k", type=click.IntRange(1), default=10, show_default=True)
+@click.option("-k", type=click.IntRange(1), default=10, show_default=True, help="Results per query.")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Encoder and index threads (0: all cores).")
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/latency-<bundle>).")
 @user_errors
