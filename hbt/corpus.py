@@ -35,11 +35,6 @@ class ReadStats:
     skipped: int = 0
 
 
-def open_text(path: Path):
-    """A UTF-8 text file, gzip-compressed when its name ends in .gz."""
-    return gzip.open(path, "rt", encoding="utf-8") if Path(path).suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def _display_name(path: str | Path) -> str:
     return "<stdin>" if str(path) == "-" else str(path)
 
@@ -59,6 +54,17 @@ def _open_bytes(path: str | Path) -> Iterator[BinaryIO]:
         if stream.peek(2)[:2] == GZIP_MAGIC:
             stream = stack.enter_context(gzip.GzipFile(fileobj=stream))
         yield stream
+
+
+@contextlib.contextmanager
+def open_text(path: str | Path) -> Iterator[io.TextIOWrapper]:
+    """A UTF-8 text file or stdin ('-'), gunzipped when it starts with gzip's magic number."""
+    with _open_bytes(path) as stream:
+        text = io.TextIOWrapper(stream, encoding="utf-8")
+        try:
+            yield text
+        finally:
+            text.detach()  # _open_bytes closes the file, and leaves stdin open
 
 
 def read_lines(path: str | Path, stats: ReadStats | None = None) -> Iterator[tuple[int, str]]:
