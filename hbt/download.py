@@ -3,7 +3,8 @@
 Every source is pinned to a commit and checked against the sha256 of the bytes it
 served when hbt pinned it. Each file is fetched to a temporary name, gzip-compressed
 when the source is plain JSON (the layout hbt reads), checked, and renamed into
-place: a failed or tampered download leaves no file. Files already present are kept.
+place: a failed or tampered download leaves no file. Files already present are
+checked the same way and kept.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -89,6 +91,25 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "hbt"
 
 
+def _stored_sha256(file: RemoteFile, target: Path) -> str:
+    """The sha256 of the source bytes ``target`` holds (gunzipped, when hbt compressed them)."""
+    digest = hashlib.sha256()
+    with (open(target, "rb") if file.source.endswith(".gz") else gzip.open(target, "rb")) as stored:
+        while chunk := stored.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_present(file: RemoteFile, target: Path) -> None:
+    try:
+        matches = _stored_sha256(file, target) == file.sha256
+    except (OSError, EOFError, zlib.error):  # not gzip, or cut short
+        matches = False
+    if not matches:
+        raise DataError(f"{target}: present, but not the pinned file (sha256 {file.sha256[:16]}…); "
+                        "delete it and run hbt-bench download again")
+
+
 def _fetch(url: str, file: RemoteFile, target: Path) -> None:
     """``url`` into ``target``, gzip-compressed unless it is already, if its sha256 is the pinned one."""
     fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
@@ -131,6 +152,7 @@ def download(name: str, data_dir: Path, base_url: str | None = None,
     for file in SOURCES[name]:
         target = folder / file.name
         if target.exists():
+            _check_present(file, target)
             continue
         _fetch(f"{base}/{file.source}", file, target)
         written.append(target)

@@ -199,6 +199,10 @@ def test_a_download_that_is_not_the_pinned_file_writes_nothing(mirror, tmp_path)
     assert_one_line_error(CliRunner().invoke(bench_cli, ["download", "xquad-r", "--data-dir", str(data), "--base-url",
                                                          url]), SOURCES["xquad-r"][3].source, "not the pinned")
     assert sorted(f.name for f in (data / "xquad-r").iterdir()) == [file.name for file in SOURCES["xquad-r"][:3]]
+    # A file already there is checked too: a damaged or foreign one is named, and kept for the user to look at.
+    (data / "xquad-r" / "ar.json.gz").write_bytes(gzip.compress(b'{"data": []}'))
+    assert_one_line_error(CliRunner().invoke(bench_cli, ["download", "xquad-r", "--data-dir", str(data), "--base-url",
+                                                         url]), "ar.json.gz: present, but not the pinned file")
 
 
 def test_download_goes_to_the_user_data_directory_by_default(mirror, tmp_path, monkeypatch):
