@@ -39,7 +39,7 @@ class Paragraph:
     questions: list[tuple[str, str, int]]  # (qa id, question, start of its first answer)
 
 
-def _require(condition: bool, what: str) -> None:
+def _expect(condition: bool, what: str) -> None:
     if not condition:
         raise TypeError(what)
 
@@ -48,7 +48,7 @@ def _question(qa: dict) -> tuple[str, str, int]:
     if not qa["answers"]:
         raise ValueError(f"qa {qa['id']!r} has no answer")
     qa_id, question, start = qa["id"], qa["question"], qa["answers"][0]["answer_start"]
-    _require(isinstance(qa_id, str) and isinstance(question, str) and type(start) is int,
+    _expect(isinstance(qa_id, str) and isinstance(question, str) and type(start) is int,
              f"qa {qa_id!r}: its id, question or answer_start has the wrong type")
     return qa_id, question, start
 
@@ -68,7 +68,7 @@ def read_paragraphs(path: Path) -> list[Paragraph]:
             for p, paragraph in enumerate(article["paragraphs"]):
                 where = f"data[{a}].paragraphs[{p}]"
                 sentences = paragraph["sentences"]
-                _require(isinstance(sentences, list) and all(isinstance(s, str) for s in sentences),
+                _expect(isinstance(sentences, list) and all(isinstance(s, str) for s in sentences),
                          "sentences must be a list of strings")
                 breaks = [(int(start), int(end)) for start, end in paragraph["sentence_breaks"]]
                 questions = [_question(qa) for qa in paragraph["qas"]]
