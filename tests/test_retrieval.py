@@ -18,7 +18,7 @@ from hbt.cli.bench import main as bench_cli
 from hbt.corpus import Document, read_queries
 from hbt.download import SOURCES, RemoteFile
 from hbt.errors import DataError
-from hbt.retrieval import (ann_index, evaluate_mkqa, evaluate_qrels, has_answer, normalize_answer, read_mkqa,
+from hbt.retrieval import (DEPTH, ann_index, evaluate_mkqa, evaluate_qrels, has_answer, normalize_answer, read_mkqa,
                            read_qrels, retrieve)
 from tests.conftest import DATA_DIR
 from tests.test_export import assert_one_line_error
@@ -29,10 +29,10 @@ def test_exact_and_hnsw_rankings_agree_with_brute_force_on_the_whole_top_k():
     passages = rng.normal(size=(500, 16)).astype(np.float32)
     passages /= np.linalg.norm(passages, axis=1, keepdims=True)
     queries = passages[:50] + 0.3 * rng.normal(size=(50, 16)).astype(np.float32)
-    brute_force = np.argsort(-(queries @ passages.T), axis=1, kind="stable")[:, :10]
-    assert np.array_equal(retrieve(queries, passages, depth=10), brute_force)
-    # On 500 points with ef 128, HNSW is exact: any miss or misorder in the top 10 is a bug.
-    assert np.array_equal(retrieve(queries, ann_index(passages), depth=10), brute_force)
+    brute_force = np.argsort(-(queries @ passages.T), axis=1, kind="stable")[:, :DEPTH]
+    assert np.array_equal(retrieve(queries, passages), brute_force)
+    # On 500 points with ef 128, HNSW is exact: any miss or misorder in the top 100 is a bug.
+    assert np.array_equal(retrieve(queries, ann_index(passages)), brute_force)
 
 
 def topic_encoder(topics: list[str]):
