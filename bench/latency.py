@@ -37,7 +37,8 @@ def workload(data_dir: Path | None, num_queries: int, num_passages: int) -> tupl
         return ("XQuAD-R/MLQA-R", [Document(f"s{i}", t) for i, t in enumerate(texts)],
                 sample_questions(data_dir, num_queries))
     questions = [q for q, _ in QUESTIONS]
-    return "demo corpus", list(read_corpus(DEMO_CORPUS)), (questions * (num_queries // len(questions) + 1))[:num_queries]
+    repeated = questions * (num_queries // len(questions) + 1)
+    return "demo corpus", list(read_corpus(DEMO_CORPUS)), repeated[:num_queries]
 
 
 def milliseconds(seconds: list[float]) -> dict:

@@ -81,7 +81,8 @@ def read_lines(path: str | Path, stats: ReadStats | None = None) -> Iterator[tup
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
                     if stats is None:
-                        raise DataError(f"{name}:{number}: invalid UTF-8 ({e.reason}); re-encode the file as UTF-8") from e
+                        raise DataError(f"{name}:{number}: invalid UTF-8 ({e.reason}); "
+                                        "re-encode the file as UTF-8") from e
                     stats.skipped += 1
                     continue
                 if line.strip():
@@ -197,5 +198,6 @@ def read_queries(path: str | Path) -> tuple[list[str], list[str]]:
         ids.append(qid)
         texts.append(text)
     if not ids:
-        raise DataError(f"{_display_name(path)}: no queries; expected qid<TAB>text lines or JSON lines with id and text")
+        raise DataError(f"{_display_name(path)}: no queries; expected qid<TAB>text lines, "
+                        "or JSON lines with id and text")
     return ids, texts

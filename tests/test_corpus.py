@@ -36,7 +36,8 @@ def test_gzipped_files_and_stdin_read_like_plain_files(tmp_path, monkeypatch):
     (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(jsonl(ROWS)))
     (tmp_path / "c.tsv.gz").write_bytes(gzip.compress(b"d1\tErste Zeile\n7\t\xe7\xac\xac\xe4\xba\x8c\xe8\xa1\x8c\n"))
     expected = list(read_corpus(plain))
-    assert [(d.id, d.text, d.title, d.lang) for d in expected] == [("d1", "Erste Zeile", "", "de"), ("7", "第二行", "T", "")]
+    assert [(d.id, d.text, d.title, d.lang) for d in expected] == [("d1", "Erste Zeile", "", "de"),
+                                                                    ("7", "第二行", "T", "")]
     assert list(read_corpus(tmp_path / "c.jsonl.gz")) == expected
     assert [(d.id, d.text) for d in read_corpus(tmp_path / "c.tsv.gz")] == [(d.id, d.text) for d in expected]
     for data in (jsonl(ROWS), gzip.compress(jsonl(ROWS))):
@@ -149,11 +150,11 @@ def test_tsv_reader_fuzz(tmp_path, lines):
 
 
 def test_read_queries_formats(tmp_path, monkeypatch):
-    (tmp_path / "topics.tsv").write_text("q1\twer hat das Penicillin entdeckt?\n\nq2\t蜜蜂如何交流？\n", encoding="utf-8")
+    (tmp_path / "topics.tsv").write_text("q1\twer hat Penicillin entdeckt?\n\nq2\t蜜蜂如何交流？\n", encoding="utf-8")
     (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "a", "metadata": {}}\n{"qid": 2, "query": "b"}\n'
                                             '{"query_id": "q3", "text": "c"}\n')
     (tmp_path / "topics.tsv.gz").write_bytes(gzip.compress((tmp_path / "topics.tsv").read_bytes()))
-    assert read_queries(tmp_path / "topics.tsv") == (["q1", "q2"], ["wer hat das Penicillin entdeckt?", "蜜蜂如何交流？"])
+    assert read_queries(tmp_path / "topics.tsv") == (["q1", "q2"], ["wer hat Penicillin entdeckt?", "蜜蜂如何交流？"])
     assert read_queries(tmp_path / "topics.tsv.gz") == read_queries(tmp_path / "topics.tsv")
     assert read_queries(tmp_path / "queries.jsonl") == (["q1", "2", "q3"], ["a", "b", "c"])
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"x\tfrom stdin\n")))

@@ -156,7 +156,7 @@ def test_mkqa_recall_on_the_shared_fixture():
 
 @pytest.fixture
 def mirror(tmp_path, monkeypatch):
-    """A local HTTP server laid out like github.com, serving stand-ins for the xquad-r files (pinned to their sha256)."""
+    """A local HTTP server laid out like github.com, serving stand-ins for the xquad-r files, pinned to their sha256."""
     root = tmp_path / "mirror"
     stand_ins = []
     for file in SOURCES["xquad-r"]:
@@ -222,7 +222,7 @@ def test_download_goes_to_the_user_data_directory_by_default(mirror, tmp_path, m
 def test_downloads_are_pinned_to_commits_and_checksums():
     for name, files in SOURCES.items():
         for file in files:
-            assert re.fullmatch(r"[^/]+/[^/]+/raw/[0-9a-f]{10,40}/.+", file.source), file.source  # a commit, not a branch
+            assert re.fullmatch(r"[^/]+/[^/]+/raw/[0-9a-f]{10,40}/.+", file.source), file.source  # a commit
             assert re.fullmatch(r"[0-9a-f]{64}", file.sha256), file.source
     if not (DATA_DIR / "xquad-r").is_dir():
         pytest.skip("shared data not present: the checksums are checked against it")

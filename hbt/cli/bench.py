@@ -105,7 +105,8 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, corpu
     elif dataset in retrieval.QRELS_DATASETS:
         paths = retrieval.find_files(data_dir, dataset, {"corpus": corpus, "queries": queries, "qrels": qrels})
         files = list(paths.values())
-        results = retrieval.evaluate_qrels(dict(zip(*read_queries(paths["queries"]))), retrieval.read_qrels(paths["qrels"]),
+        topics = dict(zip(*read_queries(paths["queries"])))
+        results = retrieval.evaluate_qrels(topics, retrieval.read_qrels(paths["qrels"]),
                                            list(read_corpus(paths["corpus"])), encoder.encode_queries,
                                            with_progress(encoder.encode_passages, "embedding corpus"), ann)
     else:
