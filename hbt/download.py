@@ -9,6 +9,7 @@ checked the same way and kept.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -112,17 +113,18 @@ def _check_present(file: RemoteFile, target: Path) -> None:
 
 def _fetch(url: str, file: RemoteFile, target: Path) -> None:
     """``url`` into ``target``, gzip-compressed unless it is already, if its sha256 is the pinned one."""
-    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    except OSError as e:
+        raise DataError(f"{target.parent}: not writable ({e.strerror or e}); choose another --data-dir") from e
     try:
         digest = hashlib.sha256()
+        compress = not file.source.endswith(".gz")
         with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(fd, "wb") as raw:
-            compress = not file.source.endswith(".gz")
-            out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if compress else raw
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-            if compress:
-                out.close()
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if compress else contextlib.nullcontext(raw) as out:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
             raw.flush()
             os.fsync(raw.fileno())
         if digest.hexdigest() != file.sha256:
