@@ -160,7 +160,7 @@ def has_answer(passage: str, answers: list[str]) -> bool:
     """Whether one answer's token sequence occurs in the passage's (both from ``normalize_answer``), as DPR's
     ``has_answer`` decides: the answer "1" is not in "1945", nor "art" in "the arts"."""
     padded = f" {passage} "
-    return any(f" {answer} " in padded for answer in answers)
+    return any(answer and f" {answer} " in padded for answer in answers)
 
 
 def read_mkqa(path: Path, languages: list[str] | None = None, answer_language: str = "en") -> dict[str, list[MkqaQuery]]:

@@ -13,6 +13,8 @@ import threading
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hbt.cli.bench import main as bench_cli
 from hbt.corpus import Document, read_queries
@@ -101,6 +103,23 @@ def test_normalize_answer():
 ])
 def test_has_answer_matches_token_sequences(passage, answer, expected):
     assert has_answer(normalize_answer(passage), [normalize_answer(answer)]) is expected
+
+
+# No "a", "an" or "the": the normalization drops those English articles.
+WORD = st.text("bcxyz019", min_size=1, max_size=4)  # never "a", "an" or "the", which the normalization drops
+WORDS = st.lists(WORD, min_size=1, max_size=12)
+
+
+@given(WORDS, st.data())
+def test_an_answer_is_found_if_and_only_if_its_words_are_a_run_of_the_passage_words(words, data):
+    passage = normalize_answer(" ".join(words))
+    start = data.draw(st.integers(0, len(words) - 1))
+    run = words[start : data.draw(st.integers(start + 1, len(words)))]
+    assert has_answer(passage, [normalize_answer(" ".join(run))])
+    answer = data.draw(st.lists(WORD, min_size=1, max_size=3))
+    is_run = any(words[i : i + len(answer)] == answer for i in range(len(words)))
+    assert has_answer(passage, [normalize_answer(" ".join(answer))]) == is_run
+    assert not has_answer(passage, [""])
 
 
 def test_mkqa_recall_matches_tokens_and_aliases(tmp_path):
