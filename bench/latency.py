@@ -83,17 +83,16 @@ def measure(bundle: Path, index_dir: Path | None = None, data_dir: Path | None =
         start = time.perf_counter()
         index.search(vectors, k)
         results["search"]["batched_qps"] = len(vectors) / (time.perf_counter() - start)
-        labels = index.search(vectors, k)[0]
+        keys = index.search(vectors, k).keys
         results["stages_mean_ms"] = {
             "tokenize": milliseconds(timed(lambda q: encoder.tokenizer.encode([q], 512), questions))["mean_ms"],
             "encode": milliseconds(timed(lambda q: encoder.encode_queries([q]), questions))["mean_ms"],
             "search": results["search"]["mean_ms"],
-            "fetch": milliseconds(timed(index.documents, list(labels)))["mean_ms"],
+            "fetch": milliseconds(timed(index.documents, list(keys)))["mean_ms"],
         }
         progress("end to end")
         end_to_end = timed(lambda q: searcher.search([q], k), questions)
         results["end_to_end"] = milliseconds(end_to_end) | {"seconds": end_to_end}
-        index.close()
     results["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return results
 

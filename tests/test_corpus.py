@@ -190,4 +190,4 @@ def test_hbt_index_builds_from_gzip_on_stdin_and_skips_invalid_utf8(tiny_bundle,
     result = CliRunner().invoke(index_cli, ["build", "-", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "index"),
                                             "--skip-invalid"], input=corpus)
     assert result.exit_code == 0, result.output
-    assert f"{tmp_path / 'index'}: 2 documents, 1 invalid lines skipped" in result.output
+    assert "index: 2 documents" in result.output and "1 invalid lines skipped" in result.output

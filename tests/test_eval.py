@@ -220,7 +220,7 @@ def test_latency_on_a_damaged_index_is_one_line(tiny_bundle, tmp_path):
     from hbt.index import build_index
 
     build_index(read_corpus(DEMO_CORPUS), Encoder(tiny_bundle), tmp_path / "index")
-    with sqlite3.connect(tmp_path / "index" / "docs.sqlite") as db:
+    with sqlite3.connect(next((tmp_path / "index").rglob("docs.sqlite"))) as db:
         db.execute("ALTER TABLE docs RENAME TO elsewhere")
     result = CliRunner().invoke(bench_cli, ["latency", "--bundle", str(tiny_bundle), "--index", str(tmp_path / "index"),
                                             "--data-dir", str(tmp_path), "--queries", "5", "--out", str(tmp_path / "r")])

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import click
 
-from hbt.cli import user_errors
+from hbt.cli import DefaultCommandGroup, user_errors
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DefaultCommandGroup, default="query", context_settings={"help_option_names": ["-h", "--help"]})
 def main():
-    """Search an hbt index. Queries and documents may be in different languages."""
+    """Search an hbt index. Queries and documents may be in different languages.
+
+    \b
+    hbt-search "question" --index DIR     (the same as: hbt-search query "question" --index DIR)
+    """
 
 
 def _read_queries(path: Path) -> tuple[list[str], list[str]]:
@@ -45,16 +49,18 @@ def _read_queries(path: Path) -> tuple[list[str], list[str]]:
 @main.command()
 @click.argument("texts", nargs=-1)
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index directory.")
-@click.option("-k", type=int, default=10, show_default=True, help="Results per query.")
+@click.option("-k", type=int, default=10, show_default=True,
+              help="Results per query (fewer when the index, or the --lang filter, admits fewer documents).")
 @click.option("--ef", type=click.IntRange(1), help="HNSW search beam (default: the index's).")
 @click.option("--lang", "langs", multiple=True, help="Only documents in this language (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per query.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query, with the plan and timings.")
+@click.option("-v", "--verbose", is_flag=True, help="Say which plan each segment ran, and the stage timings.")
 @click.option("--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TSV or JSONL queries; writes a TREC run (qid Q0 docid rank score tag).")
 @click.option("--out", type=click.File("w"), default="-", help="Where the TREC run goes (default stdout).")
 @click.option("--bundle", type=click.Path(path_type=Path), help="Bundle (default: the one the index names).")
 @user_errors
-def query(texts, index_dir, k, ef, langs, as_json, queries, out, bundle):
+def query(texts, index_dir, k, ef, langs, as_json, verbose, queries, out, bundle):
     """Search for TEXTS (or --queries FILE) and print the top k documents.
 
     \b
@@ -72,12 +78,17 @@ def query(texts, index_dir, k, ef, langs, as_json, queries, out, bundle):
     else:
         query_ids = [str(i) for i in range(1, len(texts) + 1)]
     searcher = Searcher.open(index_dir, bundle)
-    results = searcher.search(list(texts), k=k, ef=ef, langs=langs)
+    run = searcher.run(list(texts), k=k, ef=ef, langs=langs)
+    results = run.hits
+    if verbose:
+        timings = ", ".join(f"{stage} {ms:.2f} ms" for stage, ms in run.timings.items())
+        click.echo(f"plan: {run.plan}\ntimings: {timings}", err=True)
     if queries:
         write_trec_run(out, query_ids, results)
     elif as_json:
         for text, hits in zip(texts, results):
-            click.echo(json.dumps({"query": text, "hits": [hit.__dict__ for hit in hits]}, ensure_ascii=False))
+            click.echo(json.dumps({"query": text, "hits": [hit.__dict__ for hit in hits], "plan": run.plan,
+                                   "timings_ms": run.timings}, ensure_ascii=False))
     else:
         for text, hits in zip(texts, results):
             click.echo(f"\n{text}")
