@@ -197,11 +197,15 @@ def test_merge_policy_bounds_the_segments_of_many_small_adds(tmp_path, encoder):
     assert verify_index(tmp_path / "index")["recall_at_k"] == 1.0
 
 
-def test_compact_drops_tombstones(segmented, encoder):
+def test_compact_rewrites_segments_with_many_tombstones_and_packs_small_ones(segmented, encoder):
     directory, _ = segmented
-    delete_documents(directory, [f"d{i}" for i in range(0, 300, 3)])
+    delete_documents(directory, ["d1"] + [f"d{i}" for i in range(64, 128, 3)])  # 1 of the first 64, a third of the next
+    add_documents(directory, docs(1000, 2), encoder)
     manifest = compact_index(directory)
-    assert manifest["count"] == 200 and all(not e["deleted"] for e in manifest["segments"])
+    names = [e["name"] for e in manifest["segments"]]
+    assert manifest["count"] == 279 and len(names) == 5 and [e["deleted"] for e in manifest["segments"]] == [1, 0, 0, 0, 0]
+    manifest = compact_index(directory, expunge_deletes=True)
+    assert manifest["count"] == 279 and all(not e["deleted"] for e in manifest["segments"])
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         [e["name"] for e in manifest["segments"]] + ["manifest.json", "write.lock"])
 
@@ -254,7 +258,7 @@ elif operation == "add":
 elif operation == "delete":
     delete_documents(directory, [f"d{i}" for i in range(0, 300, 2)])
 else:
-    compact_index(directory)
+    compact_index(directory, expunge_deletes=True)
 print(calls)
 """
 
@@ -420,7 +424,7 @@ elif operation == "add":
 elif operation == "delete":
     delete_documents(directory, [f"d{i}" for i in range(trial % 3, 300, 3)])
 else:
-    compact_index(directory)
+    compact_index(directory, expunge_deletes=True)
 """
 
 

@@ -149,16 +149,19 @@ def delete(index_dir, ids, ids_file):
 @main.command()
 @index_directory
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--expunge-deletes", is_flag=True,
+              help="Rewrite every segment that has tombstones (by default, those with 10% or more deleted).")
 @user_errors
-def compact(index_dir, threads):
-    """Rewrite segments with tombstones and pack small segments together, one commit."""
+def compact(index_dir, threads, expunge_deletes):
+    """Pack small segments together and rewrite those with many tombstones, one commit."""
     from hbt.index import compact_index, read_manifest
 
     before = read_manifest(index_dir)
     with _progress("compacting") as bar:
-        manifest = compact_index(index_dir, bar.update, threads)
+        manifest = compact_index(index_dir, bar.update, threads, expunge_deletes)
+    dropped = sum(e["deleted"] for e in before["segments"]) - sum(e["deleted"] for e in manifest["segments"])
     click.echo(f"{index_dir}: {len(before['segments'])} -> {len(manifest['segments'])} segment(s), "
-               f"{sum(e['deleted'] for e in before['segments'])} tombstones dropped, {manifest['count']} documents")
+               f"{dropped} tombstones dropped, {manifest['count']} documents")
 
 
 @main.command()
