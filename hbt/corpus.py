@@ -8,7 +8,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from hbt.errors import DataError
 
@@ -50,6 +50,11 @@ def _parse_jsonl(line: str) -> Document:
         raise ValueError(f"not valid JSON ({e.msg})") from e
     if not isinstance(row, dict):
         raise ValueError("expected a JSON object")
+    return document_from_row(row)
+
+
+def document_from_row(row: dict) -> Document:
+    """A document from a JSON object or a Parquet row (hbt, BEIR or MIRACL fields); ValueError names what is missing."""
     key = next((k for k in ("id", "_id", "docid") if k in row), None)  # hbt, BEIR, MIRACL
     doc_id = row.pop(key) if key else None
     text = row.pop("text", None)
@@ -68,27 +73,33 @@ def _parse_tsv(line: str) -> Document:
 
 def read_corpus(path: str | Path, skip_invalid: bool = False, stats: ReadStats | None = None) -> Iterator[Document]:
     """Yield documents one by one; bad lines raise DataError(file:line) or, with skip_invalid, are counted."""
-    stats = stats if stats is not None else ReadStats()
     name, opened = _open_bytes(path)
-    parse = _parse_tsv if name.endswith(".tsv") else None
     with opened as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{name}:{line_number}: invalid UTF-8 ({e.reason}); re-encode the file as UTF-8") from e
-            if not line.strip():
+        yield from parse_lines(name, handle, skip_invalid, stats)
+
+
+def parse_lines(name: str, lines: Iterable[bytes], skip_invalid: bool = False,
+                stats: ReadStats | None = None) -> Iterator[Document]:
+    """The documents of a corpus file's lines (JSONL or TSV, decided by ``name`` or the first line)."""
+    stats = stats if stats is not None else ReadStats()
+    parse = _parse_tsv if name.endswith(".tsv") else None
+    for line_number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{name}:{line_number}: invalid UTF-8 ({e.reason}); re-encode the file as UTF-8") from e
+        if not line.strip():
+            continue
+        if parse is None:  # stdin and unknown extensions: decide from the first line
+            parse = _parse_jsonl if line.lstrip().startswith("{") else _parse_tsv
+        try:
+            doc = parse(line)
+            if not doc.text.strip():
+                raise ValueError("empty text")
+        except ValueError as e:
+            if skip_invalid:
+                stats.skipped += 1
                 continue
-            if parse is None:  # stdin and unknown extensions: decide from the first line
-                parse = _parse_jsonl if line.lstrip().startswith("{") else _parse_tsv
-            try:
-                doc = parse(line)
-                if not doc.text.strip():
-                    raise ValueError("empty text")
-            except ValueError as e:
-                if skip_invalid:
-                    stats.skipped += 1
-                    continue
-                raise DataError(f"{name}:{line_number}: {e}; fix the line or pass --skip-invalid") from e
-            stats.documents += 1
-            yield doc
+            raise DataError(f"{name}:{line_number}: {e}; fix the line or pass --skip-invalid") from e
+        stats.documents += 1
+        yield doc
