@@ -27,7 +27,7 @@ def connect(address: str | None = None) -> Iterator[None]:
         cause = hbt_cause(e)
         if cause is None:
             raise
-        raise type(cause)(str(cause)) from None
+        raise type(cause)(str(cause).splitlines()[0]) from None  # Ray appends its retry notes
     finally:
         if joined:
             ray.shutdown()
