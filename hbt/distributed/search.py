@@ -3,8 +3,9 @@
 ``RayIndex`` answers ``search`` and ``documents`` as ``hbt.index.Index`` does, with the
 same document keys (segment position << 40 | label), so ``Searcher(encoder, RayIndex(...))``
 returns what a local search of the same index returns. Each actor returns its group's top
-k with the document ids, and the driver keeps the k best by score, then id: the order in
-which a local search breaks ties. The index must be on storage every node reads.
+k with their documents, and the driver keeps the k best by score, then id (the order in
+which a local search breaks ties), in one round trip. The index must be on storage every
+node reads.
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ class SegmentGroup:
         self.local = {int(p): i for i, p in enumerate(self.positions)}
 
     def search(self, vectors: np.ndarray, k: int, ef: int | None, langs: frozenset | None,
-               exact: bool) -> tuple[np.ndarray, np.ndarray, list[list[str]], list[str]]:
-        """The group's top k: keys in the whole commit, scores, document ids [Q, k'], and the plans."""
+               exact: bool) -> tuple[np.ndarray, np.ndarray, dict[int, Document], list[str]]:
+        """The group's top k: keys in the whole commit and scores [Q, k'], their documents, and the plans."""
         ranking = self.index.search(vectors, k, ef, langs, exact)
-        documents = self.index.documents(np.unique(ranking.keys))
-        ids = [[documents[key].id for key in row] for row in ranking.keys.tolist()]
         keys = (self.positions[ranking.keys >> LABEL_BITS] << LABEL_BITS) | (ranking.keys & LABELS)
-        return keys, ranking.scores, ids, ranking.plans
+        documents = self.index.documents(np.unique(ranking.keys))
+        pairs = zip(keys.ravel().tolist(), ranking.keys.ravel().tolist())
+        return keys, ranking.scores, {key: documents[local] for key, local in pairs}, ranking.plans
 
     def documents(self, keys: list[int]) -> dict[int, Document]:
         local = {(self.local[key >> LABEL_BITS] << LABEL_BITS) | (key & LABELS): key for key in keys}
@@ -83,6 +84,7 @@ class RayIndex:
                 num_cpus=0, scheduling_strategy="SPREAD", memory=sum(e["files"][GRAPH_FILE]["bytes"] for e in group),
             ).remote(str(self.directory), [entry["name"] for entry in group], self.generation))
         ray.get([group.__ray_ready__.remote() for group in self.groups])
+        self._fetched: dict[int, Document] = {}
 
     @property
     def generation(self) -> int:
@@ -102,22 +104,26 @@ class RayIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.manifest["dimension"])
         allowed = frozenset(langs) if langs else None
         answers = ray.get([group.search.remote(vectors, k, ef, allowed, exact) for group in self.groups])
+        found = {key: doc for _, _, documents, _ in answers for key, doc in documents.items()}
         rows = []
         for query in range(len(vectors)):
-            candidates = [(-float(score), doc_id, key) for keys, scores, ids, _ in answers
-                          for score, doc_id, key in zip(scores[query], ids[query], keys[query].tolist())]
+            candidates = [(-score, found[key].id, key) for keys, scores, _, _ in answers
+                          for score, key in zip(scores[query].tolist(), keys[query].tolist())]
             rows.append(sorted(candidates)[:k])
         keys = np.array([[key for _, _, key in row] for row in rows], dtype=np.int64).reshape(len(vectors), -1)
         scores = np.array([[-score for score, _, _ in row] for row in rows], dtype=np.float32).reshape(keys.shape)
         plans = sorted((plan for *_, group_plans in answers for plan in group_plans),
                        key=lambda plan: self.position[plan.split(":")[0]])  # "seg-000003: hnsw ..."
+        self._fetched = found  # the documents() call that follows a search needs no second round trip
         return Ranking(keys, scores, plans)
 
     def documents(self, keys: Iterable[int]) -> dict[int, Document]:
-        wanted: dict = {}
-        for key in keys:
-            wanted.setdefault(self.holder[int(key) >> LABEL_BITS], []).append(int(key))
-        found = {}
+        fetched, found, wanted = self._fetched, {}, {}
+        for key in map(int, keys):
+            if key in fetched:
+                found[key] = fetched[key]
+            else:
+                wanted.setdefault(self.holder[key >> LABEL_BITS], []).append(key)
         for part in ray.get([self.groups[group].documents.remote(group_keys) for group, group_keys in wanted.items()]):
             found.update(part)
         return found
