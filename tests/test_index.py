@@ -384,3 +384,71 @@ def test_format_1_is_upgraded_in_place(tmp_path, encoder):
     assert result_ids(searcher, "text number 3 of d", 10) == brute_force(live, encoder.encode_queries(
         ["text number 3 of d"])[0], 10)
     assert verify_index(tmp_path / "old")["recall_at_k"] == 1.0
+
+
+def test_verify_finds_vectors_without_a_document(segmented):
+    """A store that lost a live document's row, with checksums made to match: only the count check sees it."""
+    from hbt.bundle import sha256_file
+
+    directory, _ = segmented
+    manifest = json.loads((directory / "manifest.json").read_text())
+    entry = manifest["segments"][0]
+    store = directory / entry["name"] / "docs.sqlite"
+    db = sqlite3.connect(store)
+    db.execute("DELETE FROM docs WHERE label = 3")
+    db.commit()
+    db.close()
+    entry["files"]["docs.sqlite"] = {"sha256": sha256_file(store), "bytes": store.stat().st_size}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SearchIndexError, match="does not hold the 64 live documents"):
+        verify_index(directory)
+
+
+KILL_SCRIPT = """
+import sys
+from hbt.corpus import Document
+from hbt.index import IndexConfig, add_documents, build_index, compact_index, delete_documents
+from tests.fakes import HashEncoder
+
+operation, directory, trial = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fresh = [Document(f"t{trial}-{i}", f"trial {trial} text {i}", lang="de") for i in range(3000)]
+print("ready", flush=True)
+if operation == "build":
+    build_index(fresh, HashEncoder(), directory, IndexConfig(M=16, ef_construction=100, segment_size=1000), force=True)
+elif operation == "add":
+    add_documents(directory, fresh, HashEncoder())
+elif operation == "delete":
+    delete_documents(directory, [f"d{i}" for i in range(trial % 3, 300, 3)])
+else:
+    compact_index(directory)
+"""
+
+
+def test_kill_9_at_random_moments_leaves_one_commit(segmented, encoder, tmp_path):
+    """20 seeded trials: SIGKILL at a random moment of build, add, delete or compact (fresh ids each time)."""
+    import shutil
+    import time
+
+    base, _ = segmented
+    delete_documents(base, ["d8"])
+    before = index_state(base, encoder)
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        operation = ("build", "add", "delete", "compact")[trial % 4]
+        finished, killed = tmp_path / f"finished-{trial}", tmp_path / f"killed-{trial}"
+        shutil.copytree(base, finished)
+        shutil.copytree(base, killed)
+        command = [sys.executable, "-c", KILL_SCRIPT, operation]
+        process = subprocess.Popen([*command, str(finished), str(trial)], cwd=REPO, stdout=subprocess.PIPE)
+        process.stdout.readline()  # imports done: time the operation alone
+        start = time.perf_counter()
+        assert process.wait(timeout=120) == 0
+        duration = time.perf_counter() - start
+        process = subprocess.Popen([*command, str(killed), str(trial)], cwd=REPO, stdout=subprocess.PIPE)
+        process.stdout.readline()
+        time.sleep(rng.uniform(0, 1) * duration)
+        process.kill()
+        process.wait()
+        assert index_state(killed, encoder) in (before, index_state(finished, encoder)), f"trial {trial}: {operation}"
+        shutil.rmtree(finished)
+        shutil.rmtree(killed)

@@ -16,10 +16,10 @@ from click.testing import CliRunner  # noqa: E402
 
 from hbt.cli.index import main as index_main  # noqa: E402
 from hbt.cli.search import main as search_main  # noqa: E402
-from hbt.corpus import read_corpus  # noqa: E402
+from hbt.corpus import Document, read_corpus  # noqa: E402
 from hbt.distributed import build as ray_build  # noqa: E402
 from hbt.distributed.cluster import connect  # noqa: E402
-from hbt.distributed.corpus import CorpusSource  # noqa: E402
+from hbt.distributed.corpus import CorpusSource, batch_documents  # noqa: E402
 from hbt.distributed.search import RayIndex  # noqa: E402
 from hbt.encoder import Encoder  # noqa: E402
 from hbt.errors import DataError, SearchIndexError  # noqa: E402
@@ -46,7 +46,10 @@ def cluster():
     yield
     ray.shutdown()
     for key, value in saved.items():
-        os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+        if value is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = value
 
 
 def write_corpus(path: Path, count: int = 2000, extra: list[str] = ()) -> Path:
@@ -164,6 +167,27 @@ def test_a_changed_corpus_or_bundle_is_refused_on_resume(cluster, tiny_bundle, t
         write_corpus(corpus, count=51)
         with pytest.raises(SearchIndexError, match="an unfinished build with another corpus"):
             ray_build.read_or_make_plan(staging, CorpusSource(str(corpus)), "bundle-a", CONFIG, False)
+
+
+def test_corpus_files_of_every_format_read_as_the_local_reader_reads_them(cluster, tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    jsonl = write_corpus(tmp_path / "a.jsonl", count=30)
+    with gzip.open(tmp_path / "b.tsv.gz", "wt", encoding="utf-8") as handle:
+        handle.write("t1\tfirst passage\nt2\tsecond passage\n")
+    pq.write_table(pa.table({"_id": ["p1", "p2"], "text": ["un", "deux"], "lang": ["fr", "fr"], "year": [1, 2]}),
+                   tmp_path / "c.parquet")
+    rows = ray.data.read_datasource(CorpusSource(str(tmp_path))).take_all()
+    documents = {row["id"]: batch_documents({key: [value] for key, value in row.items()}, [0])[0] for row in rows}
+    expected = [*read_corpus(jsonl), *read_corpus(tmp_path / "b.tsv.gz")]
+    assert len(documents) == 34 and all(documents[doc.id] == doc for doc in expected)
+    assert documents["p2"] == Document("p2", "deux", lang="fr", meta={"year": 2})
+    pq.write_table(pa.table({"id": ["q1", "q2"], "text": ["fine", "  "]}), tmp_path / "c.parquet")
+    with connect(), pytest.raises(DataError, match=r"c\.parquet: row 2: empty text"):
+        ray.data.read_datasource(CorpusSource(str(tmp_path / "c.parquet"))).take_all()
 
 
 def test_duplicate_ids_and_bad_lines_are_reported_as_in_a_local_build(cluster, tiny_bundle, tmp_path):

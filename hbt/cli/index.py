@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -29,8 +30,18 @@ def main():
 
 
 def index_option(command):
-    """--index DIR, with the spelling an older release used as a hidden alias (positional or --out)."""
     return click.option("--index", "index_dir", type=click.Path(path_type=Path), help=INDEX_HELP)(command)
+
+
+def index_directory(command):
+    """--index DIR, passed on as ``index_dir``; the older positional spelling stays as a hidden alias."""
+
+    @functools.wraps(command)
+    def resolved(legacy_index, index_dir, **kwargs):
+        return command(index_dir=_resolve_index(index_dir, legacy_index), **kwargs)
+
+    resolved = index_option(resolved)
+    return click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")(resolved)
 
 
 def _resolve_index(index_dir: Path | None, legacy: Path | None) -> Path:
@@ -132,16 +143,14 @@ def add(paths, index_dir, skip_invalid, threads):
 
 
 @main.command()
-@click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")
-@index_option
+@index_directory
 @click.option("--ids", multiple=True, help="Document id to delete (repeatable).")
 @click.option("--ids-file", type=click.File("r", encoding="utf-8"), help="File with one id per line.")
 @user_errors
-def delete(legacy_index, index_dir, ids, ids_file):
+def delete(index_dir, ids, ids_file):
     """Delete documents by id: tombstones, one commit; they never appear in results again."""
     from hbt.index import delete_documents
 
-    index_dir = _resolve_index(index_dir, legacy_index)
     wanted = list(ids) + ([line.strip() for line in ids_file if line.strip()] if ids_file else [])
     if not wanted:
         raise click.UsageError("give --ids or --ids-file")
@@ -152,15 +161,13 @@ def delete(legacy_index, index_dir, ids, ids_file):
 
 
 @main.command()
-@click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")
-@index_option
+@index_directory
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True)
 @user_errors
-def compact(legacy_index, index_dir, threads):
+def compact(index_dir, threads):
     """Rewrite segments with tombstones and pack small segments together, one commit."""
     from hbt.index import compact_index, read_manifest
 
-    index_dir = _resolve_index(index_dir, legacy_index)
     before = read_manifest(index_dir)
     with _progress("compacting") as bar:
         manifest = compact_index(index_dir, bar.update, threads)
@@ -169,28 +176,24 @@ def compact(legacy_index, index_dir, threads):
 
 
 @main.command()
-@click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")
-@index_option
+@index_directory
 @user_errors
-def upgrade(legacy_index, index_dir):
+def upgrade(index_dir):
     """Convert an index of an older format in place (format 1: one graph and store become a segment)."""
     from hbt.index import upgrade_index
 
-    index_dir = _resolve_index(index_dir, legacy_index)
     manifest = upgrade_index(index_dir)
     click.echo(f"{index_dir}: format {manifest['format_version']}, {manifest['count']} documents")
 
 
 @main.command()
-@click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")
-@index_option
+@index_directory
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors
-def info(legacy_index, index_dir, as_json):
+def info(index_dir, as_json):
     """Summarize an index: documents per language, segments and tombstones, bundle, HNSW parameters."""
     from hbt.index import Index
 
-    index_dir = _resolve_index(index_dir, legacy_index)
     summary = Index(index_dir).info()
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -211,14 +214,12 @@ def info(legacy_index, index_dir, as_json):
 
 
 @main.command()
-@click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")
-@index_option
+@index_directory
 @user_errors
-def verify(legacy_index, index_dir):
+def verify(index_dir):
     """Check checksums, counts, graph/store agreement and recall@10 against exact search."""
     from hbt.index import verify_index
 
-    index_dir = _resolve_index(index_dir, legacy_index)
     report = verify_index(index_dir)
     recall = "n/a (empty)" if report["recall_at_k"] is None else f"{report['recall_at_k']:.3f}"
     click.echo(f"{index_dir}: ok, {report['documents']} documents in {report['segments']} segment(s), "

@@ -8,7 +8,6 @@ Lines are parsed by hbt's own corpus reader, so a bad line stops the build with
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from typing import Iterable, Iterator
 
@@ -16,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
-from hbt.corpus import Document, document_from_row, parse_lines
+from hbt.corpus import Document, document_from_row, read_corpus
 from hbt.errors import DataError
 
 ROWS_PER_BLOCK = 4096
@@ -39,6 +38,9 @@ class CorpusSource(FileBasedDatasource):
         listing = [[f.path, f.size, f.mtime_ns] for f in sorted(files, key=lambda f: f.path)]
         return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
+    def resolve_compression(self, path: str, open_args: dict) -> None:
+        return None  # hbt's reader gunzips by gzip's magic number, whatever the file's name, as a local build does
+
     def _open_input_source(self, filesystem, path: str, **open_args):
         if is_parquet(path):
             return filesystem.open_input_file(path)  # Parquet needs random access
@@ -46,7 +48,7 @@ class CorpusSource(FileBasedDatasource):
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         documents = (self._parquet_documents(f, path) if is_parquet(path)
-                     else parse_lines(path, io.BufferedReader(f), self.skip_invalid))
+                     else read_corpus(path, self.skip_invalid, stream=f))
         block: list[Document] = []
         for doc in documents:
             block.append(doc)
@@ -65,8 +67,6 @@ class CorpusSource(FileBasedDatasource):
                 number += 1
                 try:
                     doc = document_from_row(row)
-                    if not doc.text.strip():
-                        raise ValueError("empty text")
                 except ValueError as e:
                     if self.skip_invalid:
                         continue

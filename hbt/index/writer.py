@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -18,9 +19,10 @@ from hbt import __version__
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import durable
-from hbt.index.format import (FORMAT, FORMAT_1_FILES, FORMAT_VERSION, MANIFEST, SEGMENT_FILES, SEGMENT_NAME, SPACE, IndexConfig,
-                              dump_manifest, live_count, passage_text, read_manifest, segment_name, tombstone_name)
-from hbt.index.segment import Segment, SegmentWriter, _file_record, chunked, load_tombstones
+from hbt.index.format import (FORMAT, FORMAT_1_FILES, FORMAT_VERSION, MANIFEST, SEGMENT_FILES, SEGMENT_NAME, SPACE,
+                              IndexConfig, dump_manifest, live_count, passage_text, read_manifest, segment_name,
+                              tombstone_name)
+from hbt.index.segment import Segment, SegmentWriter, file_record, load_tombstones
 
 ENCODE_CHUNK = 256  # documents embedded and written per step while streaming
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another to finish
@@ -36,6 +38,7 @@ class IndexWriter:
     def __init__(self, directory: Path, manifest: dict):
         self.directory, self.manifest = directory, manifest
         self._segments: dict[str, Segment] = {}
+        self._tombstones: dict[tuple[str, str | None], np.ndarray] = {}
 
     @property
     def config(self) -> IndexConfig:
@@ -55,13 +58,14 @@ class IndexWriter:
         return name
 
     def new_segment(self, threads: int = 0) -> SegmentWriter:
-        name = self.next_name()
-        config = self.config
-        return SegmentWriter(self.directory / name, self.manifest["dimension"],
-                             IndexConfig(config.M, config.ef_construction, config.ef, threads, config.segment_size))
+        return SegmentWriter(self.directory / self.next_name(), self.manifest["dimension"],
+                             replace(self.config, threads=threads))
 
     def tombstones(self, entry: dict) -> np.ndarray:
-        return load_tombstones(self.directory / entry["name"], entry)
+        key = (entry["name"], entry["tombstones"])
+        if key not in self._tombstones:
+            self._tombstones[key] = load_tombstones(self.directory / entry["name"], entry)
+        return self._tombstones[key]
 
     def live_ids(self, ids: list[str], entries: list[dict] | None = None) -> list[str]:
         """Which of ``ids`` are live documents of the committed segments (or of ``entries``)."""
@@ -100,11 +104,10 @@ class IndexWriter:
                 writer.close()
         return finished
 
-    def commit(self, add: list[dict] = (), remove: Iterable[str] = (), replace: dict[str, dict] | None = None) -> dict:
-        """Make the changes one commit: new segments, removed segments, updated entries."""
-        removed = set(remove)
-        replace = replace or {}
-        segments = [replace.get(e["name"], e) for e in self.manifest["segments"] if e["name"] not in removed]
+    def commit(self, add: list[dict] = (), remove: Iterable[str] = (), updated: dict[str, dict] | None = None) -> dict:
+        """Make the changes one commit: new segments, removed segments, updated entries (by name)."""
+        removed, updated = set(remove), updated or {}
+        segments = [updated.get(e["name"], e) for e in self.manifest["segments"] if e["name"] not in removed]
         segments += list(add)
         durable.fsync_dir(self.directory)  # the new segment directories' names
         languages: dict[str, int] = {}
@@ -269,7 +272,7 @@ def delete_documents(directory: Path, ids: list[str]) -> tuple[dict, list[str]]:
             found.update(doc_id for doc_id, _, _ in hits)
             replaced[entry["name"]] = _with_tombstones(directory / entry["name"], entry, deleted, hits, generation)
         if replaced:
-            writer.commit(replace=replaced)
+            writer.commit(updated=replaced)
         return writer.manifest, [i for i in dict.fromkeys(ids) if i not in found]
 
 
@@ -283,7 +286,7 @@ def _with_tombstones(directory: Path, entry: dict, deleted: np.ndarray, hits: li
     for _, _, lang in hits:
         languages[lang] -= 1
     files = {n: record for n, record in entry["files"].items() if n in SEGMENT_FILES}
-    files[name] = _file_record(directory / name)
+    files[name] = file_record(directory / name)
     durable.fsync_dir(directory)
     return entry | {"deleted": len(labels), "tombstones": name, "files": files,
                     "languages": {lang: n for lang, n in languages.items() if n}}
