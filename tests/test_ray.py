@@ -95,6 +95,17 @@ def embedded(log: Path) -> int:
     return sum(int(line) for line in log.read_text().split()) if log.exists() else 0
 
 
+@pytest.mark.parametrize("documents, segment_size", [(2000, 600), (30_000, 1000), (7, 2)])
+def test_parts_hold_about_a_segment_each(documents, segment_size):
+    ids = [f"doc-{i}" for i in range(documents)]
+    counts = np.bincount(ray_build.buckets(ids), minlength=ray_build.BUCKETS)
+    first_bucket, part_documents = ray_build.split_buckets(counts, segment_size)
+    routed = np.bincount(ray_build.parts_of(ids, first_bucket), minlength=len(part_documents))
+    assert routed.tolist() == part_documents  # what the plan counts is what the routing sends
+    assert len(part_documents) == -(-documents // segment_size)
+    assert max(part_documents) <= segment_size + counts.max()
+
+
 def test_ray_build_equals_a_local_build(cluster, tiny_bundle, tmp_path):
     corpus = write_corpus(tmp_path / "corpus.jsonl")
     result = CliRunner().invoke(index_main, ["build", str(corpus), "--bundle", str(tiny_bundle), "--index",

@@ -29,12 +29,12 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy
 
+from hbt.distributed.cluster import cluster_cpus, connect
+from hbt.distributed.corpus import CorpusSource, batch_documents
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import IndexConfig, durable, passage_text
 from hbt.index.segment import SegmentWriter, chunked
 from hbt.index.writer import ENCODE_CHUNK, bundle_identity, check_build_target, new_manifest, open_writer
-from hbt.distributed.cluster import cluster_cpus, connect
-from hbt.distributed.corpus import CorpusSource, batch_documents
 
 BUCKETS = 1 << 16
 PLAN_FILE = "plan.json"
@@ -84,6 +84,8 @@ def build_index_on_ray(corpus: str | list[str], bundle: Path | str, out: Path | 
     """
     from hbt.encoder import Encoder
 
+    if corpus == "-":
+        raise DataError("-: a Ray build reads files, directories or URLs that every node can reach, not stdin")
     out = Path(out)
     check_build_target(out, force)
     encoder = Encoder(bundle, threads=1)  # the bundle checked once, here, before the cluster works
@@ -118,18 +120,27 @@ def read_or_make_plan(staging: Path, source: CorpusSource, bundle_fingerprint: s
     for batch in ray.data.read_datasource(source).map_batches(_count_buckets, batch_size=None,
                                                               batch_format="pyarrow").iter_batches():
         counts += batch["counts"].sum(axis=0)
-    documents = int(counts.sum())
-    if documents == 0:
+    if not counts.any():
         raise DataError("the corpus has no documents; give a JSONL or TSV file with at least one")
-    parts = math.ceil(documents / config.segment_size)
-    # Each bucket goes to the part where its first document falls: parts of about segment_size.
-    part_of_bucket = np.minimum((np.cumsum(counts) - counts) * parts // documents, parts - 1)
-    plan = wanted | {"documents": documents, "routing": "blake2b-16 bucket of the UTF-8 id",
-                     "first_bucket": np.searchsorted(part_of_bucket, np.arange(parts)).tolist(),
-                     "part_documents": np.bincount(part_of_bucket, weights=counts, minlength=parts).astype(int).tolist()}
+    first_bucket, part_documents = split_buckets(counts, config.segment_size)
+    plan = wanted | {"documents": int(counts.sum()), "routing": "blake2b-16 bucket of the UTF-8 id",
+                     "first_bucket": first_bucket, "part_documents": part_documents}
     staging.mkdir(parents=True, exist_ok=True)
     durable.write_atomically(path, json.dumps(plan).encode("utf-8"))
     return plan
+
+
+def split_buckets(counts: np.ndarray, segment_size: int) -> tuple[list[int], list[int]]:
+    """Runs of buckets as parts of about ``segment_size`` documents: each part's first bucket and documents.
+
+    A bucket goes to the part where its first document falls, so a part can be empty when
+    one bucket holds more than a part's share (tiny segment sizes).
+    """
+    documents = int(counts.sum())
+    parts = math.ceil(documents / segment_size)
+    part_of_bucket = np.minimum((np.cumsum(counts) - counts) * parts // documents, parts - 1)
+    return (np.searchsorted(part_of_bucket, np.arange(parts)).tolist(),
+            np.bincount(part_of_bucket, weights=counts, minlength=parts).astype(int).tolist())
 
 
 def _count_buckets(block: pa.Table) -> dict[str, np.ndarray]:
