@@ -31,6 +31,7 @@ from ray.data import ActorPoolStrategy
 
 from hbt.distributed.cluster import cluster_cpus, connect
 from hbt.distributed.corpus import CorpusSource, batch_documents
+from hbt.encoder import Encoder
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import IndexConfig, durable, passage_text
 from hbt.index.segment import SegmentWriter, chunked
@@ -82,8 +83,6 @@ def build_index_on_ray(corpus: str | list[str], bundle: Path | str, out: Path | 
     ``config.threads`` each) embed the passages; ``make_encoder`` (default: the bundle's
     Encoder) is called once per actor. Returns the committed manifest.
     """
-    from hbt.encoder import Encoder
-
     if corpus == "-":
         raise DataError("-: a Ray build reads files, directories or URLs that every node can reach, not stdin")
     out = Path(out)
