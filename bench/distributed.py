@@ -116,14 +116,17 @@ def main(bundle, data_dir, documents, actors, queries, rounds, out):
         # Local and Ray builds alternate, best of `rounds` each: this host's speed drifts from minute to minute.
         local, on_ray = [], []
         for _ in range(rounds):
-            local.append(timed(lambda: build_index(read_corpus(corpus), encoder, work / "local", config, force=True)))
-            on_ray.append(timed(lambda: build_index_on_ray(str(corpus), bundle, work / "ray", config, force=True)))
+            for name in ("local", "ray"):
+                shutil.rmtree(work / name, ignore_errors=True)
+            local.append(timed(lambda: build_index(read_corpus(corpus), encoder, work / "local", config)))
+            on_ray.append(timed(lambda: build_index_on_ray(str(corpus), bundle, work / "ray", config)))
         record("local", min(local), "-", 2)
         record("ray (default pool)", min(on_ray), 1, 2)
         for count in [int(a) for a in actors.split(",")]:
+            shutil.rmtree(work / "ray")
             threaded = IndexConfig(segment_size=config.segment_size, threads=1)
             record(f"ray, {count} actors", timed(lambda: build_index_on_ray(
-                str(corpus), bundle, work / "ray", threaded, actors=count, force=True)), count, 1)
+                str(corpus), bundle, work / "ray", threaded, actors=count)), count, 1)
         query_vectors = encoder.encode_queries([sentences[i] for i in chosen[documents:]])
         search = {"local (this process)": latency_ms(Searcher(encoder, Index(work / "local")), query_vectors)}
         for groups in (1, 2, 4):
