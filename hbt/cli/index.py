@@ -86,8 +86,8 @@ def _report(index_dir, manifest, stats, encoder):
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Build on a Ray cluster: a new local one (or RAY_ADDRESS), 'auto', or a cluster address. "
                    "CORPUS may then be files, directories or URLs, also Parquet; a rerun resumes. Needs hbt[ray].")
-@click.option("--actors", type=click.IntRange(1), help="With --ray: encoder actors of --threads each (0: 2) "
-              "(default: as many as the cluster's CPUs allow, one CPU left for reading).")
+@click.option("--actors", type=click.IntRange(1), help="With --ray: encoder actors, of --threads each (2 when "
+              "0); default: as many as the cluster's CPUs allow with one left for reading.")
 @user_errors
 def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment_size, threads, skip_invalid, force,
           ray_address, actors):
