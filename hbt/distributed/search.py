@@ -18,10 +18,12 @@ import ray
 
 from hbt.corpus import Document
 from hbt.distributed.cluster import connect
+from hbt.encoder import Encoder
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import Index, Ranking, read_manifest
 from hbt.index.format import GRAPH_FILE
 from hbt.index.reader import LABEL_BITS
+from hbt.search import Searcher, SearchRun
 
 LABELS = (1 << LABEL_BITS) - 1
 
@@ -136,11 +138,8 @@ class RayIndex:
 
 def search_on_ray(index_dir: Path | str, queries: list[str], k: int = 10, ef: int | None = None,
                   langs: Iterable[str] | None = None, bundle: Path | str | None = None, groups: int | None = None,
-                  address: str | None = None):
+                  address: str | None = None) -> SearchRun:
     """One search run with the index's segments held by ``groups`` actors (hbt-search query --ray)."""
-    from hbt.encoder import Encoder
-    from hbt.search import Searcher
-
     with connect(address):
         index = RayIndex(index_dir, groups)
         try:
