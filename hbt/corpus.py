@@ -40,10 +40,13 @@ def _display_name(path: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def _open_bytes(path: str | Path) -> Iterator[BinaryIO]:
-    """The bytes of a file or of stdin ('-'), gunzipped when they start with gzip's magic number."""
+def _open_bytes(path: str | Path, stream: BinaryIO | None = None) -> Iterator[BinaryIO]:
+    """The bytes of a file, of stdin ('-') or of ``stream`` (the file, opened by the caller), gunzipped when they
+    start with gzip's magic number."""
     with contextlib.ExitStack() as stack:
-        if str(path) == "-":
+        if stream is not None:
+            pass
+        elif str(path) == "-":
             stream = sys.stdin.buffer
         elif Path(path).is_file():
             stream = stack.enter_context(open(path, "rb"))
@@ -67,13 +70,14 @@ def open_text(path: str | Path) -> Iterator[io.TextIOWrapper]:
             text.detach()  # _open_bytes closes the file, and leaves stdin open
 
 
-def read_lines(path: str | Path, stats: ReadStats | None = None) -> Iterator[tuple[int, str]]:
+def read_lines(path: str | Path, stats: ReadStats | None = None,
+               stream: BinaryIO | None = None) -> Iterator[tuple[int, str]]:
     """(line number, text) of each non-blank line of a UTF-8 file, plain or gzipped, or of stdin ('-').
 
     A line of invalid UTF-8 raises DataError(file:line), or is counted in ``stats.skipped`` when ``stats`` is given.
     """
     name, number = _display_name(path), 0
-    with _open_bytes(path) as stream:
+    with _open_bytes(path, stream) as stream:
         try:
             # Bytes, decoded line by line, so that an encoding error names its line.
             for number, raw in enumerate(stream, start=1):
@@ -136,7 +140,12 @@ def _tsv_fields(line: str) -> tuple[str, str]:
 
 
 def _document_from_json(line: str) -> Document:
-    row = _json_object(line)
+    return document_from_row(_json_object(line))
+
+
+def document_from_row(row: dict) -> Document:
+    """A document from a JSON object or a Parquet row (its fields: hbt's, BEIR's or MIRACL's); ValueError says
+    what is wrong."""
     doc_id, text = _id_and_text(row, DOCUMENT_ID_KEYS, ("text",))
     title, lang = row.pop("title", "") or "", row.pop("lang", "") or ""
     return Document(doc_id, text, str(title), str(lang), row)
@@ -159,11 +168,11 @@ def _is_json(path: str | Path, first_line: str) -> bool:
 
 
 def _parsed(path: str | Path, from_json: Callable, from_tsv: Callable, hint: str,
-            stats: ReadStats | None = None) -> Iterator[tuple[int, object]]:
+            stats: ReadStats | None = None, stream: BinaryIO | None = None) -> Iterator[tuple[int, object]]:
     """(line number, parsed row) of each non-blank line; a bad line raises DataError(file:line) naming ``hint``,
     or is counted in ``stats.skipped`` when ``stats`` is given."""
     parse = None
-    for number, line in read_lines(path, stats):
+    for number, line in read_lines(path, stats, stream):
         parse = parse or (from_json if _is_json(path, line) else from_tsv)
         try:
             row = parse(line)
@@ -175,12 +184,14 @@ def _parsed(path: str | Path, from_json: Callable, from_tsv: Callable, hint: str
         yield number, row
 
 
-def read_corpus(path: str | Path, skip_invalid: bool = False, stats: ReadStats | None = None) -> Iterator[Document]:
+def read_corpus(path: str | Path, skip_invalid: bool = False, stats: ReadStats | None = None,
+                stream: BinaryIO | None = None) -> Iterator[Document]:
     """Yield documents one by one; bad lines (invalid UTF-8 too) raise DataError(file:line) or, with skip_invalid,
-    are counted in ``stats.skipped``."""
+    are counted in ``stats.skipped``. ``stream`` is the file at ``path`` already opened (as a Ray read task opens
+    it), read as it is and not closed."""
     stats = stats if stats is not None else ReadStats()
     for _, doc in _parsed(path, _document_from_json, _document_from_tsv, "fix the line or pass --skip-invalid",
-                          stats if skip_invalid else None):
+                          stats if skip_invalid else None, stream):
         stats.documents += 1
         yield doc
 

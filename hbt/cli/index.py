@@ -83,8 +83,14 @@ def _report(index_dir, manifest, stats, encoder):
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="0: all cores.")
 @click.option("--skip-invalid", is_flag=True, help="Count and skip malformed lines instead of stopping.")
 @click.option("--force", is_flag=True, help="Replace the index if it exists (one commit: searchers never see a gap).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Build on a Ray cluster: a new local one (or RAY_ADDRESS), 'auto', or a cluster address. "
+                   "CORPUS may then be files, directories or URLs, also Parquet; a rerun resumes. Needs hbt[ray].")
+@click.option("--actors", type=click.IntRange(1), help="With --ray: encoder actors, of --threads each (2 when "
+              "0); default: as many as the cluster's CPUs allow with one left for reading.")
 @user_errors
-def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment_size, threads, skip_invalid, force):
+def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment_size, threads, skip_invalid, force,
+          ray_address, actors):
     """Embed CORPUS with BUNDLE and write a new index.
 
     CORPUS is JSONL (id, text, optional title and lang; other fields are kept as
@@ -95,9 +101,17 @@ def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment
 
     setup_logging(False)
     index_dir = _resolve_index(index_dir, legacy_out)
+    config = IndexConfig(M=m, ef_construction=ef_construction, ef=ef, threads=threads, segment_size=segment_size)
+    if ray_address is not None:
+        from hbt.distributed.build import build_index_on_ray
+
+        manifest = build_index_on_ray(corpus, bundle, index_dir, config, actors, ray_address, force, skip_invalid)
+        click.echo(f"{index_dir}: {manifest['count']} documents in {len(manifest['segments'])} segment(s), on Ray")
+        return
+    if actors:
+        raise click.UsageError("--actors needs --ray")
     encoder = Encoder(bundle, threads=threads or None)
     docs, stats = _read(corpus, skip_invalid)
-    config = IndexConfig(M=m, ef_construction=ef_construction, ef=ef, threads=threads, segment_size=segment_size)
     with _progress("indexing") as bar:
         manifest = build_index(docs, encoder, index_dir, config, bar.update, force=force)
     _report(index_dir, manifest, stats, encoder)

@@ -32,8 +32,13 @@ def main():
               help="TSV or JSONL queries; writes a TREC run (qid Q0 docid rank score tag).")
 @click.option("--out", type=click.File("w"), default="-", help="Where the TREC run goes (default stdout).")
 @click.option("--bundle", type=click.Path(path_type=Path), help="Bundle (default: the one the index names).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Hold the segments on Ray actors: a new local cluster (or RAY_ADDRESS), 'auto', or a cluster "
+                   "address; give TEXTS before it. Needs hbt[ray].")
+@click.option("--actors", type=click.IntRange(1), help="With --ray: segment groups, one actor each (default: one "
+              "per node).")
 @user_errors
-def query(texts, index_dir, k, ef, langs, as_json, verbose, queries, out, bundle):
+def query(texts, index_dir, k, ef, langs, as_json, verbose, queries, out, bundle, ray_address, actors):
     """Search for TEXTS (or --queries FILE) and print the top k documents.
 
     \b
@@ -52,8 +57,14 @@ def query(texts, index_dir, k, ef, langs, as_json, verbose, queries, out, bundle
         raise click.UsageError("give query TEXTS or --queries FILE")
     else:
         query_ids = [str(i) for i in range(1, len(texts) + 1)]
-    searcher = Searcher.open(index_dir, bundle)
-    run = searcher.run(list(texts), k=k, ef=ef, langs=langs)
+    if ray_address is not None:
+        from hbt.distributed.search import search_on_ray
+
+        run = search_on_ray(index_dir, list(texts), k, ef, langs, bundle, actors, ray_address)
+    elif actors:
+        raise click.UsageError("--actors needs --ray")
+    else:
+        run = Searcher.open(index_dir, bundle).run(list(texts), k=k, ef=ef, langs=langs)
     results = run.hits
     if verbose:
         timings = ", ".join(f"{stage} {ms:.2f} ms" for stage, ms in run.timings.items())

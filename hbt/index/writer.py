@@ -51,10 +51,15 @@ class IndexWriter:
             self._segments[entry["name"]] = Segment(self.directory / entry["name"], entry, self.manifest["dimension"])
         return self._segments[entry["name"]]
 
-    def new_segment(self, threads: int = 0) -> SegmentWriter:
+    def next_name(self) -> str:
+        """A fresh segment name: the manifest's next_segment stays above every name used."""
         name = segment_name(self.manifest["next_segment"])
         self.manifest["next_segment"] += 1
-        return SegmentWriter(self.directory / name, self.manifest["dimension"], replace(self.config, threads=threads))
+        return name
+
+    def new_segment(self, threads: int = 0) -> SegmentWriter:
+        return SegmentWriter(self.directory / self.next_name(), self.manifest["dimension"],
+                             replace(self.config, threads=threads))
 
     def tombstones(self, entry: dict) -> np.ndarray:
         key = (entry["name"], entry["tombstones"])
@@ -210,14 +215,19 @@ def check_bundle(manifest: dict, encoder, directory: Path) -> None:
                                f"{encoder.bundle_dir}; use the same bundle or rebuild the index")
 
 
-def build_index(docs: Iterable[Document], encoder, out: Path, config: IndexConfig = IndexConfig(),
-                progress: Callable[[int], None] = lambda n: None, force: bool = False) -> dict:
-    """Embed a stream of documents into a new index at ``out`` (with ``force``, replacing one)."""
-    out = Path(out)
+def check_build_target(out: Path, force: bool) -> None:
+    """Refuse to build over an index (unless ``force``) or over a directory that is not one."""
     if out.exists() and not force and (out / MANIFEST).exists():
         raise SearchIndexError(f"{out}: already exists; choose another --out, use hbt-index add, or pass --force")
     if out.exists() and not force and any(not _is_leftover(p) for p in out.iterdir()):
         raise SearchIndexError(f"{out}: exists and is not an index; choose another --out")
+
+
+def build_index(docs: Iterable[Document], encoder, out: Path, config: IndexConfig = IndexConfig(),
+                progress: Callable[[int], None] = lambda n: None, force: bool = False) -> dict:
+    """Embed a stream of documents into a new index at ``out`` (with ``force``, replacing one)."""
+    out = Path(out)
+    check_build_target(out, force)
     with open_writer(out, new_manifest(bundle_identity(encoder), encoder.dimension, config)) as writer:
         replaced = [entry["name"] for entry in writer.manifest["segments"]]  # a forced rebuild's old commit
         segments = writer.write_documents(docs, encoder, progress, config.threads)
