@@ -143,6 +143,14 @@ def test_delete_then_readd_the_same_id(segmented, encoder):
         add_documents(directory, [Document("d5", "again")], encoder)
 
 
+def test_a_forced_rebuild_replaces_every_document(segmented, encoder):
+    directory, corpus = segmented
+    build_index(corpus[:10] + docs(500, 5), encoder, directory, force=True)
+    index = Index(directory)
+    assert index.count == 15 and len(index.segments) == 1
+    assert {p.name for p in directory.iterdir()} == {index.segments[0].segment.name, "manifest.json", "write.lock"}
+
+
 def test_many_ids_beyond_sqlite_variable_limit(tmp_path, encoder):
     corpus = docs(0, 2500)
     build_index(corpus, encoder, tmp_path / "index", IndexConfig(M=8, ef_construction=32))

@@ -214,7 +214,6 @@ def write_part(group: dict[str, np.ndarray], staging: str, part_documents: list[
 def commit_parts(out: Path, staging: Path, plan: dict, manifest: dict) -> dict:
     """Rename the finished parts into the index as new segments and commit them, under the write lock."""
     with open_writer(out, create=manifest) as writer:
-        replaced = [entry["name"] for entry in writer.manifest["segments"]]  # a forced rebuild's old commit
         added = []
         for number, count in enumerate(plan["part_documents"]):
             if count:
@@ -223,6 +222,6 @@ def commit_parts(out: Path, staging: Path, plan: dict, manifest: dict) -> dict:
                 (staging / part_name(number)).rename(out / name)
                 durable.remove(out / name / ENTRY_FILE)
                 added.append(entry | {"name": name})
-        committed = writer.commit(add=added, remove=replaced)
+        committed = writer.commit(add=added)
     durable.remove(staging)
     return committed

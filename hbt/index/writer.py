@@ -166,9 +166,8 @@ def open_writer(directory: Path, create: dict | None = None, timeout: float = LO
             writer = IndexWriter(directory, current or create)
             try:
                 writer.collect_garbage()
-                if create is not None and current is not None:
-                    writer.manifest = create | {key: current[key] for key in ("generation", "next_segment",
-                                                                              "segments")}
+                if create is not None and current is not None:  # its commit lists only the new segments
+                    writer.manifest = create | {key: current[key] for key in ("generation", "next_segment")}
                 yield writer
             finally:
                 writer.close()
@@ -229,11 +228,10 @@ def build_index(docs: Iterable[Document], encoder, out: Path, config: IndexConfi
     out = Path(out)
     check_build_target(out, force)
     with open_writer(out, new_manifest(bundle_identity(encoder), encoder.dimension, config)) as writer:
-        replaced = [entry["name"] for entry in writer.manifest["segments"]]  # a forced rebuild's old commit
         segments = writer.write_documents(docs, encoder, progress, config.threads)
         if not segments:
             raise DataError("the corpus has no documents; give a JSONL or TSV file with at least one")
-        return writer.commit(add=segments, remove=replaced)
+        return writer.commit(add=segments)
 
 
 def _is_leftover(path: Path) -> bool:
