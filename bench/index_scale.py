@@ -217,17 +217,17 @@ def main(bundle, data_dir, cache, sizes, segment_size, segments_at, queries, out
         return
     out.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in sizes.split(",")]
-    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix="index-scale-") as scratch:
         scratch = Path(scratch)
         grow(passages, max(sizes + [segments_at])).tofile(scratch / "vectors.f32")
         runs = []
-        for size in sizes:
+        for size in sizes:  # the largest first: it matters most, and the others are quick after it
             click.echo(f"measuring {size:,} documents", err=True)
             child = subprocess.run([sys.executable, "-m", "hbt.bench.index_scale", "--data-dir", str(data_dir),
                                     "--cache", str(cache), "--queries", str(queries), "--segment-size",
                                     str(segment_size), "--one-size", str(size), "--scratch", str(scratch)],
                                    check=True, capture_output=True, text=True)
-            runs.append(json.loads(child.stdout.splitlines()[-1]))
+            runs = sorted(runs + [json.loads(child.stdout.splitlines()[-1])], key=lambda run: run["documents"])
             (out / "results.json").write_text(json.dumps({"runs": runs}, indent=2))
         segments = None
         if segments_at:
