@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable
 
 import numpy as np
 
@@ -95,9 +95,3 @@ class Searcher:
         return SearchRun(hits, "; ".join(ranking.plans),
                          {"search": (searched - start) * 1e3, "fetch": (fetched - searched) * 1e3})
 
-
-def write_trec_run(out: TextIO, query_ids: list[str], results: list[list[Hit]], tag: str = "hbt") -> None:
-    """TREC run lines: qid Q0 docid rank score tag."""
-    for qid, hits in zip(query_ids, results):
-        for hit in hits:
-            out.write(f"{qid} Q0 {hit.id} {hit.rank} {hit.score:.6f} {tag}\n")

@@ -143,6 +143,14 @@ def test_delete_then_readd_the_same_id(segmented, encoder):
         add_documents(directory, [Document("d5", "again")], encoder)
 
 
+def test_a_forced_rebuild_replaces_every_document(segmented, encoder):
+    directory, corpus = segmented
+    build_index(corpus[:10] + docs(500, 5), encoder, directory, force=True)
+    index = Index(directory)
+    assert index.count == 15 and len(index.segments) == 1
+    assert {p.name for p in directory.iterdir()} == {index.segments[0].segment.name, "manifest.json", "write.lock"}
+
+
 def test_many_ids_beyond_sqlite_variable_limit(tmp_path, encoder):
     corpus = docs(0, 2500)
     build_index(corpus, encoder, tmp_path / "index", IndexConfig(M=8, ef_construction=32))
@@ -197,11 +205,15 @@ def test_merge_policy_bounds_the_segments_of_many_small_adds(tmp_path, encoder):
     assert verify_index(tmp_path / "index")["recall_at_k"] == 1.0
 
 
-def test_compact_drops_tombstones(segmented, encoder):
+def test_compact_rewrites_segments_with_many_tombstones_and_packs_small_ones(segmented, encoder):
     directory, _ = segmented
-    delete_documents(directory, [f"d{i}" for i in range(0, 300, 3)])
+    delete_documents(directory, ["d1"] + [f"d{i}" for i in range(64, 128, 3)])  # 1 of the first 64, a third of the next
+    add_documents(directory, docs(1000, 2), encoder)
     manifest = compact_index(directory)
-    assert manifest["count"] == 200 and all(not e["deleted"] for e in manifest["segments"])
+    names = [e["name"] for e in manifest["segments"]]
+    assert manifest["count"] == 279 and len(names) == 5 and [e["deleted"] for e in manifest["segments"]] == [1, 0, 0, 0, 0]
+    manifest = compact_index(directory, expunge_deletes=True)
+    assert manifest["count"] == 279 and all(not e["deleted"] for e in manifest["segments"])
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         [e["name"] for e in manifest["segments"]] + ["manifest.json", "write.lock"])
 
@@ -254,7 +266,7 @@ elif operation == "add":
 elif operation == "delete":
     delete_documents(directory, [f"d{i}" for i in range(0, 300, 2)])
 else:
-    compact_index(directory)
+    compact_index(directory, expunge_deletes=True)
 print(calls)
 """
 
@@ -402,3 +414,53 @@ def test_verify_finds_vectors_without_a_document(segmented):
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SearchIndexError, match="does not hold the 64 live documents"):
         verify_index(directory)
+
+
+KILL_SCRIPT = """
+import sys
+from hbt.corpus import Document
+from hbt.index import IndexConfig, add_documents, build_index, compact_index, delete_documents
+from tests.fakes import HashEncoder
+
+operation, directory, trial = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fresh = [Document(f"t{trial}-{i}", f"trial {trial} text {i}", lang="de") for i in range(3000)]
+print("ready", flush=True)
+if operation == "build":
+    build_index(fresh, HashEncoder(), directory, IndexConfig(M=16, ef_construction=100, segment_size=1000), force=True)
+elif operation == "add":
+    add_documents(directory, fresh, HashEncoder())
+elif operation == "delete":
+    delete_documents(directory, [f"d{i}" for i in range(trial % 3, 300, 3)])
+else:
+    compact_index(directory, expunge_deletes=True)
+"""
+
+
+def test_kill_9_at_random_moments_leaves_one_commit(segmented, encoder, tmp_path):
+    """20 seeded trials: SIGKILL at a random moment of build, add, delete or compact (fresh ids each time)."""
+    import shutil
+    import time
+
+    base, _ = segmented
+    delete_documents(base, ["d8"])
+    before = index_state(base, encoder)
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        operation = ("build", "add", "delete", "compact")[trial % 4]
+        finished, killed = tmp_path / f"finished-{trial}", tmp_path / f"killed-{trial}"
+        shutil.copytree(base, finished)
+        shutil.copytree(base, killed)
+        command = [sys.executable, "-c", KILL_SCRIPT, operation]
+        process = subprocess.Popen([*command, str(finished), str(trial)], cwd=REPO, stdout=subprocess.PIPE)
+        process.stdout.readline()  # imports done: time the operation alone
+        start = time.perf_counter()
+        assert process.wait(timeout=120) == 0
+        duration = time.perf_counter() - start
+        process = subprocess.Popen([*command, str(killed), str(trial)], cwd=REPO, stdout=subprocess.PIPE)
+        process.stdout.readline()
+        time.sleep(rng.uniform(0, 1) * duration)
+        process.kill()
+        process.wait()
+        assert index_state(killed, encoder) in (before, index_state(finished, encoder)), f"trial {trial}: {operation}"
+        shutil.rmtree(finished)
+        shutil.rmtree(killed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -29,8 +30,18 @@ def main():
 
 
 def index_option(command):
-    """--index DIR, with the spelling an older release used as a hidden alias (positional or --out)."""
     return click.option("--index", "index_dir", type=click.Path(path_type=Path), help=INDEX_HELP)(command)
+
+
+def index_directory(command):
+    """--index DIR, passed on as ``index_dir``; the older positional spelling stays as a hidden alias."""
+
+    @functools.wraps(command)
+    def resolved(legacy_index, index_dir, **kwargs):
+        return command(index_dir=_resolve_index(index_dir, legacy_index), **kwargs)
+
+    resolved = index_option(resolved)
+    return click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")(resolved)
 
 
 def _resolve_index(index_dir: Path | None, legacy: Path | None) -> Path:
@@ -72,8 +83,14 @@ def _report(index_dir, manifest, stats, encoder):
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="0: all cores.")
 @click.option("--skip-invalid", is_flag=True, help="Count and skip malformed lines instead of stopping.")
 @click.option("--force", is_flag=True, help="Replace the index if it exists (one commit: searchers never see a gap).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Build on a Ray cluster: a new local one (or RAY_ADDRESS), 'auto', or a cluster address. "
+                   "CORPUS may then be files, directories or URLs, also Parquet; a rerun resumes. Needs hbt[ray].")
+@click.option("--actors", type=click.IntRange(1), help="With --ray: encoder actors, of --threads each (2 when "
+              "0); default: as many as the cluster's CPUs allow with one left for reading.")
 @user_errors
-def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment_size, threads, skip_invalid, force):
+def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment_size, threads, skip_invalid, force,
+          ray_address, actors):
     """Embed CORPUS with BUNDLE and write a new index.
 
     CORPUS is JSONL (id, text, optional title and lang; other fields are kept as
@@ -84,9 +101,17 @@ def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment
 
     setup_logging(False)
     index_dir = _resolve_index(index_dir, legacy_out)
+    config = IndexConfig(M=m, ef_construction=ef_construction, ef=ef, threads=threads, segment_size=segment_size)
+    if ray_address is not None:
+        from hbt.distributed.build import build_index_on_ray
+
+        manifest = build_index_on_ray(corpus, bundle, index_dir, config, actors, ray_address, force, skip_invalid)
+        click.echo(f"{index_dir}: {manifest['count']} documents in {len(manifest['segments'])} segment(s), on Ray")
+        return
+    if actors:
+        raise click.UsageError("--actors needs --ray")
     encoder = Encoder(bundle, threads=threads or None)
     docs, stats = _read(corpus, skip_invalid)
-    config = IndexConfig(M=m, ef_construction=ef_construction, ef=ef, threads=threads, segment_size=segment_size)
     with _progress("indexing") as bar:
         manifest = build_index(docs, encoder, index_dir, config, bar.update, force=force)
     _report(index_dir, manifest, stats, encoder)
@@ -118,16 +143,14 @@ def add(paths, index_dir, skip_invalid, threads):
 
 
 @main.command()
-@click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")
-@index_option
+@index_directory
 @click.option("--ids", multiple=True, help="Document id to delete (repeatable).")
 @click.option("--ids-file", type=click.File("r", encoding="utf-8"), help="File with one id per line.")
 @user_errors
-def delete(legacy_index, index_dir, ids, ids_file):
+def delete(index_dir, ids, ids_file):
     """Delete documents by id: tombstones, one commit; they never appear in results again."""
     from hbt.index import delete_documents
 
-    index_dir = _resolve_index(index_dir, legacy_index)
     wanted = list(ids) + ([line.strip() for line in ids_file if line.strip()] if ids_file else [])
     if not wanted:
         raise click.UsageError("give --ids or --ids-file")
@@ -138,45 +161,42 @@ def delete(legacy_index, index_dir, ids, ids_file):
 
 
 @main.command()
-@click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")
-@index_option
+@index_directory
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--expunge-deletes", is_flag=True,
+              help="Rewrite every segment that has tombstones (by default, those with 10% or more deleted).")
 @user_errors
-def compact(legacy_index, index_dir, threads):
-    """Rewrite segments with tombstones and pack small segments together, one commit."""
+def compact(index_dir, threads, expunge_deletes):
+    """Pack small segments together and rewrite those with many tombstones, one commit."""
     from hbt.index import compact_index, read_manifest
 
-    index_dir = _resolve_index(index_dir, legacy_index)
     before = read_manifest(index_dir)
     with _progress("compacting") as bar:
-        manifest = compact_index(index_dir, bar.update, threads)
+        manifest = compact_index(index_dir, bar.update, threads, expunge_deletes)
+    dropped = sum(e["deleted"] for e in before["segments"]) - sum(e["deleted"] for e in manifest["segments"])
     click.echo(f"{index_dir}: {len(before['segments'])} -> {len(manifest['segments'])} segment(s), "
-               f"{sum(e['deleted'] for e in before['segments'])} tombstones dropped, {manifest['count']} documents")
+               f"{dropped} tombstones dropped, {manifest['count']} documents")
 
 
 @main.command()
-@click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")
-@index_option
+@index_directory
 @user_errors
-def upgrade(legacy_index, index_dir):
+def upgrade(index_dir):
     """Convert an index of an older format in place (format 1: one graph and store become a segment)."""
     from hbt.index import upgrade_index
 
-    index_dir = _resolve_index(index_dir, legacy_index)
     manifest = upgrade_index(index_dir)
     click.echo(f"{index_dir}: format {manifest['format_version']}, {manifest['count']} documents")
 
 
 @main.command()
-@click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")
-@index_option
+@index_directory
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors
-def info(legacy_index, index_dir, as_json):
+def info(index_dir, as_json):
     """Summarize an index: documents per language, segments and tombstones, bundle, HNSW parameters."""
     from hbt.index import Index
 
-    index_dir = _resolve_index(index_dir, legacy_index)
     summary = Index(index_dir).info()
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -197,14 +217,12 @@ def info(legacy_index, index_dir, as_json):
 
 
 @main.command()
-@click.argument("legacy_index", required=False, type=click.Path(path_type=Path), metavar="")
-@index_option
+@index_directory
 @user_errors
-def verify(legacy_index, index_dir):
+def verify(index_dir):
     """Check checksums, counts, graph/store agreement and recall@10 against exact search."""
     from hbt.index import verify_index
 
-    index_dir = _resolve_index(index_dir, legacy_index)
     report = verify_index(index_dir)
     recall = "n/a (empty)" if report["recall_at_k"] is None else f"{report['recall_at_k']:.3f}"
     click.echo(f"{index_dir}: ok, {report['documents']} documents in {report['segments']} segment(s), "

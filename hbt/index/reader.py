@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Collection, Iterable
 
 import numpy as np
 
@@ -33,12 +33,15 @@ class Index:
     commits hold, so it costs only what changed.
     """
 
-    def __init__(self, directory: Path | str, _shared: dict[str, Segment] | None = None):
+    def __init__(self, directory: Path | str, _shared: dict[str, Segment] | None = None,
+                 only: Collection[str] | None = None):
+        """Open the newest commit; ``only`` opens just the segments of those names (a Ray actor's group)."""
         self.directory = Path(directory)
         for attempt in range(OPEN_RETRIES):
             self.manifest = read_manifest(self.directory)
             try:
-                self.segments = [self._view(entry, _shared or {}) for entry in self.manifest["segments"]]
+                self.segments = [self._view(entry, _shared or {}) for entry in self.manifest["segments"]
+                                 if only is None or entry["name"] in only]
                 break
             except FileNotFoundError as e:  # a writer removed an older commit's files as we opened them
                 if attempt == OPEN_RETRIES - 1:

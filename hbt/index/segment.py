@@ -33,7 +33,7 @@ def chunked(items: list, size: int = SQL_CHUNK) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def _file_record(path: Path) -> dict:
+def file_record(path: Path) -> dict:
     durable.fsync_file(path)
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
@@ -89,7 +89,7 @@ class SegmentWriter:
         self.db.close()
         self.graph.save_index(str(self.directory / GRAPH_FILE))
         np.save(self.directory / LANGS_FILE, np.frombuffer(self.langs, dtype=np.uint16))
-        files = {name: _file_record(self.directory / name) for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE)}
+        files = {name: file_record(self.directory / name) for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE)}
         durable.fsync_dir(self.directory)
         counts = np.bincount(np.frombuffer(self.langs, dtype=np.uint16), minlength=len(self.language_codes))
         codes = sorted(self.language_codes, key=self.language_codes.get)

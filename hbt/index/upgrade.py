@@ -14,7 +14,7 @@ from hbt.errors import SearchIndexError
 from hbt.index import durable
 from hbt.index.format import (DOCS_FILE, FORMAT, FORMAT_VERSION, GRAPH_FILE, LANGS_FILE, MANIFEST, IndexConfig,
                               segment_name, tombstone_name)
-from hbt.index.segment import _file_record
+from hbt.index.segment import file_record
 from hbt.index.writer import new_manifest, open_writer
 
 
@@ -55,7 +55,7 @@ def upgrade_index(directory: Path) -> dict:
         if entry["deleted"]:  # format 1 removed deleted documents from the store and marked them in the graph
             entry["tombstones"] = tombstone_name(writer.manifest["generation"] + 1)
             np.save(segment / entry["tombstones"], np.flatnonzero(~live).astype(np.int64))
-        entry["files"] = {file.name: _file_record(file) for file in segment.iterdir()}
+        entry["files"] = {file.name: file_record(file) for file in segment.iterdir()}
         durable.fsync_dir(segment)
         return writer.commit(add=[entry])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -18,9 +19,10 @@ from hbt import __version__
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import durable
-from hbt.index.format import (FORMAT, FORMAT_1_FILES, FORMAT_VERSION, MANIFEST, SEGMENT_FILES, SEGMENT_NAME, SPACE, IndexConfig,
-                              dump_manifest, live_count, passage_text, read_manifest, segment_name, tombstone_name)
-from hbt.index.segment import Segment, SegmentWriter, _file_record, chunked, load_tombstones
+from hbt.index.format import (FORMAT, FORMAT_1_FILES, FORMAT_VERSION, MANIFEST, SEGMENT_FILES, SEGMENT_NAME, SPACE,
+                              IndexConfig, dump_manifest, live_count, passage_text, read_manifest, segment_name,
+                              tombstone_name)
+from hbt.index.segment import Segment, SegmentWriter, file_record, load_tombstones
 
 ENCODE_CHUNK = 256  # documents embedded and written per step while streaming
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another to finish
@@ -36,6 +38,7 @@ class IndexWriter:
     def __init__(self, directory: Path, manifest: dict):
         self.directory, self.manifest = directory, manifest
         self._segments: dict[str, Segment] = {}
+        self._tombstones: dict[tuple[str, str | None], np.ndarray] = {}
 
     @property
     def config(self) -> IndexConfig:
@@ -48,15 +51,21 @@ class IndexWriter:
             self._segments[entry["name"]] = Segment(self.directory / entry["name"], entry, self.manifest["dimension"])
         return self._segments[entry["name"]]
 
-    def new_segment(self, threads: int = 0) -> SegmentWriter:
+    def next_name(self) -> str:
+        """A fresh segment name: the manifest's next_segment stays above every name used."""
         name = segment_name(self.manifest["next_segment"])
         self.manifest["next_segment"] += 1
-        config = self.config
-        return SegmentWriter(self.directory / name, self.manifest["dimension"],
-                             IndexConfig(config.M, config.ef_construction, config.ef, threads, config.segment_size))
+        return name
+
+    def new_segment(self, threads: int = 0) -> SegmentWriter:
+        return SegmentWriter(self.directory / self.next_name(), self.manifest["dimension"],
+                             replace(self.config, threads=threads))
 
     def tombstones(self, entry: dict) -> np.ndarray:
-        return load_tombstones(self.directory / entry["name"], entry)
+        key = (entry["name"], entry["tombstones"])
+        if key not in self._tombstones:
+            self._tombstones[key] = load_tombstones(self.directory / entry["name"], entry)
+        return self._tombstones[key]
 
     def live_ids(self, ids: list[str], entries: list[dict] | None = None) -> list[str]:
         """Which of ``ids`` are live documents of the committed segments (or of ``entries``)."""
@@ -95,11 +104,10 @@ class IndexWriter:
                 writer.close()
         return finished
 
-    def commit(self, add: list[dict] = (), remove: Iterable[str] = (), replace: dict[str, dict] | None = None) -> dict:
-        """Make the changes one commit: new segments, removed segments, updated entries."""
-        removed = set(remove)
-        replace = replace or {}
-        segments = [replace.get(e["name"], e) for e in self.manifest["segments"] if e["name"] not in removed]
+    def commit(self, add: list[dict] = (), remove: Iterable[str] = (), updated: dict[str, dict] | None = None) -> dict:
+        """Make the changes one commit: new segments, removed segments, updated entries (by name)."""
+        removed, updated = set(remove), updated or {}
+        segments = [updated.get(e["name"], e) for e in self.manifest["segments"] if e["name"] not in removed]
         segments += list(add)
         durable.fsync_dir(self.directory)  # the new segment directories' names
         languages: dict[str, int] = {}
@@ -158,9 +166,8 @@ def open_writer(directory: Path, create: dict | None = None, timeout: float = LO
             writer = IndexWriter(directory, current or create)
             try:
                 writer.collect_garbage()
-                if create is not None and current is not None:
-                    writer.manifest = create | {key: current[key] for key in ("generation", "next_segment",
-                                                                              "segments")}
+                if create is not None and current is not None:  # its commit lists only the new segments
+                    writer.manifest = create | {key: current[key] for key in ("generation", "next_segment")}
                 yield writer
             finally:
                 writer.close()
@@ -207,20 +214,24 @@ def check_bundle(manifest: dict, encoder, directory: Path) -> None:
                                f"{encoder.bundle_dir}; use the same bundle or rebuild the index")
 
 
-def build_index(docs: Iterable[Document], encoder, out: Path, config: IndexConfig = IndexConfig(),
-                progress: Callable[[int], None] = lambda n: None, force: bool = False) -> dict:
-    """Embed a stream of documents into a new index at ``out`` (with ``force``, replacing one)."""
-    out = Path(out)
+def check_build_target(out: Path, force: bool) -> None:
+    """Refuse to build over an index (unless ``force``) or over a directory that is not one."""
     if out.exists() and not force and (out / MANIFEST).exists():
         raise SearchIndexError(f"{out}: already exists; choose another --out, use hbt-index add, or pass --force")
     if out.exists() and not force and any(not _is_leftover(p) for p in out.iterdir()):
         raise SearchIndexError(f"{out}: exists and is not an index; choose another --out")
+
+
+def build_index(docs: Iterable[Document], encoder, out: Path, config: IndexConfig = IndexConfig(),
+                progress: Callable[[int], None] = lambda n: None, force: bool = False) -> dict:
+    """Embed a stream of documents into a new index at ``out`` (with ``force``, replacing one)."""
+    out = Path(out)
+    check_build_target(out, force)
     with open_writer(out, new_manifest(bundle_identity(encoder), encoder.dimension, config)) as writer:
-        replaced = [entry["name"] for entry in writer.manifest["segments"]]  # a forced rebuild's old commit
         segments = writer.write_documents(docs, encoder, progress, config.threads)
         if not segments:
             raise DataError("the corpus has no documents; give a JSONL or TSV file with at least one")
-        return writer.commit(add=segments, remove=replaced)
+        return writer.commit(add=segments)
 
 
 def _is_leftover(path: Path) -> bool:
@@ -259,7 +270,7 @@ def delete_documents(directory: Path, ids: list[str]) -> tuple[dict, list[str]]:
             found.update(doc_id for doc_id, _, _ in hits)
             replaced[entry["name"]] = _with_tombstones(directory / entry["name"], entry, deleted, hits, generation)
         if replaced:
-            writer.commit(replace=replaced)
+            writer.commit(updated=replaced)
         return writer.manifest, [i for i in dict.fromkeys(ids) if i not in found]
 
 
@@ -273,7 +284,7 @@ def _with_tombstones(directory: Path, entry: dict, deleted: np.ndarray, hits: li
     for _, _, lang in hits:
         languages[lang] -= 1
     files = {n: record for n, record in entry["files"].items() if n in SEGMENT_FILES}
-    files[name] = _file_record(directory / name)
+    files[name] = file_record(directory / name)
     durable.fsync_dir(directory)
     return entry | {"deleted": len(labels), "tombstones": name, "files": files,
                     "languages": {lang: n for lang, n in languages.items() if n}}
