@@ -310,7 +310,7 @@ def main(bundle, data_dir, out, concurrency, modes, seconds, warmup, soak_second
     """Throughput and latency of hbt-serve by concurrency, with micro-batching on and off, and a soak."""
     concurrencies = [int(c) for c in concurrency.split(",")]
     encoder = Encoder(bundle)
-    source, docs, questions = workload(data_dir, queries=1000, passages=passages)
+    source, docs, questions = workload(data_dir, 1000, passages)
     bodies = [json.dumps({"query": q, "k": 10}).encode() for q in questions]
     results = {"environment": environment(encoder.manifest, []),
                "workload": {"source": source, "passages": len(docs), "queries": len(questions), "k": 10,
