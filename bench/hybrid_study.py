@@ -328,10 +328,11 @@ def report(work, out):
     pairs = [(a, b, s) for a, b in (("hybrid", "mono"), ("hybrid", "cross"), ("hybrid + WiSE-FT 0.5", "hybrid"),
                                     ("hybrid + WiSE-FT 0.5", "zero-shot"), ("hybrid", "zero-shot"))
              for s in SETTINGS]
+    paired = comparisons(results, pairs, "mlqa-r")
     lines += ["### Paired differences, MLQA-R full set", "",
               f"Paired bootstrap over qa ids ({BOOTSTRAP_SAMPLES} resamples) of the seed-averaged per-question AP; "
               "per-seed differences pair seed i with seed i.", "",
-              *comparisons(results, pairs, "mlqa-r"), ""]
+              *(paired if len(paired) > 2 else ["No two rows with per-question results yet."]), ""]
     logged = (work / "commands.log").read_text().splitlines() if (work / "commands.log").exists() else []
     commands = list(dict.fromkeys(logged))  # a stage interrupted and rerun is logged twice
     lines += ["## Commands", "", "Every number above comes from these commands, in this order:", "", "```"]
