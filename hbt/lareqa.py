@@ -134,8 +134,12 @@ SETTINGS = ("mono", "cross", "multi", "x-en")
 
 def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_passages: Callable,
              settings=("mono", "cross", "multi"), progress: Callable[[str], None] = lambda s: None,
-             ann: bool = False) -> dict:
-    """Embed once, then score every setting: exact search, or the top 100 of an HNSW index (``ann``)."""
+             ann: bool = False, per_question: dict | None = None) -> dict:
+    """Embed once, then score every setting: exact search, or the top 100 of an HNSW index (``ann``).
+
+    ``per_question``, when given, receives each group's (qa ids, relevant ranks), keyed
+    ``mono/en``, ``cross/en-de``, ``x-en/de-en``, ``multi/en``: for paired tests between models.
+    """
     unknown = set(settings) - set(SETTINGS)
     if unknown:
         raise DataError(f"unknown setting {', '.join(sorted(unknown))}; choose from {', '.join(SETTINGS)}")
@@ -155,7 +159,7 @@ def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_pass
 
     pools = {}  # pool languages -> candidate matrix, or its HNSW index (built once per pool)
 
-    def ranks_for(query_lang: str, pool_langs: list[str]) -> list[np.ndarray]:
+    def ranks_for(group: str, query_lang: str, pool_langs: list[str]) -> list[np.ndarray]:
         offsets = np.cumsum([0] + [len(dataset[l].candidates) for l in pool_langs])
         key = tuple(pool_langs)
         if key not in pools:
@@ -163,25 +167,29 @@ def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_pass
             pools[key] = ann_index(matrix) if ann else matrix
         ids, vectors = questions[query_lang]
         rows = retrieve(vectors, pools[key]) if ann else vectors @ pools[key].T
-        out = []
+        out, kept = [], []
         for qid, row in zip(ids, rows):
             relevant = [offsets[j] + dataset[l].answers[qid] for j, l in enumerate(pool_langs) if qid in dataset[l].answers]
             if relevant:
                 out.append(ranks_in(row, relevant) if ann else relevant_ranks(row, np.array(relevant)))
+                kept.append(qid)
+        if per_question is not None:
+            per_question[group] = (kept, out)
         return out
 
     results = {}
     if "mono" in settings:
-        per = _answerable({l: summarize(r) for l in langs if (r := ranks_for(l, [l]))}, "mono")
+        per = _answerable({l: summarize(r) for l in langs if (r := ranks_for(f"mono/{l}", l, [l]))}, "mono")
         results["mono"] = {"mean": _macro(per), "per_language": per}
     if "cross" in settings:
-        pairs = {f"{x}-{y}": summarize(r) for x in langs for y in langs if x != y and (r := ranks_for(x, [y]))}
+        pairs = {f"{x}-{y}": summarize(r) for x in langs for y in langs
+                 if x != y and (r := ranks_for(f"cross/{x}-{y}", x, [y]))}
         results["cross"] = {"mean": _macro(_answerable(pairs, "cross")), "pairs": pairs}
     if "x-en" in settings:  # MKQA-like: questions in every other language, English answers only
-        pairs = {f"{x}-en": summarize(r) for x in langs if x != "en" and (r := ranks_for(x, ["en"]))}
+        pairs = {f"{x}-en": summarize(r) for x in langs if x != "en" and (r := ranks_for(f"x-en/{x}-en", x, ["en"]))}
         results["x-en"] = {"mean": _macro(_answerable(pairs, "x-en")), "pairs": pairs}
     if "multi" in settings:
-        ranks = _answerable({l: r for l in langs if (r := ranks_for(l, langs))}, "multi")
+        ranks = _answerable({l: r for l in langs if (r := ranks_for(f"multi/{l}", l, langs))}, "multi")
         results["multi"] = {"mean": summarize([r for found in ranks.values() for r in found]),
                             "per_language": {l: summarize(found) for l, found in ranks.items()}}
     return results
