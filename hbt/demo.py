@@ -54,7 +54,7 @@ def main(out: Path):
         click.echo(f"\n{question}" + (f"   (only {', '.join(langs)})" if langs else ""))
         for hit in hits:
             click.echo(f"  {hit.rank}. {hit.score:.3f} [{hit.lang}] {hit.text}")
-    click.echo(f"\nTry your own: hbt-search query \"...\" --index {index_dir}")
+    click.echo(f"\nTry your own: hbt-search \"...\" --index {index_dir}")
 
 
 if __name__ == "__main__":

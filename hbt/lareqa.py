@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,16 +32,62 @@ class Language:
     answers: dict[str, int]  # qa id -> index of the answer sentence in candidates
 
 
+@dataclass
+class Paragraph:
+    sentences: list[str]
+    breaks: list[tuple[int, int]]  # each sentence's [start, end) in the paragraph's context
+    questions: list[tuple[str, str, int]]  # (qa id, question, start of its first answer)
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise TypeError(what)
+
+
+def _question(qa: dict) -> tuple[str, str, int]:
+    if not qa["answers"]:
+        raise ValueError(f"qa {qa['id']!r} has no answer")
+    qa_id, question, start = qa["id"], qa["question"], qa["answers"][0]["answer_start"]
+    _expect(isinstance(qa_id, str) and isinstance(question, str) and type(start) is int,
+             f"qa {qa_id!r}: its id, question or answer_start has the wrong type")
+    return qa_id, question, start
+
+
+def read_paragraphs(path: Path) -> list[Paragraph]:
+    """The paragraphs of one LAReQA file (gzipped SQuAD JSON with sentences and sentence breaks), checked:
+    a malformed file raises DataError naming the file and the paragraph."""
+    try:
+        with open_text(path) as handle:
+            data = json.load(handle)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not readable as JSON ({e}); fetch it again with hbt-bench download") from e
+    paragraphs, where = [], "top level"
+    try:
+        for a, article in enumerate(data["data"]):
+            where = f"data[{a}]"
+            for p, paragraph in enumerate(article["paragraphs"]):
+                where = f"data[{a}].paragraphs[{p}]"
+                sentences = paragraph["sentences"]
+                _expect(isinstance(sentences, list) and all(isinstance(s, str) for s in sentences),
+                         "sentences must be a list of strings")
+                breaks = [(int(start), int(end)) for start, end in paragraph["sentence_breaks"]]
+                questions = [_question(qa) for qa in paragraph["qas"]]
+                paragraphs.append(Paragraph(sentences, breaks, questions))
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        problem = f"no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+        raise DataError(f"{path}: {where}: not LAReQA data ({problem}); expected SQuAD JSON whose paragraphs have "
+                        "sentences, sentence_breaks and qas") from e
+    return paragraphs
+
+
 def raw_texts(data_dir: Path, folders: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """Every candidate sentence and every question of the folders' files, in file order (benchmark workloads)."""
     sentences, questions = [], []
     for folder in folders:
         for file in sorted((Path(data_dir) / folder).glob("*.json.gz")):
-            with open_text(file) as handle:
-                data = json.load(handle)
-            for paragraph in (p for a in data["data"] for p in a["paragraphs"]):
-                sentences += paragraph["sentences"]
-                questions += [qa["question"] for qa in paragraph["qas"]]
+            for paragraph in read_paragraphs(file):
+                sentences += paragraph.sentences
+                questions += [question for _, question, _ in paragraph.questions]
     return sentences, questions
 
 
@@ -51,23 +98,18 @@ def sampled(qa_id: str, share: float) -> bool:
 
 def load_language(path: Path, share: float = 1.0) -> Language:
     """One language's candidates and questions; ``share`` < 1 keeps the paragraphs of a sample of qa ids."""
-    with open_text(path) as handle:
-        data = json.load(handle)
     candidates, questions, answers = [], {}, {}
-    for article in data["data"]:
-        for paragraph in article["paragraphs"]:
-            qas = [qa for qa in paragraph["qas"] if sampled(qa["id"], share)]
-            if not qas:
-                continue
-            first = len(candidates)
-            candidates.extend(paragraph["sentences"])
-            breaks = paragraph["sentence_breaks"]
-            for qa in qas:
-                start = qa["answers"][0]["answer_start"]
-                hit = next((i for i, (a, b) in enumerate(breaks) if a <= start < b), None)
-                if hit is not None:
-                    questions[qa["id"]] = qa["question"]
-                    answers[qa["id"]] = first + hit
+    for paragraph in read_paragraphs(path):
+        qas = [qa for qa in paragraph.questions if sampled(qa[0], share)]
+        if not qas:
+            continue
+        first = len(candidates)
+        candidates.extend(paragraph.sentences)
+        for qa_id, question, start in qas:
+            hit = next((i for i, (a, b) in enumerate(paragraph.breaks) if a <= start < b), None)
+            if hit is not None:
+                questions[qa_id] = question
+                answers[qa_id] = first + hit
     return Language(candidates, questions, answers)
 
 
@@ -92,14 +134,22 @@ SETTINGS = ("mono", "cross", "multi", "x-en")
 
 def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_passages: Callable,
              settings=("mono", "cross", "multi"), progress: Callable[[str], None] = lambda s: None,
-             ann: bool = False) -> dict:
-    """Embed once, then score every setting: exact search, or the top 100 of an HNSW index (``ann``)."""
+             ann: bool = False, per_question: dict | None = None) -> dict:
+    """Embed once, then score every setting: exact search, or the top 100 of an HNSW index (``ann``).
+
+    ``per_question``, when given, receives each group's (qa ids, relevant ranks), keyed
+    ``mono/en``, ``cross/en-de``, ``x-en/de-en``, ``multi/en``: for paired tests between models.
+    """
     unknown = set(settings) - set(SETTINGS)
     if unknown:
         raise DataError(f"unknown setting {', '.join(sorted(unknown))}; choose from {', '.join(SETTINGS)}")
     langs = list(dataset)
     if "x-en" in settings and "en" not in langs:
         raise DataError("the x-en setting needs English among the dataset's languages")
+    for setting in {"cross", "x-en"} & set(settings):
+        if len(langs) < 2:
+            raise DataError(f"the {setting} setting pairs two languages, and {', '.join(langs)} is one; "
+                            "give two languages or more, or drop the setting")
     questions, candidates = {}, {}
     for lang in langs:
         progress(f"embedding {lang}")
@@ -109,7 +159,7 @@ def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_pass
 
     pools = {}  # pool languages -> candidate matrix, or its HNSW index (built once per pool)
 
-    def ranks_for(query_lang: str, pool_langs: list[str]) -> list[np.ndarray]:
+    def ranks_for(group: str, query_lang: str, pool_langs: list[str]) -> list[np.ndarray]:
         offsets = np.cumsum([0] + [len(dataset[l].candidates) for l in pool_langs])
         key = tuple(pool_langs)
         if key not in pools:
@@ -117,28 +167,40 @@ def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_pass
             pools[key] = ann_index(matrix) if ann else matrix
         ids, vectors = questions[query_lang]
         rows = retrieve(vectors, pools[key]) if ann else vectors @ pools[key].T
-        out = []
+        out, kept = [], []
         for qid, row in zip(ids, rows):
             relevant = [offsets[j] + dataset[l].answers[qid] for j, l in enumerate(pool_langs) if qid in dataset[l].answers]
             if relevant:
                 out.append(ranks_in(row, relevant) if ann else relevant_ranks(row, np.array(relevant)))
+                kept.append(qid)
+        if per_question is not None:
+            per_question[group] = (kept, out)
         return out
 
     results = {}
     if "mono" in settings:
-        per = {l: summarize(ranks_for(l, [l])) for l in langs}
+        per = _answerable({l: summarize(r) for l in langs if (r := ranks_for(f"mono/{l}", l, [l]))}, "mono")
         results["mono"] = {"mean": _macro(per), "per_language": per}
     if "cross" in settings:
-        pairs = {f"{x}-{y}": summarize(r) for x in langs for y in langs if x != y and (r := ranks_for(x, [y]))}
-        results["cross"] = {"mean": _macro(pairs), "pairs": pairs}
+        pairs = {f"{x}-{y}": summarize(r) for x in langs for y in langs
+                 if x != y and (r := ranks_for(f"cross/{x}-{y}", x, [y]))}
+        results["cross"] = {"mean": _macro(_answerable(pairs, "cross")), "pairs": pairs}
     if "x-en" in settings:  # MKQA-like: questions in every other language, English answers only
-        pairs = {f"{x}-en": summarize(r) for x in langs if x != "en" and (r := ranks_for(x, ["en"]))}
-        results["x-en"] = {"mean": _macro(pairs), "pairs": pairs}
+        pairs = {f"{x}-en": summarize(r) for x in langs if x != "en" and (r := ranks_for(f"x-en/{x}-en", x, ["en"]))}
+        results["x-en"] = {"mean": _macro(_answerable(pairs, "x-en")), "pairs": pairs}
     if "multi" in settings:
-        ranks = {l: ranks_for(l, langs) for l in langs}
-        everything = summarize([r for l in langs for r in ranks[l]])
-        results["multi"] = {"mean": everything, "per_language": {l: summarize(ranks[l]) for l in langs}}
+        ranks = _answerable({l: r for l in langs if (r := ranks_for(f"multi/{l}", l, langs))}, "multi")
+        results["multi"] = {"mean": summarize([r for found in ranks.values() for r in found]),
+                            "per_language": {l: summarize(found) for l, found in ranks.items()}}
     return results
+
+
+def _answerable(groups: dict, setting: str) -> dict:
+    """``groups`` (languages or language pairs with answerable questions), which must not be empty."""
+    if not groups:
+        raise DataError(f"the {setting} setting has no question with an answer among its candidates; "
+                        "choose other languages or a larger --sample")
+    return groups
 
 
 def _macro(groups: dict[str, dict]) -> dict:

@@ -3,22 +3,25 @@
 Both embed a passage corpus once and rank it for every query, by exact search
 (one matrix product, the reference) or through an HNSW index (``ann``, what a
 deployed index returns). Qrels runs score mAP, Recall@k and nDCG@10 from the
-ranks of the relevant documents; MKQA scores Recall@k as "a normalized answer
-string occurs in one of the top k passages" (the BGE-M3 / RocketQA protocol).
+ranks of the relevant documents; MKQA scores Recall@k as "an answer occurs in one
+of the top k passages", matched as DPR's ``has_answer`` matches: the answer's
+normalized token sequence must occur in the passage's (the BGE-M3 / RocketQA protocol).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import string
+import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hbt.corpus import Document, open_text
+from hbt.corpus import Document, read_lines
 from hbt.errors import DataError
 from hbt.index import add_in_batches, new_graph
 from hbt.metrics import summarize
@@ -51,46 +54,22 @@ def find_files(data_dir: Path, dataset: str, given: dict[str, Path | None]) -> d
     return found
 
 
-def _lines(path: Path):
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield number, line.rstrip("\n")
-
-
-def read_queries(path: Path) -> dict[str, str]:
-    """MIRACL topics TSV (qid<TAB>query) or BEIR queries JSONL (_id, text)."""
-    queries = {}
-    for number, line in _lines(path):
-        try:
-            if line.lstrip().startswith("{"):
-                row = json.loads(line)
-                qid = next(row[k] for k in ("_id", "id", "query_id", "qid") if k in row)
-                queries[str(qid)] = next(row[k] for k in ("text", "query") if k in row)
-            else:
-                qid, text = line.split("\t")[:2]
-                queries[qid] = text
-        except (ValueError, StopIteration, json.JSONDecodeError) as e:
-            raise DataError(f"{path}:{number}: not a query (qid<TAB>text, or JSON with _id and text)") from e
-    return queries
-
-
 def read_qrels(path: Path) -> dict[str, set[str]]:
     """Relevant documents per query: TREC (qid Q0 docid rel) or BEIR TSV (query-id corpus-id score, header)."""
     qrels: dict[str, set[str]] = {}
-    for number, line in _lines(path):
+    for position, (number, line) in enumerate(read_lines(path)):
         parts = line.split()
-        if number == 1 and parts[:2] == ["query-id", "corpus-id"]:
+        if position == 0 and parts[:2] == ["query-id", "corpus-id"]:
             continue
         try:
-            qid, docid, rel = (parts[0], parts[2], parts[3]) if len(parts) == 4 else (parts[0], parts[1], parts[2])
-            if float(rel) > 0:
-                qrels.setdefault(qid, set()).add(docid)
-        except (IndexError, ValueError) as e:
-            raise DataError(f"{path}:{number}: not a qrels line (qid Q0 docid rel, or query-id corpus-id score)") from e
+            if len(parts) not in (3, 4):
+                raise ValueError(f"{len(parts)} columns")
+            qid, docid, relevance = parts[0], parts[-2], float(parts[-1])  # TREC has Q0 second
+        except ValueError as e:
+            raise DataError(f"{path}:{number}: not a qrels line ({e}); expected qid Q0 docid rel, "
+                            "or query-id corpus-id score") from e
+        if relevance > 0:
+            qrels.setdefault(qid, set()).add(docid)
     return qrels
 
 
@@ -154,12 +133,34 @@ class MkqaQuery:
     answers: list[str]  # normalized answer strings and aliases
 
 
+@functools.cache
+def _separators() -> re.Pattern:
+    """Punctuation (Unicode P* and ASCII's), except a point or comma between digits ("3.5", "1,945")."""
+    marks = {c for c in map(chr, range(sys.maxunicode + 1)) if unicodedata.category(c).startswith("P")}
+    others = "".join(sorted((marks | set(string.punctuation)) - {".", ","}))
+    return re.compile(rf"(?<!\d)[.,]|[.,](?!\d)|[{re.escape(others)}]")
+
+
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, Han): a character is a token.
+_UNSPACED = re.compile("([\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                       "\uf900-\ufaff\U00020000-\U0003134f])")
+
+
 def normalize_answer(text: str) -> str:
-    """SQuAD-style: NFKC, lower case, no punctuation, no English articles, single spaces."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if ch in string.punctuation or unicodedata.category(ch).startswith("P") else ch for ch in text)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+    """Tokens joined by single spaces: SQuAD's normalization (NFKC, lower case, punctuation out, no English
+    articles) with numbers kept whole ("1,945" reads as "1945", "3.5" stays one token)."""
+    text = _THOUSANDS.sub("", unicodedata.normalize("NFKC", text).lower())
+    text = _ARTICLES.sub(" ", _separators().sub(" ", text))
+    return " ".join(_UNSPACED.sub(r" \1 ", text).split())
+
+
+def has_answer(passage: str, answers: list[str]) -> bool:
+    """Whether one answer's token sequence occurs in the passage's (both from ``normalize_answer``), as DPR's
+    ``has_answer`` decides: the answer "1" is not in "1945", nor "art" in "the arts"."""
+    padded = f" {passage} "
+    return any(answer and f" {answer} " in padded for answer in answers)
 
 
 def read_mkqa(path: Path, languages: list[str] | None = None, answer_language: str = "en") -> dict[str, list[MkqaQuery]]:
@@ -169,13 +170,15 @@ def read_mkqa(path: Path, languages: list[str] | None = None, answer_language: s
     (English, for the usual Wikipedia corpus) whatever the query's language is.
     """
     out: dict[str, list[MkqaQuery]] = {}
-    for number, line in _lines(path):
+    for number, line in read_lines(path):
         try:
             row = json.loads(line)
             answers = [normalize_answer(t) for a in row["answers"].get(answer_language, [])
                        for t in [a.get("text") or ""] + list(a.get("aliases") or [])]
             answers = [a for a in answers if a]
             for lang, query in row["queries"].items():
+                if not isinstance(query, str):
+                    raise TypeError(f"the {lang} query is not a string")
                 if answers and (not languages or lang in languages):
                     out.setdefault(lang, []).append(MkqaQuery(str(row["example_id"]), query, answers))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
@@ -190,11 +193,17 @@ def evaluate_mkqa(mkqa: dict[str, list[MkqaQuery]], docs: list[Document], encode
     _require(docs)
     passages = encode_passages([d.text for d in docs])
     pool = ann_index(passages) if ann else passages
-    normalized = [normalize_answer(f"{d.title} {d.text}") for d in docs]
+    normalized = {}  # document row -> its normalized text, for the documents some query retrieved
+
+    def answered(row: int, answers: list[str]) -> bool:
+        if row not in normalized:
+            normalized[row] = normalize_answer(f"{docs[row].title} {docs[row].text}")
+        return has_answer(normalized[row], answers)
+
     per_language = {}
     for lang, queries in mkqa.items():
         found = retrieve(encode_queries([q.text for q in queries]), pool, max(ks))
-        hits = [next((rank for rank, i in enumerate(row, 1) if any(a in normalized[i] for a in q.answers)), np.inf)
+        hits = [next((rank for rank, i in enumerate(row, 1) if answered(int(i), q.answers)), np.inf)
                 for q, row in zip(queries, found)]
         per_language[lang] = {"queries": len(queries)} | {f"recall@{k}": float(np.mean(np.array(hits) <= k)) for k in ks}
     mean = {m: float(np.mean([v[m] for v in per_language.values()])) for m in per_language[next(iter(per_language))]

@@ -1,10 +1,14 @@
-"""Search: a query encoder over an index, with ranked hits and TREC run output."""
+"""Search: a query encoder over an index snapshot, with ranked hits, the plan that ran and stage timings."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable
+
+import numpy as np
 
 from hbt.errors import SearchIndexError
 from hbt.index import Index
@@ -20,8 +24,21 @@ class Hit:
     title: str
 
 
+@dataclass(frozen=True)
+class SearchRun:
+    """Hits per query, the plan each segment ran, and milliseconds per stage (encode, search, fetch)."""
+
+    hits: list[list[Hit]]
+    plan: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 class Searcher:
-    """Answers queries in any language with the documents nearest to them."""
+    """Answers queries in any language with the documents nearest to them.
+
+    It searches one commit of the index at a time; ``refresh()`` moves it to the newest
+    commit, while calls already running finish on the snapshot they started with.
+    """
 
     def __init__(self, encoder, index: Index):
         if encoder.manifest.fingerprint != index.manifest["bundle"]["fingerprint"]:
@@ -31,6 +48,7 @@ class Searcher:
             )
         self.encoder = encoder
         self.index = index
+        self._refreshing = threading.Lock()
 
     @classmethod
     def open(cls, index_dir: Path | str, bundle: Path | str | None = None, threads: int | None = None) -> "Searcher":
@@ -40,25 +58,40 @@ class Searcher:
         index = Index(index_dir)
         return cls(Encoder(bundle or index.manifest["bundle"]["path"], threads=threads), index)
 
+    def refresh(self) -> bool:
+        """Open the newest commit if the index changed since; True if it did."""
+        with self._refreshing:
+            newest = self.index.reopen()
+            changed, self.index = newest is not self.index, newest
+        return changed
+
     def search(self, queries: list[str], k: int = 10, ef: int | None = None,
                langs: Iterable[str] | None = None) -> list[list[Hit]]:
+        return self.run(queries, k, ef, langs).hits
+
+    def run(self, queries: list[str], k: int = 10, ef: int | None = None,
+            langs: Iterable[str] | None = None) -> SearchRun:
+        start = time.perf_counter()
         vectors = self.encoder.encode_queries(queries)
-        labels, scores = self.index.search(vectors, k, ef, langs)
-        documents = self.index.documents({int(label) for label in labels.ravel()})
-        results = []
-        for row_labels, row_scores in zip(labels, scores):
+        encoded = time.perf_counter()
+        run = self.run_vectors(vectors, k, ef, langs)
+        return SearchRun(run.hits, run.plan, {"encode": (encoded - start) * 1e3} | run.timings)
+
+    def run_vectors(self, vectors: np.ndarray, k: int = 10, ef: int | None = None,
+                    langs: Iterable[str] | None = None) -> SearchRun:
+        """Search already-encoded queries [Q, d]."""
+        index = self.index  # one snapshot for the whole call, whatever refresh() does meanwhile
+        start = time.perf_counter()
+        ranking = index.search(vectors, k, ef, langs)
+        searched = time.perf_counter()
+        documents = index.documents(np.unique(ranking.keys))
+        hits = []
+        for keys, scores in zip(ranking.keys, ranking.scores):
             # Deterministic order: score, then document id.
-            ranked = sorted(zip(row_scores, row_labels), key=lambda pair: (-float(pair[0]), documents[pair[1]].id))
-            results.append([
-                Hit(rank, float(score), documents[label].id, documents[label].lang,
-                    documents[label].text, documents[label].title)
-                for rank, (score, label) in enumerate(ranked, start=1)
-            ])
-        return results
+            ranked = sorted(zip(scores.tolist(), keys.tolist()), key=lambda pair: (-pair[0], documents[pair[1]].id))
+            hits.append([Hit(rank, score, documents[key].id, documents[key].lang, documents[key].text,
+                             documents[key].title) for rank, (score, key) in enumerate(ranked, start=1)])
+        fetched = time.perf_counter()
+        return SearchRun(hits, "; ".join(ranking.plans),
+                         {"search": (searched - start) * 1e3, "fetch": (fetched - searched) * 1e3})
 
-
-def write_trec_run(out: TextIO, query_ids: list[str], results: list[list[Hit]], tag: str = "hbt") -> None:
-    """TREC run lines: qid Q0 docid rank score tag."""
-    for qid, hits in zip(query_ids, results):
-        for hit in hits:
-            out.write(f"{qid} Q0 {hit.id} {hit.rank} {hit.score:.6f} {tag}\n")

@@ -4,6 +4,7 @@ Reads top to bottom: config, data and samplers, model and optimizer, then one lo
 (batch, loss, step, evaluate, checkpoint). Checkpoints are Hugging Face directories
 that carry their training config, so hbt-export takes them directly; ``last/``
 also holds the optimizer and sampler state for an exact ``--resume``.
+``interpolate`` blends the result with the base model's weights (WiSE-FT).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class TrainConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     freeze_embeddings: bool = False
+    interpolate: float = 1.0  # weight of the trained model in the saved result; 1: no blending (WiSE-FT)
 
 
 def info_nce(queries: torch.Tensor, passages: torch.Tensor, temperature: float = 0.05,
@@ -75,12 +77,23 @@ def info_nce(queries: torch.Tensor, passages: torch.Tensor, temperature: float =
 
 
 def gather_with_grad(embeddings: torch.Tensor) -> torch.Tensor:
-    """All ranks' embeddings, so every rank's negatives include the others' examples."""
+    """All ranks' embeddings, so every rank's negatives include the others' examples.
+
+    Ranks may hold different numbers of rows (hard negatives), none included: each
+    pads to the largest count, since all_gather takes equal shapes and every rank must
+    join it (and its backward), or the others wait forever.
+    """
     if not distributed():
         return embeddings
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(embeddings))
+    count = torch.tensor([len(embeddings)], device=embeddings.device)
+    counts = [torch.zeros_like(count) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    padding = embeddings.new_zeros((max(counts) - len(embeddings), embeddings.shape[1]))
+    gathered = all_gather(torch.cat([embeddings, padding]))  # world x [max(counts), H]
+    return torch.cat([rows[:n] for rows, n in zip(gathered, counts)])
 
 
 def batch_texts(batch: list[Pair], model: DualEncoder) -> tuple[list[str], list[str], list[str]]:
@@ -97,9 +110,10 @@ def compute_loss(model: DualEncoder, batch: list[Pair], config: TrainConfig) -> 
                         enabled=config.bf16):
         q = model(*model.batch(queries, config.max_query_length))  # [B, H]
         p = model(*model.batch(passages, config.max_passage_length))  # [B, H]
-        n = model(*model.batch(negatives, config.max_passage_length)) if negatives else None
-    return info_nce(gather_with_grad(q.float()), gather_with_grad(p.float()), config.temperature,
-                    None if n is None else gather_with_grad(n.float()))
+        # No hard negatives here: an empty slice of q keeps this rank in the gather and its backward.
+        n = model(*model.batch(negatives, config.max_passage_length)) if negatives else q[:0]  # [N, H]
+    n = gather_with_grad(n.float())
+    return info_nce(gather_with_grad(q.float()), gather_with_grad(p.float()), config.temperature, n if len(n) else None)
 
 
 def distributed() -> bool:
@@ -158,8 +172,13 @@ def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     return lambda step: min((step + 1) / max(warmup, 1), max(0.0, (total - step) / max(total - warmup, 1)))
 
 
-def save_checkpoint(model: DualEncoder, directory: Path, config: TrainConfig, extra: dict) -> None:
-    """A Hugging Face directory hbt-export can read, written aside and renamed into place."""
+def save_checkpoint(model: DualEncoder, directory: Path, config: TrainConfig, extra: dict,
+                    state: dict | None = None) -> None:
+    """A Hugging Face directory hbt-export can read, written aside and renamed into place.
+
+    ``state`` (optimizer, sampler, step) goes in before the rename, so a checkpoint
+    directory that exists is always complete.
+    """
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.backbone.save_pretrained(staging)
@@ -169,9 +188,53 @@ def save_checkpoint(model: DualEncoder, directory: Path, config: TrainConfig, ex
         "query_prefix": model.source.query_prefix, "passage_prefix": model.source.passage_prefix,
     }, indent=2))
     (staging / TRAIN_INFO).write_text(json.dumps({"config": asdict(config), **extra}, indent=2))
+    if state is not None:
+        torch.save(state, staging / STATE_FILE)
     if directory.exists():
         shutil.rmtree(directory)
     staging.rename(directory)
+
+
+def load_state(directory: Path) -> dict:
+    """The trainer state of a checkpoint; tensors and plain Python values only (no pickled code)."""
+    path = directory / STATE_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: no training state to resume; start a new run without --resume or choose another --out")
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError for a damaged file
+        raise DataError(f"{path}: unreadable training state ({type(e).__name__}); "
+                        "delete the run directory and train again") from e
+
+
+def rewind_metrics(metrics: Path, step: int) -> None:
+    """Drop the metrics logged after the checkpoint being resumed, so the file continues at step + 1."""
+    if not metrics.is_file():
+        return
+    kept = [line for line in metrics.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= step]
+    partial = metrics.with_name(metrics.name + ".partial")
+    partial.write_text("".join(kept))
+    partial.replace(metrics)
+
+
+@torch.no_grad()
+def interpolate(model: DualEncoder, base: DualEncoder, weight: float) -> None:
+    """WiSE-FT: set model's weights to (1 - weight) * base + weight * model, in place.
+
+    Blending a fine-tuned model with the one it started from keeps most of the
+    fine-tuning's gain and the base model's strengths (Wortsman et al., 2022).
+    """
+    trained, original = model.backbone.state_dict(), base.backbone.state_dict()
+    if trained.keys() != original.keys() or any(trained[k].shape != original[k].shape for k in trained):
+        raise DataError(f"{base.source.name}: not the architecture of the trained model; "
+                        "interpolate with the --base the model was trained from")
+    for name, tensor in trained.items():
+        if tensor.is_floating_point():
+            tensor.lerp_(original[name].to(tensor.device, tensor.dtype), 1.0 - weight)
+
+
+def interpolated_name(weight: float) -> str:
+    return f"interpolated-{weight:g}"
 
 
 def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool = False) -> dict:
@@ -195,8 +258,8 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
 
     # Model and optimizer.
     resume_dir = out / "last"
-    resuming = resume and (resume_dir / STATE_FILE).is_file()
-    model = DualEncoder(resolve_source(str(resume_dir) if resuming else config.base))
+    state = load_state(resume_dir) if resume else None  # before loading a model: a missing state fails fast
+    model = DualEncoder(resolve_source(str(resume_dir) if resume else config.base))
     if config.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable()
     if config.freeze_embeddings:  # AdamW over the 250k-row vocabulary costs more than the layers on CPU
@@ -210,8 +273,7 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(steps * config.warmup_fraction), steps))
     step, best, bad_evals = 0, float("inf"), 0
-    if resuming:
-        state = torch.load(resume_dir / STATE_FILE, weights_only=False)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
@@ -221,15 +283,16 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
     def checkpoint(reason: str) -> None:
         if not rank0:
             return
-        save_checkpoint(model, resume_dir, config, {"step": step, "best_validation_loss": best, "saved": reason})
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "step": step, "best": best, "bad_evals": bad_evals}, resume_dir / STATE_FILE)
+        save_checkpoint(model, resume_dir, config, {"step": step, "best_validation_loss": best, "saved": reason},
+                        state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                               "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+                               "step": step, "best": best, "bad_evals": bad_evals})
 
     started, examples, stop_reason = time.time(), 0, "steps"
     metrics_file = None
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
+        rewind_metrics(out / "metrics.jsonl", step)
         metrics_file = open(out / "metrics.jsonl", "a")
     try:
         while step < steps:
@@ -271,8 +334,15 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
     finally:
         if metrics_file:
             metrics_file.close()
-    if not (out / "best").exists() and rank0:  # no validation split: the last model is the result
-        save_checkpoint(model, out / "best", config, {"step": step})
+    result = out / "best"
+    if not result.exists() and rank0:  # no validation split: the last model is the result
+        save_checkpoint(model, result, config, {"step": step})
+    if config.interpolate < 1 and rank0:
+        result = out / interpolated_name(config.interpolate)
+        model = DualEncoder(resolve_source(str(out / "best")))
+        interpolate(model, DualEncoder(resolve_source(config.base)), config.interpolate)
+        save_checkpoint(model, result, config, {"step": step, "interpolated": {"base": config.base,
+                                                                               "weight": config.interpolate}})
     return {"steps": step, "stopped": stop_reason, "best_validation_loss": best if math.isfinite(best) else None,
             "examples_per_second": round(examples / max(time.time() - started, 1e-9), 2),
-            "checkpoint": str(out / "best")}
+            "checkpoint": str(result)}

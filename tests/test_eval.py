@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import sqlite3
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from click.testing import CliRunner
 
 from hbt.cli.bench import main as bench_cli
 from hbt.errors import DataError
-from hbt.lareqa import evaluate, load_dataset
+from hbt.lareqa import evaluate, load_dataset, read_paragraphs
 from hbt.metrics import average_precision, language_bias, ndcg_at, recall_at, relevant_ranks
 from tests.test_export import assert_one_line_error
 
@@ -136,7 +138,7 @@ def test_bench_accuracy_writes_report(tiny_bundle, toy_dataset, tmp_path):
 def test_bench_latency_report_on_the_demo_corpus(tiny_bundle, tmp_path):
     out = tmp_path / "latency"
     result = CliRunner().invoke(bench_cli, ["latency", "--bundle", str(tiny_bundle), "--data-dir", str(tmp_path),
-                                            "--queries", "30", "--out", str(out)])
+                                            "--num-queries", "30", "--out", str(out)])
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert results["workload"]["source"] == "demo corpus" and results["index_build"]["documents"] == 240
@@ -152,3 +154,75 @@ def test_bench_errors(tiny_bundle, tmp_path):
                                                     "--data-dir", str(tmp_path)]), "unknown dataset")
     assert_one_line_error(runner.invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "mlqa-r",
                                                     "--data-dir", str(tmp_path)]), "no mlqa-r files", "HBT_DATA")
+
+
+def test_settings_that_pair_languages_need_two(toy_dataset, tiny_bundle):
+    data = load_dataset(toy_dataset, "xquad-r", ["aa"])
+    for setting in ("cross", "x-en"):
+        with pytest.raises(DataError, match=f"the {setting} setting pairs two languages"):
+            evaluate(data if setting == "cross" else {"en": data["aa"]}, fake_encoder, fake_encoder, (setting,))
+    assert_one_line_error(CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "xquad-r",
+                                                         "--data-dir", str(toy_dataset), "--lang", "aa",
+                                                         "--settings", "cross"]), "pairs two languages")
+
+
+def test_settings_without_answerable_questions_are_one_error(tmp_path):
+    """Two languages that share no qa id: no cross-lingual pair has a relevant candidate."""
+    write_lareqa(tmp_path / "xquad-r", "aa", [(["aa alpha"], [("q1", "aa alpha?", 0)])])
+    write_lareqa(tmp_path / "xquad-r", "bb", [(["bb beta"], [("q2", "bb beta?", 0)])])
+    with pytest.raises(DataError, match="the cross setting has no question with an answer"):
+        evaluate(load_dataset(tmp_path, "xquad-r"), fake_encoder, fake_encoder, ("cross",))
+
+
+def gzipped_paragraph(**paragraph) -> bytes:
+    return gzip.compress(json.dumps({"data": [{"title": "t", "paragraphs": [paragraph]}]}).encode())
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"not gzip at all", "not readable as JSON"),
+    (gzip.compress(b'{"data": [{"paragraphs": [{"sentences": ["a"'), "not readable as JSON"),
+    (gzip.compress(b"\xff\xfe{}"), "not readable as JSON"),
+    (gzip.compress(b'{"data": [{"title": "t"}]}'), "data[0]: not LAReQA data (no 'paragraphs')"),
+    (gzipped_paragraph(sentences=["s"], qas=[]), "data[0].paragraphs[0]: not LAReQA data (no 'sentence_breaks')"),
+    (gzipped_paragraph(sentences=["s"], sentence_breaks=[[0, 1]], qas=[{"id": "q", "question": "?", "answers": []}]),
+     "data[0].paragraphs[0]: not LAReQA data (qa 'q' has no answer)"),
+    (gzipped_paragraph(sentences=[1], sentence_breaks=[[0, 1]], qas=[]), "sentences must be a list of strings"),
+])
+def test_malformed_lareqa_files_are_one_line_errors(tmp_path, tiny_bundle, content, problem):
+    (tmp_path / "xquad-r").mkdir()
+    (tmp_path / "xquad-r" / "aa.json.gz").write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(problem)):
+        read_paragraphs(tmp_path / "xquad-r" / "aa.json.gz")
+    assert_one_line_error(CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "xquad-r",
+                                                         "--data-dir", str(tmp_path)]), "aa.json.gz", problem)
+
+
+def test_lang_selects_languages_and_languages_stays_a_hidden_alias(toy_dataset, tiny_bundle, tmp_path):
+    write_lareqa(toy_dataset / "xquad-r", "cc", [(["cc alpha"], [("q1", "cc alpha?", 0)])])
+    runs = {"lang": ["--lang", "aa", "--lang", "cc"], "languages": ["--languages", "aa,cc"]}
+    for name, option in runs.items():
+        result = CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "xquad-r",
+                                                "--data-dir", str(toy_dataset), "--settings", "mono",
+                                                "--out", str(tmp_path / name), *option])
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / name / "results.json").read_text())
+        assert set(report["settings"]["mono"]["per_language"]) == {"aa", "cc"}
+        assert ("--languages is deprecated" in result.output) == (name == "languages")
+    assert "--languages" not in CliRunner().invoke(bench_cli, ["accuracy", "--help"]).output
+
+
+def test_latency_on_a_damaged_index_is_one_line(tiny_bundle, tmp_path):
+    """A document store SQLite cannot query (here: its table renamed) ends in one line, not a traceback; the old
+    spelling --queries of --num-queries still works, with a warning."""
+    from hbt.corpus import read_corpus
+    from hbt.demo import DEMO_CORPUS
+    from hbt.encoder import Encoder
+    from hbt.index import build_index
+
+    build_index(read_corpus(DEMO_CORPUS), Encoder(tiny_bundle), tmp_path / "index")
+    with sqlite3.connect(next((tmp_path / "index").rglob("docs.sqlite"))) as db:
+        db.execute("ALTER TABLE docs RENAME TO elsewhere")
+    result = CliRunner().invoke(bench_cli, ["latency", "--bundle", str(tiny_bundle), "--index", str(tmp_path / "index"),
+                                            "--data-dir", str(tmp_path), "--queries", "5", "--out", str(tmp_path / "r")])
+    assert "--queries is deprecated; use --num-queries" in result.output
+    assert_one_line_error(result, str(tmp_path / "index"), "no such table")

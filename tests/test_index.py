@@ -1,265 +1,466 @@
-"""Index and search on the tiny bundle: formats, updates, filters, errors, crash safety, no torch."""
+"""The segmented index: exact merges, the planner, snapshots, tombstones, merges, locks, crashes, format 1."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
+import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hbt.cli.index import main as index_cli
-from hbt.cli.search import main as search_cli
-from hbt.corpus import read_corpus
-from hbt.encoder import Encoder
-from hbt.errors import DataError
-from hbt.index import Index, add_documents, build_index, delete_documents, verify_index
+from hbt.corpus import Document
+from hbt.errors import DataError, SearchIndexError
+from hbt.index import (Index, IndexConfig, add_documents, build_index, compact_index, delete_documents,
+                       upgrade_index, verify_index)
+from hbt.index.planner import choose_plan, widen
 from hbt.search import Searcher
-from tests.conftest import MULTILINGUAL
-from tests.test_export import assert_one_line_error
+from tests.fakes import HashEncoder
 
-LANGS = ["en", "de", "es", "fr", "ru", "zh", "ja", "ar", "hi", "th", "el", "tr", "vi", "ko", "mix"]
+LANGS = ["en", "de", "hi", "sw"]
+REPO = Path(__file__).resolve().parents[1]
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    return path
+def docs(start: int, count: int, prefix: str = "d") -> list[Document]:
+    """Documents with a skewed language mix: sw is rare."""
+    return [Document(f"{prefix}{i}", f"text number {i} of {prefix}", lang=LANGS[0 if i % 7 else (i // 7) % 4])
+            for i in range(start, start + count)]
+
+
+def brute_force(documents: list[Document], query: np.ndarray, k: int, langs=None) -> list[str]:
+    """The exact answer: ids by score, then id."""
+    pool = [d for d in documents if not langs or d.lang in langs]
+    scores = HashEncoder().encode_passages([d.text for d in pool]) @ query
+    return [d.id for _, d in sorted(zip(-scores, pool), key=lambda pair: (round(float(pair[0]), 5), pair[1].id))][:k]
+
+
+def result_ids(searcher: Searcher, query: str, k: int, langs=None) -> list[str]:
+    return [hit.id for hit in searcher.search([query], k=k, langs=langs)[0]]
 
 
 @pytest.fixture
-def corpus(tmp_path):
-    rows = [{"id": f"d{i}", "text": text, "lang": lang, "source": "test"} for i, (text, lang) in enumerate(zip(MULTILINGUAL, LANGS))]
-    return write_jsonl(tmp_path / "corpus.jsonl", rows)
+def encoder():
+    return HashEncoder()
 
 
-@pytest.fixture
-def index_dir(tiny_bundle, corpus, tmp_path):
-    build_index(read_corpus(corpus), Encoder(tiny_bundle), tmp_path / "index")
-    return tmp_path / "index"
+# The planner -----------------------------------------------------------------------------------------
 
-
-def test_corpus_formats(tmp_path):
-    write_jsonl(tmp_path / "beir.jsonl", [{"_id": "b1", "title": "T", "text": "hello", "url": "x"}])
-    (tmp_path / "c.tsv").write_text("t1\thello world\nt2\tzweite Zeile\n", encoding="utf-8")
-    beir = list(read_corpus(tmp_path / "beir.jsonl"))
-    assert beir[0].id == "b1" and beir[0].title == "T" and beir[0].meta == {"url": "x"}
-    assert [d.id for d in read_corpus(tmp_path / "c.tsv")] == ["t1", "t2"]
-
-
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "not valid JSON"),
-    ('{"id": "x"}', "needs 'id'"),
-    ('{"id": "x", "text": "   "}', "empty text"),
-])
-def test_bad_lines_name_file_and_line(tmp_path, line, message):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"id": "ok", "text": "fine"}\n' + line + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=f"bad.jsonl:2: .*{message}"):
-        list(read_corpus(path))
-    assert [d.id for d in read_corpus(path, skip_invalid=True)] == ["ok"]
-
-
-def test_invalid_utf8_is_reported(tmp_path):
-    path = tmp_path / "latin1.jsonl"
-    path.write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "caf\xe9"}\n')
-    with pytest.raises(DataError, match="latin1.jsonl:2: invalid UTF-8"):
-        list(read_corpus(path))
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.text(min_size=1, max_size=8), st.text(max_size=30)), max_size=6))
-def test_reader_fuzz_never_crashes_unexpectedly(tmp_path, rows):
-    path = tmp_path / "fuzz.jsonl"
-    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in rows), encoding="utf-8")
-    try:
-        docs = list(read_corpus(path))
-    except DataError as e:
-        assert "fuzz.jsonl:" in str(e)
+@given(pool=st.integers(0, 10**7), extra=st.integers(0, 10**7), k=st.integers(1, 1000), ef=st.integers(1, 1000))
+def test_plan_fetches_enough_within_the_graph(pool, extra, k, ef):
+    size = pool + extra
+    plan = choose_plan(pool, size, k, ef)
+    if pool == 0:
+        assert plan.kind == "skip"
+    elif plan.kind == "exact":
+        assert plan.fetch == pool
     else:
-        assert [d.text for d in docs] == [t for _, t in rows]
+        assert min(k, pool) <= plan.fetch <= size and plan.ef >= max(plan.fetch, ef)
+        assert plan.kind == ("hnsw" if extra == 0 else "filtered-hnsw")
+        wider = widen(plan, size, pool)
+        assert wider.kind == "exact" or wider.fetch > plan.fetch
 
 
-def test_search_finds_documents_and_scores_are_similarities(tiny_bundle, index_dir):
-    searcher = Searcher(Encoder(tiny_bundle), Index(index_dir))
-    hits = searcher.search([MULTILINGUAL[3]], k=5)[0]
-    vectors = Encoder(tiny_bundle)
-    exact = vectors.encode_queries([MULTILINGUAL[3]]) @ vectors.encode_passages(MULTILINGUAL).T
-    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
-    assert hits[0].score == pytest.approx(float(exact.max()), abs=1e-4)
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+def test_plan_scans_rare_languages_and_walks_the_graph_for_common_ones():
+    assert choose_plan(1_000, 1_000_000, 10, 128).kind == "exact"  # 0.1%
+    assert choose_plan(500_000, 1_000_000, 10, 128).kind == "filtered-hnsw"  # 50%
+    assert choose_plan(1_000_000, 1_000_000, 10, 128).kind == "hnsw"
+    assert choose_plan(1_000_000, 1_000_000, 10, 128, exact=True).kind == "exact"
 
 
-def test_lang_filter_inside_search(tiny_bundle, index_dir):
-    searcher = Searcher(Encoder(tiny_bundle), Index(index_dir))
-    hits = searcher.search(["cat"], k=5, langs=["de", "zh"])[0]
-    assert {h.lang for h in hits} <= {"de", "zh"} and len(hits) == 2
+# Search over segments --------------------------------------------------------------------------------
+
+@pytest.fixture
+def segmented(tmp_path, encoder):
+    """300 documents in segments of at most 64."""
+    corpus = docs(0, 300)
+    build_index(corpus, encoder, tmp_path / "index", IndexConfig(M=8, ef_construction=64, segment_size=64))
+    return tmp_path / "index", corpus
 
 
-@pytest.fixture(scope="module")
-def fuzz_searcher(tiny_bundle, tmp_path_factory):
-    rows = [{"id": f"d{i}", "text": text, "lang": lang} for i, (text, lang) in enumerate(zip(MULTILINGUAL, LANGS))]
-    directory = tmp_path_factory.mktemp("fuzz")
-    build_index(read_corpus(write_jsonl(directory / "c.jsonl", rows)), Encoder(tiny_bundle), directory / "index")
-    return Searcher(Encoder(tiny_bundle), Index(directory / "index"))
+@pytest.mark.parametrize("langs", [None, ["sw"], ["de", "hi"], ["xx"]])
+def test_segmented_search_equals_brute_force(segmented, encoder, langs):
+    directory, corpus = segmented
+    index = Index(directory)
+    assert len(index.segments) == 5 and index.count == 300
+    searcher = Searcher(encoder, index)
+    for query in ("text number 3", "Katze", "sw 12"):
+        expected = brute_force(corpus, encoder.encode_queries([query])[0], 10, langs)
+        ranking = index.search(encoder.encode_queries([query]), 10, langs=langs, exact=True)
+        assert [index.documents(ranking.keys[0])[key].id for key in ranking.keys[0]] == expected[:len(ranking.keys[0])]
+        assert result_ids(searcher, query, 10, langs) == expected  # tiny segments: the planner scans too
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(queries=st.lists(st.text(max_size=300), min_size=1, max_size=4), k=st.integers(-2, 20),
-       langs=st.none() | st.lists(st.sampled_from(LANGS + ["xx"]), max_size=3))
-def test_query_path_fuzz(fuzz_searcher, queries, k, langs):
-    """Any text, k and language filter: ranked hits from the filter's languages, or a DataError for bad k."""
-    count = fuzz_searcher.index.count
-    try:
-        results = fuzz_searcher.search(queries, k=k, langs=langs)
-    except DataError as e:
-        assert not 1 <= k <= count and "k = " in str(e)
-        return
-    assert 1 <= k <= count and len(results) == len(queries)
-    pool = sum(1 for lang in LANGS if not langs or lang in langs)
-    for hits in results:
-        assert len(hits) == min(k, pool) and [h.rank for h in hits] == list(range(1, len(hits) + 1))
-        assert all(h.lang in langs for h in hits) if langs else True
-        assert all(-1.0001 <= h.score <= 1.0001 for h in hits)
-        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+def test_k_beyond_the_pool_is_clamped_alike_with_and_without_filter(segmented, encoder):
+    searcher = Searcher(encoder, Index(segmented[0]))
+    assert len(searcher.search(["q"], k=1000)[0]) == 300
+    sw = sum(1 for d in segmented[1] if d.lang == "sw")
+    assert len(searcher.search(["q"], k=1000, langs=["sw"])[0]) == sw
+    with pytest.raises(DataError, match="k = 0"):
+        searcher.search(["q"], k=0)
 
 
-def test_unwritable_output_is_one_line_and_changes_nothing(tiny_bundle, index_dir, corpus, monkeypatch):
-    """Root ignores permission bits, so the operating system's refusal is simulated where it surfaces."""
-    import tempfile
-
-    before = (index_dir / "manifest.json").read_bytes()
-
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-
-    runner = CliRunner()
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK and real_access(path, mode))
-    assert_one_line_error(runner.invoke(index_cli, ["build", str(corpus), "--bundle", str(tiny_bundle), "--out",
-                                                    str(index_dir.parent / "new")]), "not writable")
-    monkeypatch.undo()
-    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
-    assert_one_line_error(runner.invoke(index_cli, ["add", str(index_dir), str(corpus)]), "Permission denied",
-                          "Nothing was changed")
-    assert (index_dir / "manifest.json").read_bytes() == before and not (index_dir.parent / "new").exists()
-
-
-def test_add_grows_and_delete_hides(tiny_bundle, index_dir, tmp_path):
-    encoder = Encoder(tiny_bundle)
-    extra = write_jsonl(tmp_path / "extra.jsonl", [{"id": f"x{i}", "text": f"extra text number {i}"} for i in range(1200)])
-    manifest = add_documents(index_dir, read_corpus(extra), encoder)
-    assert manifest["count"] == len(MULTILINGUAL) + 1200 and manifest["capacity"] >= manifest["count"]
-    delete_documents(index_dir, ["d3", "x5"])
-    searcher = Searcher(encoder, Index(index_dir))
-    ids = {h.id for h in searcher.search([MULTILINGUAL[3], "extra text number 5"], k=50)[0]}
-    assert "d3" not in ids and "x5" not in ids
-    report = verify_index(index_dir)
-    assert report["documents"] == len(MULTILINGUAL) + 1198 and report["recall_at_k"] >= 0.9
-
-
-def test_shuffled_insertion_keeps_each_vector_with_its_document(tiny_bundle, tmp_path, monkeypatch):
-    monkeypatch.setattr("hbt.index.INSERT_BATCH", 300)  # 700 documents: three shuffled batches
-    encoder = Encoder(tiny_bundle)
-    texts = [f"{i}: {MULTILINGUAL[i % len(MULTILINGUAL)]}" for i in range(700)]
-    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"x{i}", "text": t} for i, t in enumerate(texts)])
-    build_index(read_corpus(corpus), encoder, tmp_path / "index")
+def test_graph_plans_agree_with_exact_search(tmp_path, encoder):
+    """A segment large enough for the planner to walk its graph, filtered and not."""
+    corpus = docs(0, 12_000)
+    build_index(corpus, encoder, tmp_path / "index", IndexConfig(M=16, ef_construction=100))
     index = Index(tmp_path / "index")
-    labels = list(range(700))
-    docs = index.documents(labels)
-    assert [docs[label].id for label in labels] == [f"x{i}" for i in range(700)]
-    np.testing.assert_allclose(np.asarray(index.graph.get_items(labels)), encoder.encode_passages(texts), atol=1e-5)
+    queries = encoder.encode_queries([f"query {i}" for i in range(20)])
+    for langs, kind in ((None, "hnsw"), (["en"], "filtered-hnsw"), (["sw"], "exact")):
+        ranking = index.search(queries, 10, ef=40, langs=langs)
+        assert kind in ranking.plans[0]
+        exact = index.search(queries, 10, langs=langs, exact=True)
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ranking.keys, exact.keys)]) >= 0.95
 
 
-def test_duplicate_ids_are_refused(tiny_bundle, index_dir, corpus):
-    with pytest.raises(DataError, match="duplicate document id 'd0'"):
-        add_documents(index_dir, read_corpus(corpus), Encoder(tiny_bundle))
-    assert verify_index(index_dir)["documents"] == len(MULTILINGUAL)  # unchanged
+# Updates, snapshots, tombstones ----------------------------------------------------------------------
+
+def test_add_writes_a_segment_and_a_snapshot_keeps_its_answers(segmented, encoder):
+    directory, _ = segmented
+    searcher = Searcher(encoder, Index(directory))
+    before = searcher.run(["brand new passage"], k=3)
+    names = {p.name: p.stat().st_mtime_ns for p in directory.glob("seg-*/*")}
+    add_documents(directory, [Document("new", "brand new passage", lang="sw")], encoder)
+    assert {p.name: p.stat().st_mtime_ns for p in directory.glob("seg-*/*") if p.name in names} == names
+    assert searcher.run(["brand new passage"], k=3).hits == before.hits  # the old snapshot
+    assert searcher.refresh() and not searcher.refresh()
+    hits = searcher.search(["brand new passage"], k=3)[0]
+    assert hits[0].id == "new" and hits[0].score == pytest.approx(1.0, abs=1e-5)
 
 
-def test_cli_build_search_info_verify(tiny_bundle, corpus, tmp_path):
-    runner = CliRunner()
-    out = tmp_path / "idx"
-    result = runner.invoke(index_cli, ["build", str(corpus), "--bundle", str(tiny_bundle), "--out", str(out), "--M", "8"])
-    assert result.exit_code == 0, result.output
-    assert f"{len(MULTILINGUAL)} documents" in result.output
-    assert '"M": 8' in runner.invoke(index_cli, ["info", str(out), "--json"]).output
-    assert "ok" in runner.invoke(index_cli, ["verify", str(out)]).output
-    result = runner.invoke(search_cli, ["query", "cat", "--index", str(out), "-k", "3", "--json"])
-    assert result.exit_code == 0, result.output
-    assert len(json.loads(result.output.splitlines()[0])["hits"]) == 3
-    queries = tmp_path / "q.tsv"
-    queries.write_text("q1\tcat\nq2\tKatze\n", encoding="utf-8")
-    run = runner.invoke(search_cli, ["query", "--queries", str(queries), "--index", str(out), "-k", "2"]).output
-    lines = [line.split() for line in run.splitlines()]
-    assert [(l[0], l[1], l[3], l[5]) for l in lines] == [("q1", "Q0", "1", "hbt"), ("q1", "Q0", "2", "hbt"),
-                                                         ("q2", "Q0", "1", "hbt"), ("q2", "Q0", "2", "hbt")]
+def test_delete_then_readd_the_same_id(segmented, encoder):
+    directory, _ = segmented
+    manifest, missing = delete_documents(directory, ["d5", "nope"])
+    assert missing == ["nope"] and manifest["count"] == 299
+    assert "d5" not in result_ids(Searcher(encoder, Index(directory)), "text number 5 of d", 300)
+    add_documents(directory, [Document("d5", "a different text")], encoder)
+    assert result_ids(Searcher(encoder, Index(directory)), "a different text", 1) == ["d5"]
+    with pytest.raises(DataError, match="duplicate document id 'd5'"):
+        add_documents(directory, [Document("d5", "again")], encoder)
 
 
-def test_cli_errors(tiny_bundle, index_dir, tmp_path):
-    runner = CliRunner()
-    assert_one_line_error(runner.invoke(search_cli, ["query", "x", "--index", str(index_dir), "-k", "0"]), "k = 0")
-    assert_one_line_error(runner.invoke(search_cli, ["query", "x", "--index", str(index_dir), "-k", "999"]), "larger than the index")
-    assert_one_line_error(runner.invoke(search_cli, ["query", "x", "--index", str(tmp_path / "none")]), "no index here")
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    assert_one_line_error(runner.invoke(index_cli, ["build", str(empty), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "e")]), "no documents")
-    assert not (tmp_path / "e").exists()
-    (index_dir / "docs.sqlite").write_bytes(b"garbage")
-    assert_one_line_error(runner.invoke(index_cli, ["verify", str(index_dir)]), "checksum mismatch")
+def test_a_forced_rebuild_replaces_every_document(segmented, encoder):
+    directory, corpus = segmented
+    build_index(corpus[:10] + docs(500, 5), encoder, directory, force=True)
+    index = Index(directory)
+    assert index.count == 15 and len(index.segments) == 1
+    assert {p.name for p in directory.iterdir()} == {index.segments[0].segment.name, "manifest.json", "write.lock"}
 
 
-def test_other_bundle_is_refused(tiny_model_dir, index_dir, tmp_path):
-    from hbt.errors import SearchIndexError
-    from hbt.export.exporter import ExportConfig, export_bundle
+def test_many_ids_beyond_sqlite_variable_limit(tmp_path, encoder):
+    corpus = docs(0, 2500)
+    build_index(corpus, encoder, tmp_path / "index", IndexConfig(M=8, ef_construction=32))
+    manifest, missing = delete_documents(tmp_path / "index", [d.id for d in corpus[:2100]] + ["x"])
+    assert manifest["count"] == 400 and missing == ["x"]
+    hits = Searcher(encoder, Index(tmp_path / "index")).search([f"q{i}" for i in range(200)], k=10)
+    assert {h.id for row in hits for h in row} <= {d.id for d in corpus[2100:]}
 
-    other = tmp_path / "other"
-    export_bundle(ExportConfig(source=str(tiny_model_dir), out=other, quantize="int8", max_length=64))
-    with pytest.raises(SearchIndexError, match="built with another bundle"):
-        Searcher(Encoder(other), Index(index_dir))
+
+OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(1, 30)),
+    st.tuples(st.just("delete"), st.lists(st.integers(0, 120), max_size=12)),
+    st.tuples(st.just("compact"), st.just(0)),
+), min_size=1, max_size=8)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=OPERATIONS, langs=st.none() | st.lists(st.sampled_from(LANGS), min_size=1, max_size=2))
+def test_deleted_documents_never_come_back(tmp_path_factory, encoder, operations, langs):
+    directory = tmp_path_factory.mktemp("ops") / "index"
+    live = {d.id: d for d in docs(0, 20)}
+    build_index(list(live.values()), encoder, directory, IndexConfig(M=8, ef_construction=32, segment_size=16))
+    next_id = 20
+    for operation, argument in operations:
+        if operation == "add":
+            added = docs(next_id, argument)
+            next_id += argument
+            add_documents(directory, added, encoder)
+            live.update({d.id: d for d in added})
+        elif operation == "delete":
+            ids = [f"d{i}" for i in argument]
+            delete_documents(directory, ids)
+            for i in ids:
+                live.pop(i, None)
+        else:
+            compact_index(directory)
+        index = Index(directory)
+        assert index.count == len(live)
+        query = encoder.encode_queries(["probe"])
+        for exact in (True, False):
+            ranking = index.search(query, len(live) or 1, langs=langs, exact=exact) if live else None
+            found = [index.documents(ranking.keys[0])[k].id for k in ranking.keys[0]] if live else []
+            assert set(found) == {i for i, d in live.items() if not langs or d.lang in langs}
+
+
+def test_merge_policy_bounds_the_segments_of_many_small_adds(tmp_path, encoder):
+    build_index(docs(0, 5), encoder, tmp_path / "index", IndexConfig(segment_size=10_000))
+    for i in range(25):
+        add_documents(tmp_path / "index", docs(100 + i, 1, prefix="a"), encoder)
+    index = Index(tmp_path / "index")
+    assert index.count == 30 and len(index.segments) < 10
+    assert verify_index(tmp_path / "index")["recall_at_k"] == 1.0
+
+
+def test_compact_rewrites_segments_with_many_tombstones_and_packs_small_ones(segmented, encoder):
+    directory, _ = segmented
+    delete_documents(directory, ["d1"] + [f"d{i}" for i in range(64, 128, 3)])  # 1 of the first 64, a third of the next
+    add_documents(directory, docs(1000, 2), encoder)
+    manifest = compact_index(directory)
+    names = [e["name"] for e in manifest["segments"]]
+    assert manifest["count"] == 279 and len(names) == 5 and [e["deleted"] for e in manifest["segments"]] == [1, 0, 0, 0, 0]
+    manifest = compact_index(directory, expunge_deletes=True)
+    assert manifest["count"] == 279 and all(not e["deleted"] for e in manifest["segments"])
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [e["name"] for e in manifest["segments"]] + ["manifest.json", "write.lock"])
+
+
+# Concurrency and crashes -----------------------------------------------------------------------------
+
+ADD_SCRIPT = """
+import sys
+from hbt.corpus import Document
+from hbt.index import add_documents
+from tests.fakes import HashEncoder
+prefix = sys.argv[2]
+add_documents(sys.argv[1], [Document(f"{prefix}{i}", f"{prefix} text {i}") for i in range(50)], HashEncoder())
+"""
+
+
+def test_concurrent_writers_lose_nothing(segmented):
+    directory, _ = segmented
+    writers = [subprocess.Popen([sys.executable, "-c", ADD_SCRIPT, str(directory), prefix], cwd=REPO)
+               for prefix in ("p", "q")]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    assert Index(directory).count == 400
+
+
+FAULT_SCRIPT = """
+import os, sys
+from hbt.corpus import Document
+from hbt.index import IndexConfig, add_documents, build_index, compact_index, delete_documents
+from tests.fakes import HashEncoder
+
+kill_at, operation, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+calls = 0
+
+def counted(function):
+    def call(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == kill_at:
+            os._exit(9)  # as if killed: no cleanup, no flush
+        return function(*args, **kwargs)
+    return call
+
+for name in ("fsync", "replace", "rename", "unlink", "rmdir", "mkdir"):
+    setattr(os, name, counted(getattr(os, name)))
+fresh = [Document(f"n{i}", f"fresh text {i}", lang="de") for i in range(40)]
+if operation == "build":
+    build_index(fresh, HashEncoder(), directory, IndexConfig(M=8, ef_construction=32, segment_size=16), force=True)
+elif operation == "add":
+    add_documents(directory, fresh, HashEncoder())
+elif operation == "delete":
+    delete_documents(directory, [f"d{i}" for i in range(0, 300, 2)])
+else:
+    compact_index(directory, expunge_deletes=True)
+print(calls)
+"""
+
+
+def index_state(directory: Path, encoder) -> tuple | None:
+    """Everything a user sees: live ids and the answers to fixed queries."""
+    try:
+        index = Index(directory)
+    except SearchIndexError:
+        return None
+    searcher = Searcher(encoder, index)
+    ids = frozenset(h.id for h in searcher.search(["all"], k=10_000)[0])
+    answers = tuple(tuple((h.id, round(h.score, 5)) for h in searcher.search([q], k=5, langs=langs)[0])
+                    for q in ("alpha", "fresh text 3") for langs in (None, ["de"]))
+    return ids, answers
+
+
+def run_fault(kill_at: int, operation: str, directory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", FAULT_SCRIPT, str(kill_at), operation, str(directory)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("operation", ["build", "add", "delete", "compact"])
+def test_a_crash_at_any_file_operation_leaves_one_commit(segmented, encoder, tmp_path, operation):
+    """Kill the writer at its Nth fsync/rename/replace/unlink/mkdir, for every N: the index is the
+    state before or after, exactly, and the next write removes what the crash left."""
+    import shutil
+
+    base, _ = segmented
+    delete_documents(base, ["d7"])  # tombstones for compaction to drop
+    before = index_state(base, encoder)
+    finished = tmp_path / "finished"
+    shutil.copytree(base, finished)
+    total = int(run_fault(0, operation, finished).stdout)
+    after = index_state(finished, encoder)
+    changed = json.loads((finished / "manifest.json").read_text())["segments"] != json.loads(
+        (base / "manifest.json").read_text())["segments"]
+    assert changed and total > 3 and (after != before or operation == "compact")  # compaction changes no answer
+    for kill_at in range(1, total + 1):
+        trial = tmp_path / f"trial-{kill_at}"
+        shutil.copytree(base, trial)
+        assert run_fault(kill_at, operation, trial).returncode == 9
+        assert index_state(trial, encoder) in (before, after), f"killed at call {kill_at} of {total}"
+        delete_documents(trial, ["no-such-id"])  # a write: it cleans up
+        manifest = json.loads((trial / "manifest.json").read_text())
+        named = {e["name"]: set(e["files"]) for e in manifest["segments"]}
+        assert {p.name for p in trial.iterdir()} == set(named) | {"manifest.json", "write.lock"}
+        assert all({p.name for p in (trial / name).iterdir()} == files for name, files in named.items())
+        shutil.rmtree(trial)
+
+
+def test_disk_errors_are_one_line_and_change_nothing(segmented, encoder, monkeypatch):
+    directory, _ = segmented
+    before = index_state(directory, encoder)
+    real_replace = os.replace
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(SearchIndexError, match="No space left on device.*unchanged"):
+        add_documents(directory, docs(1000, 10), encoder)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert index_state(directory, encoder) == before
+
+
+# Damage, format 1 ------------------------------------------------------------------------------------
+
+def test_damaged_files_are_refused_in_one_line(segmented):
+    directory, _ = segmented
+    graph = next(directory.glob("seg-*/graph.hnsw"))
+    graph.write_bytes(graph.read_bytes()[:100])
+    with pytest.raises(SearchIndexError, match=f"{graph}: 100 bytes, the manifest says"):
+        Index(directory)
+    (directory / "manifest.json").write_text("{broken")
+    with pytest.raises(SearchIndexError, match="manifest.json: corrupted"):
+        Index(directory)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("name", "../../etc"), ("name", "/tmp/seg-000001"), ("tombstones", "../x.npy"), ("count", -1)])
+def test_hostile_manifests_are_refused(segmented, field, value):
+    directory, _ = segmented
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["segments"][0][field] = value
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SearchIndexError, match="invalid manifest"):
+        Index(directory)
+
+
+def write_format_1(directory: Path, corpus: list[Document], encoder, deleted: set[str]) -> None:
+    """An index as hbt wrote it before segments: one graph, one store, deletes marked in the graph."""
+    import hnswlib
+
+    directory.mkdir()
+    graph = hnswlib.Index(space="ip", dim=encoder.dimension)
+    graph.init_index(max_elements=len(corpus), M=8, ef_construction=32)
+    graph.add_items(encoder.encode_passages([d.text for d in corpus]), np.arange(len(corpus)))
+    db = sqlite3.connect(directory / "docs.sqlite")
+    db.execute("CREATE TABLE docs (label INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT NOT NULL, "
+               "title TEXT, lang TEXT, meta TEXT)")
+    for label, doc in enumerate(corpus):
+        if doc.id in deleted:
+            graph.mark_deleted(label)
+        else:
+            db.execute("INSERT INTO docs VALUES (?, ?, ?, ?, ?, '{}')", (label, doc.id, doc.text, "", doc.lang))
+    db.commit()
+    db.close()
+    graph.save_index(str(directory / "hnsw.bin"))
+    (directory / "manifest.json").write_text(json.dumps({
+        "format": "hbt-index", "format_version": 1, "hbt_version": "0.1.0",
+        "bundle": {"path": "hash-encoder", "fingerprint": encoder.manifest.fingerprint},
+        "dimension": encoder.dimension, "space": "ip", "M": 8, "ef_construction": 32, "ef": 64,
+        "created": "2026-01-01T00:00:00", "updated": "2026-01-01T00:00:00", "count": len(corpus) - len(deleted),
+        "capacity": len(corpus), "next_label": len(corpus), "files": {}}))
+
+
+def test_format_1_is_upgraded_in_place(tmp_path, encoder):
+    corpus = docs(0, 60)
+    write_format_1(tmp_path / "old", corpus, encoder, deleted={"d3", "d4"})
+    with pytest.raises(SearchIndexError, match="hbt-index upgrade"):
+        Index(tmp_path / "old")
+    manifest = upgrade_index(tmp_path / "old")
+    assert manifest["count"] == 58 and not (tmp_path / "old" / "hnsw.bin").exists()
+    live = [d for d in corpus if d.id not in ("d3", "d4")]
+    searcher = Searcher(encoder, Index(tmp_path / "old"))
+    assert result_ids(searcher, "text number 3 of d", 10) == brute_force(live, encoder.encode_queries(
+        ["text number 3 of d"])[0], 10)
+    assert verify_index(tmp_path / "old")["recall_at_k"] == 1.0
+
+
+def test_verify_finds_vectors_without_a_document(segmented):
+    """A store that lost a live document's row, with checksums made to match: only the count check sees it."""
+    from hbt.bundle import sha256_file
+
+    directory, _ = segmented
+    manifest = json.loads((directory / "manifest.json").read_text())
+    entry = manifest["segments"][0]
+    store = directory / entry["name"] / "docs.sqlite"
+    db = sqlite3.connect(store)
+    db.execute("DELETE FROM docs WHERE label = 3")
+    db.commit()
+    db.close()
+    entry["files"]["docs.sqlite"] = {"sha256": sha256_file(store), "bytes": store.stat().st_size}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SearchIndexError, match="does not hold the 64 live documents"):
+        verify_index(directory)
 
 
 KILL_SCRIPT = """
 import sys
-from hbt.corpus import read_corpus
-from hbt.encoder import Encoder
-from hbt.index import add_documents, build_index
-encoder = Encoder(sys.argv[1])
-if sys.argv[2] == "build":
-    build_index(read_corpus(sys.argv[3]), encoder, sys.argv[4])
+from hbt.corpus import Document
+from hbt.index import IndexConfig, add_documents, build_index, compact_index, delete_documents
+from tests.fakes import HashEncoder
+
+operation, directory, trial = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fresh = [Document(f"t{trial}-{i}", f"trial {trial} text {i}", lang="de") for i in range(3000)]
+print("ready", flush=True)
+if operation == "build":
+    build_index(fresh, HashEncoder(), directory, IndexConfig(M=16, ef_construction=100, segment_size=1000), force=True)
+elif operation == "add":
+    add_documents(directory, fresh, HashEncoder())
+elif operation == "delete":
+    delete_documents(directory, [f"d{i}" for i in range(trial % 3, 300, 3)])
 else:
-    add_documents(sys.argv[4], read_corpus(sys.argv[3]), encoder)
+    compact_index(directory, expunge_deletes=True)
 """
 
 
-def test_killed_build_and_add_leave_previous_index_or_none(tiny_bundle, index_dir, tmp_path):
-    big = write_jsonl(tmp_path / "big.jsonl", [{"id": f"k{i}", "text": f"document {i} " * 20} for i in range(3000)])
-    for attempt, delay in enumerate([0.5, 1.0, 1.5, 2.5]):
-        for mode, target in (("build", tmp_path / f"new{attempt}"), ("add", index_dir)):
-            process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tiny_bundle), mode, str(big), str(target)])
-            time.sleep(delay)
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            if mode == "build":
-                assert not target.exists() or verify_index(target)["documents"] == 3000
-            else:
-                assert verify_index(index_dir)["documents"] in (len(MULTILINGUAL), len(MULTILINGUAL) + 3000)
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
-    assert all(".partial-" in name for name in leftovers)  # staging copies only, never the index
+def test_kill_9_at_random_moments_leaves_one_commit(segmented, encoder, tmp_path):
+    """20 seeded trials: SIGKILL at a random moment of build, add, delete or compact (fresh ids each time)."""
+    import shutil
+    import time
 
-
-def test_search_cli_does_not_import_torch():
-    code = ("import sys; from click.testing import CliRunner; from hbt.cli.search import main; "
-            "assert CliRunner().invoke(main, ['query', '--help']).exit_code == 0; "
-            "import hbt.encoder, hbt.index, hbt.search; "
-            "heavy = {'torch', 'transformers', 'tokenizers'} & set(sys.modules); assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], check=True)
-    script = Path(sys.executable).parent / "hbt-search"  # the console script of this environment
-    assert subprocess.run([str(script), "--help"], capture_output=True).returncode == 0
+    base, _ = segmented
+    delete_documents(base, ["d8"])
+    before = index_state(base, encoder)
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        operation = ("build", "add", "delete", "compact")[trial % 4]
+        finished, killed = tmp_path / f"finished-{trial}", tmp_path / f"killed-{trial}"
+        shutil.copytree(base, finished)
+        shutil.copytree(base, killed)
+        command = [sys.executable, "-c", KILL_SCRIPT, operation]
+        process = subprocess.Popen([*command, str(finished), str(trial)], cwd=REPO, stdout=subprocess.PIPE)
+        process.stdout.readline()  # imports done: time the operation alone
+        start = time.perf_counter()
+        assert process.wait(timeout=120) == 0
+        duration = time.perf_counter() - start
+        process = subprocess.Popen([*command, str(killed), str(trial)], cwd=REPO, stdout=subprocess.PIPE)
+        process.stdout.readline()
+        time.sleep(rng.uniform(0, 1) * duration)
+        process.kill()
+        process.wait()
+        assert index_state(killed, encoder) in (before, index_state(finished, encoder)), f"trial {trial}: {operation}"
+        shutil.rmtree(finished)
+        shutil.rmtree(killed)

@@ -4,33 +4,37 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import http.server
 import json
+import re
 import threading
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hbt.cli.bench import main as bench_cli
-from hbt.corpus import Document
-from hbt.download import SOURCES
+from hbt.corpus import Document, read_queries
+from hbt.download import SOURCES, RemoteFile
 from hbt.errors import DataError
-from hbt.retrieval import (ann_index, evaluate_mkqa, evaluate_qrels, normalize_answer, read_mkqa, read_qrels,
-                           read_queries, retrieve)
+from hbt.retrieval import (DEPTH, ann_index, evaluate_mkqa, evaluate_qrels, has_answer, normalize_answer, read_mkqa,
+                           read_qrels, retrieve)
 from tests.conftest import DATA_DIR
 from tests.test_export import assert_one_line_error
 
 
-def test_exact_and_hnsw_rankings_agree_on_easy_data():
+def test_exact_and_hnsw_rankings_agree_with_brute_force_on_the_whole_top_k():
     rng = np.random.default_rng(0)
     passages = rng.normal(size=(500, 16)).astype(np.float32)
     passages /= np.linalg.norm(passages, axis=1, keepdims=True)
-    queries = passages[:50] + 0.01 * rng.normal(size=(50, 16)).astype(np.float32)
-    exact = retrieve(queries, passages, depth=10)
-    assert (exact[:, 0] == np.arange(50)).all()
-    assert np.all(np.diff(np.take_along_axis(queries @ passages.T, exact, axis=1), axis=1) <= 0)  # best first
-    assert (retrieve(queries, ann_index(passages), depth=10)[:, 0] == np.arange(50)).all()
+    queries = passages[:50] + 0.3 * rng.normal(size=(50, 16)).astype(np.float32)
+    brute_force = np.argsort(-(queries @ passages.T), axis=1, kind="stable")[:, :DEPTH]
+    assert np.array_equal(retrieve(queries, passages), brute_force)
+    # On 500 points with ef 128, HNSW is exact: any miss or misorder in the top 100 is a bug.
+    assert np.array_equal(retrieve(queries, ann_index(passages)), brute_force)
 
 
 def topic_encoder(topics: list[str]):
@@ -49,11 +53,11 @@ def test_qrels_evaluation_reads_miracl_and_beir_files(tmp_path):
     (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "about alpha"}\n')
     (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\n")
     assert read_qrels(tmp_path / "qrels.txt") == {"q1": {"d0", "d3"}, "q2": {"d1"}}
-    assert read_qrels(tmp_path / "qrels.tsv") == {"q1": {"d0"}} and read_queries(tmp_path / "queries.jsonl") == {"q1": "about alpha"}
+    assert read_qrels(tmp_path / "qrels.tsv") == {"q1": {"d0"}}
     encode = topic_encoder(topics)
     for ann in (False, True):
-        results = evaluate_qrels(read_queries(tmp_path / "topics.tsv"), read_qrels(tmp_path / "qrels.txt"), docs,
-                                 encode, encode, ann=ann)["qrels"]
+        results = evaluate_qrels(dict(zip(*read_queries(tmp_path / "topics.tsv"))), read_qrels(tmp_path / "qrels.txt"),
+                                 docs, encode, encode, ann=ann)["qrels"]
         assert results["mean"]["map"] == pytest.approx(1.0) and results["mean"]["queries"] == 2
         assert results["unjudged_queries"] == 1
     with pytest.raises(DataError, match="share no query id"):
@@ -64,10 +68,83 @@ def test_qrels_evaluation_reads_miracl_and_beir_files(tmp_path):
         evaluate_qrels({"q1": "alpha"}, {"q1": {"other"}}, docs, encode, encode)
 
 
+@pytest.mark.parametrize("line, message", [
+    ("q1 d1", "2 columns"),
+    ("q1 Q0 d1 1 extra", "5 columns"),
+    ("q1 Q0 d1 yes", "could not convert"),
+])
+def test_bad_qrels_lines_name_file_and_line(tmp_path, line, message):
+    (tmp_path / "qrels.txt").write_text(f"q0 Q0 d0 1\n{line}\n")
+    with pytest.raises(DataError, match=f"qrels.txt:2: not a qrels line .*{message}"):
+        read_qrels(tmp_path / "qrels.txt")
+
+
 def test_normalize_answer():
     assert normalize_answer("The  Ridley-Scott!") == "ridley scott"
     assert normalize_answer("Ｒｉｄｌｅｙ　Scott。") == "ridley scott"
     assert normalize_answer("2017-05-18") == "2017 05 18"
+    assert normalize_answer("It cost $1,945.50, roughly.") == "it cost 1945.50 roughly"
+    assert normalize_answer("東京タワー") == "東 京 タ ワ ー"
+
+
+@pytest.mark.parametrize("passage, answer, expected", [
+    ("The war ended in 1945.", "1", False),  # a number is a whole token
+    ("The war ended in 1945.", "1945", True),
+    ("It had 1,945 members.", "1945", True),  # thousands separators aside
+    ("Pi is about 3.14.", "14", False),
+    ("Pi is about 3.14.", "3.14", True),
+    ("She studied the arts.", "art", False),  # a short answer is not a word prefix
+    ("Arthur was king.", "art", False),
+    ("It was in the U.S. Army.", "U.S.", True),
+    ("Ridley Scott directed it.", "Ridley-Scott", True),
+    ("Scott directed it.", "Ridley Scott", False),  # every token, in order
+    ("Scott Ridley directed it.", "Ridley Scott", False),
+    ("首都是东京。", "东京", True),  # unspaced scripts: a character is a token
+])
+def test_has_answer_matches_token_sequences(passage, answer, expected):
+    assert has_answer(normalize_answer(passage), [normalize_answer(answer)]) is expected
+
+
+WORD = st.text("bcxyz019", min_size=1, max_size=4)  # never "a", "an" or "the", which the normalization drops
+WORDS = st.lists(WORD, min_size=1, max_size=12)
+
+
+@settings(deadline=None)  # the first call builds the punctuation table
+@given(WORDS, st.data())
+def test_an_answer_is_found_if_and_only_if_its_words_are_a_run_of_the_passage_words(words, data):
+    passage = normalize_answer(" ".join(words))
+    start = data.draw(st.integers(0, len(words) - 1))
+    run = words[start : data.draw(st.integers(start + 1, len(words)))]
+    assert has_answer(passage, [normalize_answer(" ".join(run))])
+    answer = data.draw(st.lists(WORD, min_size=1, max_size=3))
+    is_run = any(words[i : i + len(answer)] == answer for i in range(len(words)))
+    assert has_answer(passage, [normalize_answer(" ".join(answer))]) == is_run
+    assert not has_answer(passage, [""])
+
+
+def test_mkqa_recall_matches_tokens_and_aliases(tmp_path):
+    rows = [{"example_id": 1, "queries": {"en": "when did the war end", "de": "wann endete der Krieg"},
+             "answers": {"en": [{"type": "date", "text": "1", "aliases": []}]}},
+            {"example_id": 2, "queries": {"en": "who directed Alien", "de": "wer drehte Alien"},
+             "answers": {"en": [{"type": "entity", "text": "Sir Ridley", "aliases": ["Ridley Scott"]}]}}]
+    path = tmp_path / "mkqa.jsonl.gz"
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    docs = [Document("a", "The war ended in 1945."), Document("b", "Alien (1979) was directed by Ridley Scott.")]
+    encode = topic_encoder(["war", "Alien"])
+    recall = evaluate_mkqa(read_mkqa(path), docs, encode, encode, ks=(1, 2))["mkqa"]["per_language"]["en"]
+    assert recall == {"queries": 2, "recall@1": 0.5, "recall@2": 0.5}  # "1" is not in "1945"; the alias answers
+
+
+def test_malformed_mkqa_rows_name_file_and_line(tmp_path):
+    good = json.dumps({"example_id": 1, "queries": {"en": "q"}, "answers": {"en": [{"text": "a"}]}})
+    for bad in ('{"example_id": 2}', json.dumps({"example_id": 2, "queries": {"en": 5}, "answers": {"en": []}}),
+                '{"example_id": 2, "queries": '):
+        (tmp_path / "m.jsonl").write_text(f"{good}\n{bad}\n")
+        with pytest.raises(DataError, match="m.jsonl:2: not an MKQA row"):
+            read_mkqa(tmp_path / "m.jsonl")
+    (tmp_path / "m.jsonl").write_bytes(good.encode() + b'\n{"example_id": "\xe9"}\n')
+    with pytest.raises(DataError, match="m.jsonl:2: invalid UTF-8"):
+        read_mkqa(tmp_path / "m.jsonl")
 
 
 def test_mkqa_recall_on_the_shared_fixture():
@@ -97,12 +174,16 @@ def test_mkqa_recall_on_the_shared_fixture():
 
 
 @pytest.fixture
-def mirror(tmp_path):
-    """A local HTTP server laid out like github.com for the xquad-r files."""
+def mirror(tmp_path, monkeypatch):
+    """A local HTTP server laid out like github.com, serving stand-ins for the xquad-r files, pinned to their sha256."""
     root = tmp_path / "mirror"
-    for source, _ in SOURCES["xquad-r"]:
-        (root / source).parent.mkdir(parents=True, exist_ok=True)
-        (root / source).write_text(json.dumps({"data": [], "source": source}))
+    stand_ins = []
+    for file in SOURCES["xquad-r"]:
+        content = json.dumps({"data": [], "source": file.source}).encode()
+        (root / file.source).parent.mkdir(parents=True, exist_ok=True)
+        (root / file.source).write_bytes(content)
+        stand_ins.append(RemoteFile(file.source, file.name, hashlib.sha256(content).hexdigest()))
+    monkeypatch.setitem(SOURCES, "xquad-r", stand_ins)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     handler.log_message = lambda *args: None
@@ -117,12 +198,12 @@ def test_download_from_a_local_mirror(mirror, tmp_path):
     result = CliRunner().invoke(bench_cli, ["download", "xquad-r", "--data-dir", str(data), "--base-url", url])
     assert result.exit_code == 0, result.output
     files = sorted((data / "xquad-r").iterdir())
-    assert [f.name for f in files] == sorted(name for _, name in SOURCES["xquad-r"])
+    assert [f.name for f in files] == sorted(file.name for file in SOURCES["xquad-r"])
     first = json.loads(gzip.open(data / "xquad-r" / "ar.json.gz", "rt").read())
     assert first["source"].endswith("xquad-r/ar.json")
     assert "0 new file(s)" in CliRunner().invoke(bench_cli, ["download", "xquad-r", "--data-dir", str(data),
                                                              "--base-url", url]).output
-    (root / SOURCES["xquad-r"][0][0]).unlink()  # a broken mirror: one line, nothing partial left
+    (root / SOURCES["xquad-r"][0].source).unlink()  # a broken mirror: one line, nothing partial left
     (data / "xquad-r" / "ar.json.gz").unlink()
     assert_one_line_error(CliRunner().invoke(bench_cli, ["download", "xquad-r", "--data-dir", str(data),
                                                          "--base-url", url]), "download failed")
@@ -130,11 +211,51 @@ def test_download_from_a_local_mirror(mirror, tmp_path):
     assert_one_line_error(CliRunner().invoke(bench_cli, ["download", "nope", "--data-dir", str(data)]), "unknown dataset")
 
 
+def test_a_download_that_is_not_the_pinned_file_writes_nothing(mirror, tmp_path):
+    url, root = mirror
+    (root / SOURCES["xquad-r"][3].source).write_text('{"data": [], "tampered": true}')
+    data = tmp_path / "data"
+    assert_one_line_error(CliRunner().invoke(bench_cli, ["download", "xquad-r", "--data-dir", str(data), "--base-url",
+                                                         url]), SOURCES["xquad-r"][3].source, "not the pinned")
+    assert sorted(f.name for f in (data / "xquad-r").iterdir()) == [file.name for file in SOURCES["xquad-r"][:3]]
+    # A file already there is checked too: a damaged or foreign one is named, and kept for the user to look at.
+    (data / "xquad-r" / "ar.json.gz").write_bytes(gzip.compress(b'{"data": []}'))
+    assert_one_line_error(CliRunner().invoke(bench_cli, ["download", "xquad-r", "--data-dir", str(data), "--base-url",
+                                                         url]), "ar.json.gz: present, but not the pinned file")
+
+
+def test_download_goes_to_the_user_data_directory_by_default(mirror, tmp_path, monkeypatch):
+    url, _ = mirror
+    monkeypatch.chdir(tmp_path / "mirror")
+    env = {"HBT_DATA": None, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    result = CliRunner().invoke(bench_cli, ["download", "xquad-r", "--base-url", url], env=env)
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "xdg" / "hbt" / "xquad-r").iterdir())) == len(SOURCES["xquad-r"])
+    assert not (tmp_path / "shared").exists()
+    result = CliRunner().invoke(bench_cli, ["download", "xquad-r", "--base-url", url],
+                                env={"HBT_DATA": str(tmp_path / "mine")})
+    assert result.exit_code == 0 and (tmp_path / "mine" / "xquad-r" / "ar.json.gz").is_file()
+    assert "$HBT_DATA, else ~/.local/share/hbt" in CliRunner().invoke(bench_cli, ["download", "--help"]).output
+
+
+def test_downloads_are_pinned_to_commits_and_checksums():
+    for name, files in SOURCES.items():
+        for file in files:
+            assert re.fullmatch(r"[^/]+/[^/]+/raw/[0-9a-f]{10,40}/.+", file.source), file.source  # a commit
+            assert re.fullmatch(r"[0-9a-f]{64}", file.sha256), file.source
+    if not (DATA_DIR / "xquad-r").is_dir():
+        pytest.skip("shared data not present: the checksums are checked against it")
+    for name in ("xquad-r", "mlqa-r", "xquad"):  # the shared copies keep the sources' bytes, gzipped
+        for file in SOURCES[name]:
+            assert hashlib.sha256(gzip.open(DATA_DIR / name / file.name).read()).hexdigest() == file.sha256, file.name
+
+
 def test_accuracy_on_corpus_datasets_and_missing_files(tiny_bundle, tmp_path):
     folder = tmp_path / "beir"
     folder.mkdir()
-    (folder / "corpus.jsonl").write_text('{"_id": "d1", "title": "t", "text": "Berlin is the capital of Germany."}\n'
-                                         '{"_id": "d2", "text": "Bees communicate by dancing."}\n')
+    (folder / "corpus.jsonl.gz").write_bytes(gzip.compress(  # MIRACL and many BEIR corpora come gzipped
+        b'{"_id": "d1", "title": "t", "text": "Berlin is the capital of Germany."}\n'
+        b'{"_id": "d2", "text": "Bees communicate by dancing."}\n'))
     (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "capital of Germany"}\n')
     (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
     out = tmp_path / "report"

@@ -158,6 +158,71 @@ def test_resume_reproduces_uninterrupted_run(tiny_model_dir, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
 
 
+def test_resume_after_a_crash_continues_the_metrics_at_the_saved_step(tiny_model_dir, tmp_path):
+    """A crash (no interrupt checkpoint) loses the steps after the last checkpoint; their metrics go too."""
+    config = tiny_config(tiny_model_dir, tmp_path, steps=5)
+
+    def crash_at_three(record):
+        if record["step"] == 3:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError):
+        train(config, log=crash_at_three)
+    saved = torch.load(tmp_path / "run" / "last" / "trainer_state.pt", weights_only=True)["step"]
+    assert saved == 2  # the evaluation checkpoint (eval_every=2); step 3 was logged, then lost
+    train(config, log=lambda record: None, resume=True)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_checkpoint_is_complete_or_absent(tiny_model_dir, tmp_path, monkeypatch):
+    """The trainer state is written before the checkpoint directory is renamed into place."""
+    import hbt.train
+
+    def failing_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hbt.train.torch, "save", failing_save)
+    with pytest.raises(OSError):
+        train(tiny_config(tiny_model_dir, tmp_path, steps=2), log=lambda record: None)
+    assert not (tmp_path / "run" / "last").exists()
+
+
+def test_resume_refuses_a_missing_or_unsafe_state(tiny_model_dir, tmp_path):
+    config = tiny_config(tiny_model_dir, tmp_path, steps=2)
+    with pytest.raises(DataError, match="no training state to resume"):
+        train(config, log=lambda record: None, resume=True)
+    train(config, log=lambda record: None)
+    state = tmp_path / "run" / "last" / "trainer_state.pt"
+    torch.save({"step": 2, "payload": Exception("pickled objects run code when loaded")}, state)
+    with pytest.raises(DataError, match="unreadable training state"):
+        train(config, log=lambda record: None, resume=True)
+
+
+def test_interpolation_blends_trained_and_base_weights(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    summary = train(tiny_config(tiny_model_dir, tmp_path, interpolate=0.25), log=lambda record: None)
+    run = tmp_path / "run"
+    assert summary["checkpoint"] == str(run / "interpolated-0.25")
+    base, trained = load_file(tiny_model_dir / "model.safetensors"), load_file(run / "best" / "model.safetensors")
+    blended = load_file(run / "interpolated-0.25" / "model.safetensors")
+    moved = [n for n in blended if not torch.equal(trained[n], base[n])]
+    assert moved
+    for name in moved:
+        torch.testing.assert_close(blended[name], 0.75 * base[name] + 0.25 * trained[name], rtol=1e-5, atol=1e-6)
+    info = json.loads((run / "interpolated-0.25" / "hbt_train.json").read_text())
+    assert info["interpolated"] == {"base": str(tiny_model_dir), "weight": 0.25}
+    # On the finished run, --resume --interpolate only adds another blend.
+    result = CliRunner().invoke(train_cli, ["--base", str(tiny_model_dir), "--data", str(tmp_path / "pairs.jsonl"),
+                                            "--out", str(run), "--steps", "4", "--batch-size", "4", "--resume",
+                                            "--interpolate", "0"])
+    assert result.exit_code == 0, result.output
+    unchanged = load_file(run / "interpolated-0" / "model.safetensors")
+    assert all(torch.equal(unchanged[n], base[n]) for n in moved)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+
+
 def test_sigterm_checkpoints_and_resume_continues(tiny_model_dir, tmp_path):
     import os
     import signal
@@ -175,7 +240,7 @@ def test_sigterm_checkpoints_and_resume_continues(tiny_model_dir, tmp_path):
     os.kill(process.pid, signal.SIGTERM)
     assert process.wait(timeout=60) != 0
     done = len((out / "metrics.jsonl").read_text().splitlines())
-    state = torch.load(out / "last" / "trainer_state.pt", weights_only=False)
+    state = torch.load(out / "last" / "trainer_state.pt", weights_only=True)
     # The signal may land between a step and its metrics line: the checkpoint holds every logged step.
     assert state["step"] in (done, done + 1) and done >= 3
     resumed = subprocess.run([*command, "--steps", str(state["step"] + 2), "--resume"], capture_output=True, text=True)

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from hbt.cli import user_errors
 
-DEFAULT_DATA = Path(os.environ.get("HBT_DATA", "../shared/data"))
+
+def _default_data_dir() -> Path:
+    from hbt.download import default_data_dir
+
+    return default_data_dir()
+
+
+def data_dir_option(description: str):
+    return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=_default_data_dir,
+                        show_default="$HBT_DATA, else ~/.local/share/hbt", help=description)
+
+
+def renamed_option(old: str, new: str, **attrs):
+    """``old``, hidden, for one release after it became ``new``: still accepted, with a warning."""
+    def warn(ctx, param, value):
+        if value not in (None, ()):
+            click.echo(f"Warning: {old} is deprecated; use {new}.", err=True)
+        return value
+
+    return click.option(old, hidden=True, callback=warn, **attrs)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,11 +55,11 @@ def with_progress(encode, description: str, chunk: int = 1024):
 @click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle made by hbt-export.")
 @click.option("--dataset", required=True,
               help="xquad-r, mlqa-r (LAReQA); miracl, beir (corpus, queries, qrels); mkqa (answer recall over --corpus).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True,
-              help="Folder holding the datasets (or set HBT_DATA).")
+@data_dir_option("Folder holding the datasets, one subfolder each (hbt-bench download fills it).")
 @click.option("--settings", default="mono,cross,multi", show_default=True,
               help="LAReQA settings, comma-separated: mono, cross, multi, x-en.")
-@click.option("--languages", help="Comma-separated subset of the dataset's languages.")
+@click.option("--lang", "langs", multiple=True, help="Only this language of the dataset (repeatable; default: all).")
+@renamed_option("--languages", "--lang (once per language)")
 @click.option("--sample", "share", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="LAReQA: evaluate a stable share of the qa ids (and the paragraphs holding them).")
 @click.option("--corpus", type=click.Path(path_type=Path), help="miracl/beir/mkqa: passages JSONL (default in the dataset folder).")
@@ -53,31 +71,33 @@ def with_progress(encode, description: str, chunk: int = 1024):
 @click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
               help="openvino: the bundle's OpenVINO int8 model (hbt-export --openvino; pip install 'hbt[openvino]').")
 @user_errors
-def accuracy(bundle, dataset, data_dir, settings, languages, share, corpus, queries, qrels, ann, out, threads, runtime):
+def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, corpus, queries, qrels, ann, out, threads,
+             runtime):
     """Retrieval accuracy per setting and language, written as a report directory.
 
     \b
     LAReQA (xquad-r, mlqa-r): mAP, Recall@1/10/100, nDCG@10 and language bias in the
       monolingual, cross-lingual, multilingual-pool and X->English settings.
     miracl, beir: the same metrics from qrels, over --corpus.
-    mkqa: Recall@20/100 (a normalized answer in the top k) per query language, over --corpus.
+    mkqa: Recall@20/100 (an answer's words in a top-k passage, as DPR matches) per query language.
 
     \b
     Example:
       hbt-bench accuracy --bundle bundles/e5-small-int8 --dataset mlqa-r --out reports/mlqa-r
+      hbt-bench accuracy --bundle B --dataset xquad-r --lang de --lang hi --settings cross
     """
     from tqdm import tqdm
 
     from hbt import lareqa, retrieval
     from hbt.bench.reports import environment, markdown, write_report
-    from hbt.corpus import read_corpus
+    from hbt.corpus import read_corpus, read_queries
     from hbt.encoder import Encoder
     from hbt.errors import DataError
 
     known = (*lareqa.DATASETS, *retrieval.QRELS_DATASETS, "mkqa")
     if dataset not in known:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(known)}")
-    wanted = languages.split(",") if languages else None
+    wanted = [*langs, *(languages.split(",") if languages else [])] or None
     encoder = Encoder(bundle, threads=threads or None, runtime=runtime)
     if dataset in lareqa.DATASETS:
         data = lareqa.load_dataset(data_dir, dataset, wanted, share)
@@ -88,7 +108,8 @@ def accuracy(bundle, dataset, data_dir, settings, languages, share, corpus, quer
     elif dataset in retrieval.QRELS_DATASETS:
         paths = retrieval.find_files(data_dir, dataset, {"corpus": corpus, "queries": queries, "qrels": qrels})
         files = list(paths.values())
-        results = retrieval.evaluate_qrels(retrieval.read_queries(paths["queries"]), retrieval.read_qrels(paths["qrels"]),
+        topics = dict(zip(*read_queries(paths["queries"])))
+        results = retrieval.evaluate_qrels(topics, retrieval.read_qrels(paths["qrels"]),
                                            list(read_corpus(paths["corpus"])), encoder.encode_queries,
                                            with_progress(encoder.encode_passages, "embedding corpus"), ann)
     else:
@@ -111,7 +132,7 @@ def accuracy(bundle, dataset, data_dir, settings, languages, share, corpus, quer
 
 @main.command()
 @click.argument("name")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True)
+@data_dir_option("Where the datasets go, one subfolder each.")
 @click.option("--base-url", help="A mirror of github.com (default, or $HBT_DOWNLOAD_URL).")
 @user_errors
 def download(name, data_dir, base_url):
@@ -130,28 +151,40 @@ def download(name, data_dir, base_url):
 @click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle made by hbt-export.")
 @click.option("--index", "index_dir", type=click.Path(path_type=Path),
               help="Measure this index (default: build one from the workload's passages, timing the build).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True,
-              help="Real passages and questions come from here; without it, the bundled demo corpus.")
-@click.option("--queries", type=click.IntRange(1), default=500, show_default=True)
-@click.option("--passages", type=click.IntRange(1), default=2000, show_default=True)
-@click.option("-k", type=click.IntRange(1), default=10, show_default=True)
+@data_dir_option("Real passages and questions come from its xquad-r and mlqa-r; without them, the bundled demo corpus.")
+@click.option("--num-queries", type=click.IntRange(1), default=500, show_default=True, help="Queries to time.")
+@click.option("--num-passages", type=click.IntRange(1), default=2000, show_default=True,
+              help="Passages to index (real data only; the demo corpus has 240).")
+@renamed_option("--queries", "--num-queries", type=click.IntRange(1))
+@renamed_option("--passages", "--num-passages", type=click.IntRange(1))
+@click.option("-k", type=click.IntRange(1), default=10, show_default=True, help="Results per query.")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Encoder and index threads (0: all cores).")
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/latency-<bundle>).")
 @user_errors
-def latency(bundle, index_dir, data_dir, queries, passages, k, threads, out):
+def latency(bundle, index_dir, data_dir, num_queries, num_passages, queries, passages, k, threads, out):
     """Encode texts/s (batch 1, 32), index build passages/s, search and end-to-end p50/p99, QPS, peak memory."""
+    import sqlite3
+
     from tqdm import tqdm
 
     from hbt.bench import latency as bench_latency
     from hbt.bench.reports import environment, write_report
     from hbt.bundle import read_manifest
+    from hbt.errors import SearchIndexError
 
+    num_queries = queries or num_queries
+    num_passages = passages or num_passages
     with tqdm(total=4, desc="latency", bar_format="{desc}: {n}/{total} {postfix}") as bar:
         def progress(step):
             bar.set_postfix_str(step)
             bar.update(1)
 
-        results = bench_latency.measure(bundle, index_dir, data_dir, queries, passages, k, threads or None, progress)
+        try:
+            results = bench_latency.measure(bundle, index_dir, data_dir, num_queries, num_passages, k, threads or None,
+                                            progress)
+        except sqlite3.Error as e:  # a damaged or foreign docs.sqlite
+            raise SearchIndexError(f"{index_dir or 'the benchmark index'}: its document store fails ({e}); "
+                                   "check it with hbt-index verify, or rebuild it") from e
     manifest = read_manifest(Path(bundle), verify=False)
     results["environment"] = environment(manifest, [])
     out = out or Path("reports") / f"latency-{Path(bundle).name}"

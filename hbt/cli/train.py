@@ -44,6 +44,9 @@ def interrupt(signum, frame):
 @click.option("--gradient-checkpointing", is_flag=True, help="Trade compute for memory.")
 @click.option("--freeze-embeddings", is_flag=True,
               help="Keep the word embeddings fixed (on CPU, ~1.7x faster steps: their AdamW update dominates).")
+@click.option("--interpolate", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="WiSE-FT: also write OUT/interpolated-L, the weights (1-L)*base + L*trained (keeps the base "
+                   "model's monolingual accuracy). On a finished run with --resume, only this step runs.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print an epoch's batch statistics; load no model.")
 @user_errors

@@ -1,0 +1,85 @@
+"""Durable file operations and the writers' lock.
+
+A commit is durable when its files are fsynced, their directory is fsynced (so the
+new names survive a power cut), and the manifest replaces its predecessor in one
+rename followed by an fsync of the index directory. Every mutation of an index goes
+through ``os`` functions called from here, so a test can kill the process at each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+from hbt.errors import SearchIndexError
+
+LOCK_FILE = "write.lock"
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist the names in a directory (creations, renames, removals)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one rename: readers see the old file or the new one."""
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def write_lock(directory: Path, timeout: float) -> Iterator[None]:
+    """The index's exclusive writer lock; readers never take it.
+
+    A second writer waits up to ``timeout`` seconds, then fails in one line. The
+    kernel drops the lock when its process dies, so a crash never leaves it held.
+    """
+    with open(directory / LOCK_FILE, "a+b") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise SearchIndexError(
+                        f"{directory}: another process is writing to this index (waited {timeout:.0f} s); "
+                        "retry when it has finished"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

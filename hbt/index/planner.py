@@ -1,0 +1,52 @@
+"""The query planner: for each segment, exact search over the admitted vectors or HNSW with over-fetch.
+
+A filter (languages, tombstones) admits ``pool`` of a segment's ``size`` vectors. Exact
+search costs a dot product per admitted vector; an HNSW search costs roughly a constant
+per unit of beam width. HNSW finds about k·size/pool neighbours to keep k admitted ones,
+so a rare language makes its beam wide while its exact scan stays short: the plan is the
+cheaper of the two. No plan calls Python per visited node (hnswlib's filter callback did,
+and cost a rare language 1.9 s a query at 100k documents).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Measured on a 2-core Zen 4 at 384-d: ~0.1 µs per vector for a matrix-vector product over
+# cached vectors, ~5 µs per unit of HNSW beam at M 32 (0.6 ms at ef 128, 1M vectors).
+EXACT_COST = 0.1
+BEAM_COST = 5.0
+OVERFETCH = 1.5  # margin over the expected k·size/pool, so that a short answer is rare
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str  # "skip" (nothing admitted), "exact", "hnsw" (no filter) or "filtered-hnsw"
+    fetch: int = 0  # neighbours asked of the graph (exact: vectors scanned)
+    ef: int = 0  # HNSW beam width
+
+    def describe(self) -> str:
+        if self.kind in ("hnsw", "filtered-hnsw"):
+            return f"{self.kind} (fetch {self.fetch}, ef {self.ef})"
+        return f"{self.kind} ({self.fetch} vectors)" if self.kind == "exact" else self.kind
+
+
+def choose_plan(pool: int, size: int, k: int, ef: int, exact: bool = False) -> Plan:
+    """The plan for k neighbours among ``pool`` admitted of ``size`` vectors, at beam ``ef``."""
+    if pool <= 0:
+        return Plan("skip")
+    k = min(k, pool)
+    fetch = k if pool == size else min(size, math.ceil(k * size / pool * OVERFETCH))
+    beam = max(ef, fetch)
+    if exact or pool * EXACT_COST <= beam * BEAM_COST:
+        return Plan("exact", pool)
+    return Plan("hnsw" if pool == size else "filtered-hnsw", fetch, beam)
+
+
+def widen(plan: Plan, size: int, pool: int) -> Plan:
+    """The next try after a filtered search came back short: four times the fetch, exact at the end."""
+    fetch = min(size, plan.fetch * 4)
+    if fetch >= size or pool * EXACT_COST <= fetch * BEAM_COST:
+        return Plan("exact", pool)
+    return Plan(plan.kind, fetch, max(plan.ef, fetch))

@@ -1,0 +1,131 @@
+"""Reading an index: one commit, a snapshot of its segments, searched together and merged exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Collection, Iterable
+
+import numpy as np
+
+from hbt.corpus import Document
+from hbt.errors import DataError, SearchIndexError
+from hbt.index.format import read_manifest
+from hbt.index.segment import Segment, SegmentView, load_tombstones
+
+LABEL_BITS = 40  # a document key is (segment position in the commit) << 40 | label
+OPEN_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Document keys and similarities [Q, k'] best first (ties by document id), and the plans that ran."""
+
+    keys: np.ndarray
+    scores: np.ndarray
+    plans: list[str]
+
+
+class Index:
+    """An open commit of an index: a snapshot that later commits do not change.
+
+    ``reopen()`` returns a snapshot of the newest commit, sharing the segments both
+    commits hold, so it costs only what changed.
+    """
+
+    def __init__(self, directory: Path | str, _shared: dict[str, Segment] | None = None,
+                 only: Collection[str] | None = None):
+        """Open the newest commit; ``only`` opens just the segments of those names (a Ray actor's group)."""
+        self.directory = Path(directory)
+        for attempt in range(OPEN_RETRIES):
+            self.manifest = read_manifest(self.directory)
+            try:
+                self.segments = [self._view(entry, _shared or {}) for entry in self.manifest["segments"]
+                                 if only is None or entry["name"] in only]
+                break
+            except FileNotFoundError as e:  # a writer removed an older commit's files as we opened them
+                if attempt == OPEN_RETRIES - 1:
+                    raise SearchIndexError(f"{e.filename}: missing; the index is damaged: restore it or "
+                                           "rebuild with hbt-index build") from e
+
+    def _view(self, entry: dict, shared: dict[str, Segment]) -> SegmentView:
+        directory = self.directory / entry["name"]
+        segment = shared.get(entry["name"])
+        if segment is None:
+            segment = Segment(directory, entry, self.manifest["dimension"])
+            segment.graph  # read now: opening is the time to pay for it, not the first query
+        return SegmentView(segment, entry, load_tombstones(directory, entry))
+
+    def reopen(self) -> "Index":
+        """The newest commit (this snapshot itself if nothing changed)."""
+        if read_manifest(self.directory)["generation"] == self.generation:
+            return self
+        return Index(self.directory, {view.segment.name: view.segment for view in self.segments})
+
+    @property
+    def generation(self) -> int:
+        return self.manifest["generation"]
+
+    @property
+    def count(self) -> int:
+        return self.manifest["count"]
+
+    @property
+    def languages(self) -> dict[str, int]:
+        """Live documents per language ("" for documents without one)."""
+        return self.manifest["languages"]
+
+    def info(self) -> dict:
+        """A JSON-able summary: documents, languages, segments and tombstones, bundle, HNSW settings."""
+        keys = ("count", "languages", "generation", "bundle", "dimension", "M", "ef_construction", "ef",
+                "segment_size", "created", "updated", "hbt_version")
+        return {key: self.manifest[key] for key in keys} | {"segments": [
+            {"name": e["name"], "documents": e["count"] - e["deleted"], "deleted": e["deleted"],
+             "languages": e["languages"]} for e in self.manifest["segments"]]}
+
+    def search(self, vectors: np.ndarray, k: int, ef: int | None = None, langs: Iterable[str] | None = None,
+               exact: bool = False) -> Ranking:
+        """The k documents nearest each query vector [Q, d], merged over the segments by score, then id.
+
+        ``langs`` admits only documents in those languages; ``k`` beyond the documents
+        admitted is clamped; ``exact`` scans every admitted vector instead of the graphs.
+        """
+        if k <= 0:
+            raise DataError(f"k = {k}: must be at least 1")
+        allowed = frozenset(langs) if langs else None
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.manifest["dimension"])
+        scores, keys, plans = [], [], []
+        for position, view in enumerate(self.segments):
+            segment_scores, labels, plan = view.search(vectors, k, ef or self.manifest["ef"], allowed, exact)
+            scores.append(segment_scores)
+            keys.append((position << LABEL_BITS) | labels)
+            plans.append(f"{view.segment.name}: {plan.describe()}")
+        scores = np.hstack(scores).astype(np.float32) if scores else np.zeros((len(vectors), 0), np.float32)
+        keys = np.hstack(keys) if keys else np.zeros((len(vectors), 0), np.int64)
+        order = np.lexsort((keys, -scores), axis=1)
+        scores, keys = np.take_along_axis(scores, order, 1), np.take_along_axis(keys, order, 1)
+        k = min(k, scores.shape[1])
+        if 0 < k < scores.shape[1]:
+            for row in np.flatnonzero(scores[:, k - 1] == scores[:, k]):
+                self._break_tie(scores[row], keys[row], k)
+        return Ranking(keys[:, :k], scores[:, :k], plans)
+
+    def _break_tie(self, scores: np.ndarray, keys: np.ndarray, k: int) -> None:
+        """Order the candidates tied with the k-th by document id, in place, so the cut is deterministic."""
+        tied = np.flatnonzero(scores == scores[k - 1])
+        ids = self.documents(keys[tied])
+        keys[tied] = sorted(keys[tied], key=lambda key: ids[key].id)
+
+    def documents(self, keys: Iterable[int]) -> dict[int, Document]:
+        by_segment: dict[int, list[int]] = {}
+        for key in keys:
+            by_segment.setdefault(int(key) >> LABEL_BITS, []).append(int(key) & ((1 << LABEL_BITS) - 1))
+        found = {}
+        for position, labels in by_segment.items():
+            documents = self.segments[position].segment.documents(labels)
+            found.update({(position << LABEL_BITS) | label: doc for label, doc in documents.items()})
+        return found
+
+    def close(self) -> None:
+        for view in self.segments:
+            view.segment.close()

@@ -1,0 +1,290 @@
+"""Segments: written once by SegmentWriter, then read (and searched) through SegmentView.
+
+A segment's files never change. Deletes are tombstones, a sorted array of labels that
+a view applies as a filter: graphs are never mutated in memory either, so a view of an
+older commit keeps its answers while newer views share the same loaded graph.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from array import array
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from hbt.bundle import sha256_file
+from hbt.corpus import Document
+from hbt.errors import DataError, SearchIndexError
+from hbt.index import durable
+from hbt.index.format import DOCS_FILE, GRAPH_FILE, LANGS_FILE, IndexConfig, live_count
+from hbt.index.graph import INSERT_BATCH, add_shuffled, load_graph, new_graph
+from hbt.index.planner import Plan, choose_plan, widen
+
+SQL_CHUNK = 900  # bound variables per statement: SQLite's limit is 999 in older builds
+EXACT_CHUNK = 65_536  # vectors scored at a time when an exact scan is too large to cache
+
+
+def chunked(items: list, size: int = SQL_CHUNK) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def file_record(path: Path) -> dict:
+    durable.fsync_file(path)
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+class SegmentWriter:
+    """Writes one segment directory: documents to SQLite, vectors to an HNSW graph, languages to an array."""
+
+    def __init__(self, directory: Path, dimension: int, config: IndexConfig):
+        self.directory, self.config = directory, config
+        directory.mkdir()
+        self.db = sqlite3.connect(str(directory / DOCS_FILE))
+        # The file is fsynced once, when the segment is finished; a crash before then leaves garbage
+        # that no commit names, so SQLite's own journal and syncs would only cost time.
+        self.db.execute("PRAGMA journal_mode = OFF")
+        self.db.execute("PRAGMA synchronous = OFF")
+        self.db.execute("CREATE TABLE docs (label INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
+                        "text TEXT NOT NULL, title TEXT, lang TEXT, meta TEXT)")
+        self.graph = new_graph(dimension, min(config.segment_size, 4096), config)
+        self.language_codes: dict[str, int] = {}
+        self.langs = array("H")
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.langs)
+
+    def add(self, docs: list[Document], vectors: np.ndarray) -> None:
+        labels = np.arange(self.count, self.count + len(docs))
+        try:
+            self.db.executemany("INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?)", [
+                (int(label), d.id, d.text, d.title, d.lang, json.dumps(d.meta, ensure_ascii=False))
+                for label, d in zip(labels, docs)
+            ])
+        except sqlite3.IntegrityError:
+            raise DataError(f"duplicate document id {_first_repeat(self.db, docs)!r}; ids must be unique "
+                            "in an index") from None
+        for doc in docs:
+            self.langs.append(self.language_codes.setdefault(doc.lang, len(self.language_codes)))
+        self._pending.append((vectors, labels))
+        if sum(len(labels) for _, labels in self._pending) >= INSERT_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            add_shuffled(self.graph, np.vstack([v for v, _ in self._pending]),
+                         np.concatenate([labels for _, labels in self._pending]), self.config.threads)
+            self._pending = []
+
+    def finish(self) -> dict:
+        """Write and sync the segment's files; the entry a commit lists it by."""
+        self._flush()
+        self.db.commit()
+        self.db.close()
+        self.graph.save_index(str(self.directory / GRAPH_FILE))
+        np.save(self.directory / LANGS_FILE, np.frombuffer(self.langs, dtype=np.uint16))
+        files = {name: file_record(self.directory / name) for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE)}
+        durable.fsync_dir(self.directory)
+        counts = np.bincount(np.frombuffer(self.langs, dtype=np.uint16), minlength=len(self.language_codes))
+        codes = sorted(self.language_codes, key=self.language_codes.get)
+        return {"name": self.directory.name, "count": self.count, "deleted": 0, "tombstones": None,
+                "language_codes": codes, "languages": {lang: int(n) for lang, n in zip(codes, counts) if n},
+                "files": files}
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _first_repeat(db: sqlite3.Connection, docs: list[Document]) -> str:
+    seen = set()
+    for doc in docs:
+        if doc.id in seen:
+            return doc.id
+        seen.add(doc.id)
+    stored = db.execute(f"SELECT id FROM docs WHERE id IN ({','.join('?' * len(docs))})",
+                        [d.id for d in docs[:SQL_CHUNK]]).fetchone()
+    return stored[0] if stored else docs[0].id
+
+
+class Segment:
+    """A segment's immutable files, opened: the graph in memory, documents and languages on demand."""
+
+    def __init__(self, directory: Path, entry: dict, dimension: int):
+        self.directory, self.name, self.count = directory, entry["name"], entry["count"]
+        self.dimension = dimension
+        self.language_codes: list[str] = entry["language_codes"]
+        for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE):
+            _check_size(directory / name, entry["files"][name]["bytes"])
+        self.db = sqlite3.connect(f"{(directory / DOCS_FILE).resolve().as_uri()}?mode=ro", uri=True,
+                                  check_same_thread=False)
+        self.lock = threading.Lock()  # one SQLite connection, and hnswlib's ef is per graph, not per query
+        self._graph = None
+        self._codes: np.ndarray | None = None
+
+    @property
+    def graph(self):
+        """The HNSW graph, read at first use (writers that only look documents up never read it)."""
+        if self._graph is None:
+            self._graph = load_graph(self.directory / GRAPH_FILE, self.dimension, self.count)
+        return self._graph
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Each label's language code, loaded at the first query that filters."""
+        if self._codes is None:
+            codes = np.load(self.directory / LANGS_FILE)
+            if codes.shape != (self.count,):
+                raise SearchIndexError(f"{self.directory / LANGS_FILE}: {codes.shape[0]} labels, expected "
+                                       f"{self.count}; the index is damaged: rebuild it")
+            self._codes = codes
+        return self._codes
+
+    def vectors(self, labels: np.ndarray) -> np.ndarray:
+        return np.asarray(self.graph.get_items(labels), dtype=np.float32).reshape(len(labels), -1)
+
+    def knn(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and similarities [Q, k] from the graph."""
+        with self.lock:
+            self.graph.set_ef(ef)
+            labels, distances = self.graph.knn_query(queries, k=k)
+        return labels.astype(np.int64), 1.0 - distances
+
+    def query(self, sql: str, values: list) -> list[tuple]:
+        with self.lock:
+            try:
+                return self.db.execute(sql, values).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise SearchIndexError(f"{self.directory / DOCS_FILE}: {e}; the index is damaged: restore it "
+                                       "or rebuild with hbt-index build") from e
+
+    def documents(self, labels: Iterable[int]) -> dict[int, Document]:
+        found = {}
+        for part in chunked([int(label) for label in labels]):
+            rows = self.query(f"SELECT label, id, text, title, lang, meta FROM docs WHERE label IN "
+                              f"({','.join('?' * len(part))})", part)
+            found.update({row[0]: Document(row[1], row[2], row[3], row[4], json.loads(row[5])) for row in rows})
+        return found
+
+    def find(self, ids: list[str]) -> list[tuple[str, int, str]]:
+        """(id, label, language) of the given ids stored here, deleted or not."""
+        found = []
+        for part in chunked(ids):
+            found += self.query(f"SELECT id, label, lang FROM docs WHERE id IN ({','.join('?' * len(part))})", part)
+        return found
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _check_size(path: Path, expected: int) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise  # a reader racing a writer's cleanup retries on the newer commit
+    if size != expected:
+        raise SearchIndexError(f"{path}: {size} bytes, the manifest says {expected}; the index is damaged: "
+                               "restore it or rebuild with hbt-index build")
+
+
+def load_tombstones(directory: Path, entry: dict) -> np.ndarray:
+    if not entry["tombstones"]:
+        return np.zeros(0, dtype=np.int64)
+    path = directory / entry["tombstones"]
+    _check_size(path, entry["files"][entry["tombstones"]]["bytes"])
+    deleted = np.load(path)
+    if (deleted.ndim != 1 or len(deleted) != entry["deleted"] or np.any(np.diff(deleted) <= 0)
+            or (len(deleted) and not 0 <= deleted[0] <= deleted[-1] < entry["count"])):
+        raise SearchIndexError(f"{path}: not the {entry['deleted']} sorted labels the manifest says; "
+                               "the index is damaged: restore it or rebuild with hbt-index build")
+    return deleted.astype(np.int64)
+
+
+class SegmentView:
+    """A segment as one commit sees it: its tombstones applied, searched by the planner's choice."""
+
+    def __init__(self, segment: Segment, entry: dict, deleted: np.ndarray):
+        self.segment, self.entry, self.deleted = segment, entry, deleted
+        self.languages: dict[str, int] = entry["languages"]  # live documents per language
+        self._admitted: dict[frozenset | None, np.ndarray] = {}
+        self._blocks: dict[frozenset | None, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def live(self) -> int:
+        return live_count(self.entry)
+
+    def pool(self, langs: frozenset | None) -> int:
+        return self.live if langs is None else sum(self.languages.get(lang, 0) for lang in langs)
+
+    def admitted(self, langs: frozenset | None) -> np.ndarray:
+        """Which labels the filter admits: live, and in one of ``langs``. [count] bool."""
+        if langs not in self._admitted:
+            if langs is None:
+                mask = np.ones(self.segment.count, dtype=bool)
+            else:
+                codes = [i for i, lang in enumerate(self.segment.language_codes) if lang in langs]
+                mask = np.isin(self.segment.codes, codes)
+            mask[self.deleted] = False
+            self._admitted[langs] = mask
+        return self._admitted[langs]
+
+    def search(self, queries: np.ndarray, k: int, ef: int, langs: frozenset | None,
+               exact: bool = False) -> tuple[np.ndarray, np.ndarray, Plan]:
+        """Similarities and labels [Q, min(k, pool)] of the best admitted documents, best first."""
+        pool = self.pool(langs)
+        plan = choose_plan(pool, self.segment.count, k, ef, exact)
+        k = min(k, pool)
+        if plan.kind == "skip":
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), plan
+        if plan.kind == "hnsw":
+            labels, scores = self.segment.knn(queries, k, plan.ef)
+            return scores, labels, plan
+        while plan.kind != "exact":
+            labels, scores = self.segment.knn(queries, plan.fetch, plan.ef)
+            keep = self.admitted(langs)[labels]  # [Q, fetch]
+            if (keep.sum(axis=1) >= k).all():
+                first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # admitted ones, in graph order
+                return np.take_along_axis(scores, first, 1), np.take_along_axis(labels, first, 1), plan
+            plan = widen(plan, self.segment.count, pool)
+        scores, labels = self._exact(queries, k, langs, cache=not exact)
+        return scores, labels, plan
+
+    def _exact(self, queries: np.ndarray, k: int, langs: frozenset | None,
+               cache: bool) -> tuple[np.ndarray, np.ndarray]:
+        if langs in self._blocks:
+            blocks = [self._blocks[langs]]
+        else:
+            admitted = np.flatnonzero(self.admitted(langs))
+            blocks = ((part, self.segment.vectors(part)) for part in np.array_split(
+                admitted, max(1, len(admitted) // EXACT_CHUNK)))
+            if cache:  # the planner chose a scan, so the block is small: keep it for the next query
+                blocks = [(admitted, self.segment.vectors(admitted))]
+                self._blocks[langs] = blocks[0]
+        best_scores, best_labels = [], []
+        for labels, vectors in blocks:
+            scores = queries @ vectors.T  # [Q, block]
+            top = _top_k(scores, labels, k)
+            best_scores.append(np.take_along_axis(scores, top, 1))
+            best_labels.append(labels[top])  # [Q, k]
+        scores, labels = np.hstack(best_scores), np.hstack(best_labels)
+        top = _top_k(scores, labels, k)
+        return np.take_along_axis(scores, top, 1), np.take_along_axis(labels, top, 1)
+
+
+def _top_k(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k best, by score then label: [Q, k] (labels broadcast to scores)."""
+    k = min(k, scores.shape[1])
+    labels = np.broadcast_to(labels, scores.shape)
+    if scores.shape[1] > 4 * k:
+        candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # [Q, k], unordered
+        chosen = np.take_along_axis(scores, candidates, 1)
+        # A score tied with the k-th outside the candidates needs the full sort's label tie-break.
+        if np.count_nonzero(scores >= chosen.min(axis=1, keepdims=True)) == scores.shape[0] * k:
+            order = np.lexsort((np.take_along_axis(labels, candidates, 1), -chosen), axis=1)
+            return np.take_along_axis(candidates, order, 1)
+    return np.lexsort((labels, -scores), axis=1)[:, :k]

@@ -1,0 +1,68 @@
+"""Format 1 to format 2: the single graph and store become the first segment, in place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from hbt.errors import SearchIndexError
+from hbt.index import durable
+from hbt.index.format import (DOCS_FILE, FORMAT, FORMAT_VERSION, GRAPH_FILE, LANGS_FILE, MANIFEST, IndexConfig,
+                              segment_name, tombstone_name)
+from hbt.index.segment import file_record
+from hbt.index.writer import new_manifest, open_writer
+
+
+def upgrade_index(directory: Path) -> dict:
+    """Convert a format-1 index to format 2 without re-embedding; a format-2 index is left as it is."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SearchIndexError(f"{path}: cannot read ({e}); is {directory} an hbt index?") from e
+    if old.get("format") != FORMAT or old.get("format_version") not in (1, FORMAT_VERSION):
+        raise SearchIndexError(f"{path}: not an hbt index of format 1 or {FORMAT_VERSION}")
+    if old["format_version"] == FORMAT_VERSION:
+        return old
+    config = IndexConfig(M=old["M"], ef_construction=old["ef_construction"], ef=old["ef"])
+    with open_writer(directory, new_manifest(old["bundle"], old["dimension"], config)) as writer:
+        writer.manifest["created"] = old["created"]
+        segment = directory / segment_name(writer.manifest["next_segment"])
+        writer.manifest["next_segment"] += 1
+        segment.mkdir()
+        for source, target in (("hnsw.bin", GRAPH_FILE), ("docs.sqlite", DOCS_FILE)):
+            _link_or_copy(directory / source, segment / target)
+        db = sqlite3.connect(str(segment / DOCS_FILE))
+        rows = db.execute("SELECT label, lang FROM docs").fetchall()
+        db.close()
+        count = old["next_label"]
+        codes = sorted({lang for _, lang in rows})
+        langs = np.zeros(count, dtype=np.uint16)
+        live = np.zeros(count, dtype=bool)
+        for label, lang in rows:
+            langs[label], live[label] = codes.index(lang), True
+        np.save(segment / LANGS_FILE, langs)
+        entry = {"name": segment.name, "count": count, "deleted": int(count - live.sum()), "tombstones": None,
+                 "language_codes": codes, "languages": {}, "files": {}}
+        for lang in (lang for _, lang in rows):
+            entry["languages"][lang] = entry["languages"].get(lang, 0) + 1
+        if entry["deleted"]:  # format 1 removed deleted documents from the store and marked them in the graph
+            entry["tombstones"] = tombstone_name(writer.manifest["generation"] + 1)
+            np.save(segment / entry["tombstones"], np.flatnonzero(~live).astype(np.int64))
+        entry["files"] = {file.name: file_record(file) for file in segment.iterdir()}
+        durable.fsync_dir(segment)
+        return writer.commit(add=[entry])
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Format 1 files are never written in place, so the segment may share them."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)

@@ -1,0 +1,290 @@
+"""Writing an index: build, add and delete, each one commit made under the writers' lock.
+
+A change writes new files only (segments, tombstones), syncs them, then replaces the
+manifest in one rename: a crash at any point leaves the last commit whole. Files that
+no commit names (an interrupted change's) are removed by the next writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from hbt import __version__
+from hbt.corpus import Document
+from hbt.errors import DataError, SearchIndexError
+from hbt.index import durable
+from hbt.index.format import (FORMAT, FORMAT_1_FILES, FORMAT_VERSION, MANIFEST, SEGMENT_FILES, SEGMENT_NAME, SPACE,
+                              IndexConfig, dump_manifest, live_count, passage_text, read_manifest, segment_name,
+                              tombstone_name)
+from hbt.index.segment import Segment, SegmentWriter, file_record, load_tombstones
+
+ENCODE_CHUNK = 256  # documents embedded and written per step while streaming
+LOCK_TIMEOUT = 600.0  # seconds a writer waits for another to finish
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class IndexWriter:
+    """The one writer of an index directory: it holds the lock, names new segments and commits."""
+
+    def __init__(self, directory: Path, manifest: dict):
+        self.directory, self.manifest = directory, manifest
+        self._segments: dict[str, Segment] = {}
+        self._tombstones: dict[tuple[str, str | None], np.ndarray] = {}
+
+    @property
+    def config(self) -> IndexConfig:
+        return IndexConfig(M=self.manifest["M"], ef_construction=self.manifest["ef_construction"],
+                           ef=self.manifest["ef"], segment_size=self.manifest["segment_size"])
+
+    def segment(self, entry: dict) -> Segment:
+        """A committed segment, opened once per writer (duplicate checks, deletes and merges read it)."""
+        if entry["name"] not in self._segments:
+            self._segments[entry["name"]] = Segment(self.directory / entry["name"], entry, self.manifest["dimension"])
+        return self._segments[entry["name"]]
+
+    def next_name(self) -> str:
+        """A fresh segment name: the manifest's next_segment stays above every name used."""
+        name = segment_name(self.manifest["next_segment"])
+        self.manifest["next_segment"] += 1
+        return name
+
+    def new_segment(self, threads: int = 0) -> SegmentWriter:
+        return SegmentWriter(self.directory / self.next_name(), self.manifest["dimension"],
+                             replace(self.config, threads=threads))
+
+    def tombstones(self, entry: dict) -> np.ndarray:
+        key = (entry["name"], entry["tombstones"])
+        if key not in self._tombstones:
+            self._tombstones[key] = load_tombstones(self.directory / entry["name"], entry)
+        return self._tombstones[key]
+
+    def live_ids(self, ids: list[str], entries: list[dict] | None = None) -> list[str]:
+        """Which of ``ids`` are live documents of the committed segments (or of ``entries``)."""
+        found = []
+        for entry in self.manifest["segments"] if entries is None else entries:
+            rows = self.segment(entry).find(ids)
+            alive = ~np.isin([label for _, label, _ in rows], self.tombstones(entry))
+            found += [doc_id for (doc_id, _, _), keep in zip(rows, alive) if keep]
+        return found
+
+    def write_documents(self, docs: Iterable[Document], encoder, progress: Callable[[int], None],
+                        threads: int = 0) -> list[dict]:
+        """Embed and write a stream of documents as new segments of at most ``segment_size`` each."""
+        finished: list[dict] = []
+        writer = None
+        try:
+            for chunk in _chunks(docs, ENCODE_CHUNK):
+                clash = self.live_ids([d.id for d in chunk]) or self.live_ids([d.id for d in chunk], finished)
+                if clash:
+                    raise DataError(f"duplicate document id {clash[0]!r}: already in the index; ids must be unique")
+                vectors = encoder.encode_passages([passage_text(d) for d in chunk])
+                progress(len(chunk))
+                while chunk:
+                    writer = writer or self.new_segment(threads)
+                    room = self.manifest["segment_size"] - writer.count
+                    writer.add(chunk[:room], vectors[:room])
+                    chunk, vectors = chunk[room:], vectors[room:]
+                    if writer.count == self.manifest["segment_size"]:
+                        finished.append(writer.finish())
+                        writer = None
+            if writer:
+                finished.append(writer.finish())
+                writer = None
+        finally:
+            if writer:
+                writer.close()
+        return finished
+
+    def commit(self, add: list[dict] = (), remove: Iterable[str] = (), updated: dict[str, dict] | None = None) -> dict:
+        """Make the changes one commit: new segments, removed segments, updated entries (by name)."""
+        removed, updated = set(remove), updated or {}
+        segments = [updated.get(e["name"], e) for e in self.manifest["segments"] if e["name"] not in removed]
+        segments += list(add)
+        durable.fsync_dir(self.directory)  # the new segment directories' names
+        languages: dict[str, int] = {}
+        for entry in segments:
+            for lang, count in entry["languages"].items():
+                languages[lang] = languages.get(lang, 0) + count
+        self.manifest.update(generation=self.manifest["generation"] + 1, segments=segments,
+                             count=sum(live_count(e) for e in segments), languages=dict(sorted(languages.items())),
+                             updated=_now())
+        durable.write_atomically(self.directory / MANIFEST, dump_manifest(self.manifest))
+        for name in FORMAT_1_FILES:  # replaced by this commit's segments (an upgrade, a forced rebuild)
+            if (self.directory / name).exists():
+                durable.remove(self.directory / name)
+        self.collect_garbage()
+        return self.manifest
+
+    def collect_garbage(self) -> None:
+        """Remove what no commit names: interrupted changes' segments and files, replaced tombstones.
+
+        Only names that hbt writes are touched, so a mistaken path never loses a user's files.
+        """
+        live = {e["name"]: {*SEGMENT_FILES, *([e["tombstones"]] if e["tombstones"] else [])}
+                for e in self.manifest.get("segments", [])}
+        for path in self.directory.iterdir():
+            if SEGMENT_NAME.fullmatch(path.name):
+                if path.name not in live:
+                    self._segments.pop(path.name, None)
+                    durable.remove(path)
+                else:
+                    for file in path.iterdir():
+                        if file.name not in live[path.name]:
+                            durable.remove(file)
+            elif path.name.startswith(f"{MANIFEST}.tmp-"):
+                durable.remove(path)  # a manifest never renamed into place
+
+    def close(self) -> None:
+        for segment in self._segments.values():
+            segment.close()
+
+
+@contextlib.contextmanager
+def open_writer(directory: Path, create: dict | None = None, timeout: float = LOCK_TIMEOUT) -> Iterator[IndexWriter]:
+    """Lock an index for writing and clean up what a crash left.
+
+    With ``create`` (a new manifest), the index is made, or a forced rebuild replaces
+    the current commit's segments; its generation keeps growing, so readers see a new commit.
+    """
+    directory = Path(directory)
+    try:
+        if create is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        elif not (directory / MANIFEST).is_file():
+            read_manifest(directory)  # the one-line "no index here"
+        with durable.write_lock(directory, timeout):
+            current = read_manifest(directory) if create is None else _readable_manifest(directory)
+            writer = IndexWriter(directory, current or create)
+            try:
+                writer.collect_garbage()
+                if create is not None and current is not None:  # its commit lists only the new segments
+                    writer.manifest = create | {key: current[key] for key in ("generation", "next_segment")}
+                yield writer
+            finally:
+                writer.close()
+    except OSError as e:  # a read-only directory (also for root), a full disk, ...
+        raise SearchIndexError(f"{directory}: cannot write ({e.strerror or e}); free space or choose another "
+                               "directory. The index is unchanged") from e
+
+
+def _readable_manifest(directory: Path) -> dict | None:
+    """The commit a forced rebuild replaces, if there is a readable one."""
+    with contextlib.suppress(SearchIndexError):
+        return read_manifest(directory)
+    return None
+
+
+def bundle_identity(encoder) -> dict:
+    """What an index records of its bundle: searches and updates with another are refused."""
+    return {"path": str(encoder.bundle_dir.resolve()), "fingerprint": encoder.manifest.fingerprint}
+
+
+def new_manifest(bundle: dict, dimension: int, config: IndexConfig) -> dict:
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "hbt_version": __version__, "generation": 0,
+        "bundle": bundle, "dimension": dimension, "space": SPACE, "M": config.M, "ef_construction": config.ef_construction,
+        "ef": config.ef, "segment_size": config.segment_size, "next_segment": 0, "segments": [], "count": 0,
+        "languages": {}, "created": _now(), "updated": _now(),
+    }
+
+
+def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    chunk = []
+    for doc in docs:
+        chunk.append(doc)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def check_bundle(manifest: dict, encoder, directory: Path) -> None:
+    if encoder.manifest.fingerprint != manifest["bundle"]["fingerprint"]:
+        raise SearchIndexError(f"{directory}: built with bundle {manifest['bundle']['path']}, not "
+                               f"{encoder.bundle_dir}; use the same bundle or rebuild the index")
+
+
+def check_build_target(out: Path, force: bool) -> None:
+    """Refuse to build over an index (unless ``force``) or over a directory that is not one."""
+    if out.exists() and not force and (out / MANIFEST).exists():
+        raise SearchIndexError(f"{out}: already exists; choose another --out, use hbt-index add, or pass --force")
+    if out.exists() and not force and any(not _is_leftover(p) for p in out.iterdir()):
+        raise SearchIndexError(f"{out}: exists and is not an index; choose another --out")
+
+
+def build_index(docs: Iterable[Document], encoder, out: Path, config: IndexConfig = IndexConfig(),
+                progress: Callable[[int], None] = lambda n: None, force: bool = False) -> dict:
+    """Embed a stream of documents into a new index at ``out`` (with ``force``, replacing one)."""
+    out = Path(out)
+    check_build_target(out, force)
+    with open_writer(out, new_manifest(bundle_identity(encoder), encoder.dimension, config)) as writer:
+        segments = writer.write_documents(docs, encoder, progress, config.threads)
+        if not segments:
+            raise DataError("the corpus has no documents; give a JSONL or TSV file with at least one")
+        return writer.commit(add=segments)
+
+
+def _is_leftover(path: Path) -> bool:
+    """What an interrupted first build leaves: its lock and unfinished segments."""
+    return path.name == durable.LOCK_FILE or bool(SEGMENT_NAME.fullmatch(path.name))
+
+
+def add_documents(directory: Path, docs: Iterable[Document], encoder,
+                  progress: Callable[[int], None] = lambda n: None, threads: int = 0) -> dict:
+    """Add documents as new segments, one commit; small segments are then merged by the merge policy."""
+    from hbt.index.merge import merge_small_segments
+
+    directory = Path(directory)
+    with open_writer(directory) as writer:
+        check_bundle(writer.manifest, encoder, directory)
+        segments = writer.write_documents(docs, encoder, progress, threads)
+        if segments:
+            writer.commit(add=segments)
+            merge_small_segments(writer)
+        return writer.manifest
+
+
+def delete_documents(directory: Path, ids: list[str]) -> tuple[dict, list[str]]:
+    """Tombstone documents by id, one commit; returns the manifest and the ids that were not live."""
+    directory = Path(directory)
+    with open_writer(directory) as writer:
+        generation = writer.manifest["generation"] + 1
+        replaced, found = {}, set()
+        for entry in writer.manifest["segments"]:
+            deleted = writer.tombstones(entry)
+            rows = writer.segment(entry).find(ids)
+            alive = ~np.isin([label for _, label, _ in rows], deleted)
+            hits = [row for row, keep in zip(rows, alive) if keep]
+            if not hits:
+                continue
+            found.update(doc_id for doc_id, _, _ in hits)
+            replaced[entry["name"]] = _with_tombstones(directory / entry["name"], entry, deleted, hits, generation)
+        if replaced:
+            writer.commit(updated=replaced)
+        return writer.manifest, [i for i in dict.fromkeys(ids) if i not in found]
+
+
+def _with_tombstones(directory: Path, entry: dict, deleted: np.ndarray, hits: list[tuple[str, int, str]],
+                     generation: int) -> dict:
+    """The entry of a segment with ``hits`` deleted too: a new tombstone file, counts updated."""
+    labels = np.union1d(deleted, [label for _, label, _ in hits]).astype(np.int64)
+    name = tombstone_name(generation)
+    np.save(directory / name, labels)
+    languages = dict(entry["languages"])
+    for _, _, lang in hits:
+        languages[lang] -= 1
+    files = {n: record for n, record in entry["files"].items() if n in SEGMENT_FILES}
+    files[name] = file_record(directory / name)
+    durable.fsync_dir(directory)
+    return entry | {"deleted": len(labels), "tombstones": name, "files": files,
+                    "languages": {lang: n for lang, n in languages.items() if n}}
