@@ -10,8 +10,8 @@ from typing import Iterable
 
 import numpy as np
 
-from hbt.errors import SearchIndexError
 from hbt.index import Index
+from hbt.index.writer import check_bundle
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,7 @@ class Searcher:
     """
 
     def __init__(self, encoder, index: Index):
-        if encoder.manifest.fingerprint != index.manifest["bundle"]["fingerprint"]:
-            raise SearchIndexError(
-                f"{index.directory}: built with another bundle ({index.manifest['bundle']['path']}); "
-                f"{encoder.bundle_dir} would give incomparable vectors. Use that bundle or rebuild the index"
-            )
+        check_bundle(index.manifest, encoder, index.directory)
         self.encoder = encoder
         self.index = index
         self._refreshing = threading.Lock()

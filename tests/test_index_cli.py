@@ -15,7 +15,7 @@ from hbt.cli.index import main as index_cli
 from hbt.cli.search import main as search_cli
 from hbt.corpus import read_corpus
 from hbt.encoder import Encoder
-from hbt.errors import SearchIndexError
+from hbt.errors import BundleError
 from hbt.index import Index, build_index
 from hbt.search import Searcher
 from tests.conftest import MULTILINGUAL
@@ -103,7 +103,7 @@ def test_other_bundle_is_refused(tiny_model_dir, tiny_bundle, corpus, tmp_path):
     build_index(read_corpus(corpus), Encoder(tiny_bundle), tmp_path / "idx")
     other = tmp_path / "other"
     export_bundle(ExportConfig(source=str(tiny_model_dir), out=other, quantize="int8", max_length=64))
-    with pytest.raises(SearchIndexError, match="built with another bundle"):
+    with pytest.raises(BundleError, match="built with another bundle"):
         Searcher(Encoder(other), Index(tmp_path / "idx"))
 
 

@@ -81,6 +81,9 @@ def _report(index_dir, manifest, stats, encoder):
 @click.option("--segment-size", type=click.IntRange(1), default=1_000_000, show_default=True,
               help="Documents per segment (bounds the memory a build needs: about 1.8 KB per 384-d document).")
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="0: all cores.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+              help="Encoder runtime for the passages; openvino (pip install 'hbt[openvino]') needs a bundle "
+                   "exported with --openvino, and is the faster for bulk encoding.")
 @click.option("--skip-invalid", is_flag=True, help="Count and skip malformed lines instead of stopping.")
 @click.option("--force", is_flag=True, help="Replace the index if it exists (one commit: searchers never see a gap).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
@@ -89,8 +92,8 @@ def _report(index_dir, manifest, stats, encoder):
 @click.option("--actors", type=click.IntRange(1), help="With --ray: encoder actors, of --threads each (2 when "
               "0); default: as many as the cluster's CPUs allow with one left for reading.")
 @user_errors
-def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment_size, threads, skip_invalid, force,
-          ray_address, actors):
+def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment_size, threads, runtime, skip_invalid,
+          force, ray_address, actors):
     """Embed CORPUS with BUNDLE and write a new index.
 
     CORPUS is JSONL (id, text, optional title and lang; other fields are kept as
@@ -110,7 +113,7 @@ def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment
         return
     if actors:
         raise click.UsageError("--actors needs --ray")
-    encoder = Encoder(bundle, threads=threads or None)
+    encoder = Encoder(bundle, threads=threads or None, runtime=runtime)
     docs, stats = _read(corpus, skip_invalid)
     with _progress("indexing") as bar:
         manifest = build_index(docs, encoder, index_dir, config, bar.update, force=force)

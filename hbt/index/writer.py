@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from hbt import __version__
+from hbt.bundle import check_fingerprint
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import durable
@@ -209,9 +210,8 @@ def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
 
 
 def check_bundle(manifest: dict, encoder, directory: Path) -> None:
-    if encoder.manifest.fingerprint != manifest["bundle"]["fingerprint"]:
-        raise SearchIndexError(f"{directory}: built with bundle {manifest['bundle']['path']}, not "
-                               f"{encoder.bundle_dir}; use the same bundle or rebuild the index")
+    """Refuse an encoder whose bundle is not the one the index was built with."""
+    check_fingerprint(manifest["bundle"]["fingerprint"], encoder.manifest, encoder.bundle_dir, directory)
 
 
 def check_build_target(out: Path, force: bool) -> None:
