@@ -17,26 +17,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from hbt.atomic import fsync_dir, fsync_file
 from hbt.errors import SearchIndexError
 
 LOCK_FILE = "write.lock"
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Persist the names in a directory (creations, renames, removals)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
