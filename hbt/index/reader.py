@@ -127,5 +127,6 @@ class Index:
         return found
 
     def close(self) -> None:
+        """Close the segments' stores; snapshots reopened from this one share them, so close the last."""
         for view in self.segments:
             view.segment.close()

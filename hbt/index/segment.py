@@ -183,10 +183,8 @@ class Segment:
 
 
 def _check_size(path: Path, expected: int) -> None:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise  # a reader racing a writer's cleanup retries on the newer commit
+    """A file the manifest names, at its size (FileNotFoundError: a reader retries on the newer commit)."""
+    size = path.stat().st_size
     if size != expected:
         raise SearchIndexError(f"{path}: {size} bytes, the manifest says {expected}; the index is damaged: "
                                "restore it or rebuild with hbt-index build")
@@ -258,13 +256,12 @@ class SegmentView:
                cache: bool) -> tuple[np.ndarray, np.ndarray]:
         if langs in self._blocks:
             blocks = [self._blocks[langs]]
-        else:
+        elif cache:  # the planner chose a scan, so the block is small: keep it for the next query
             admitted = np.flatnonzero(self.admitted(langs))
-            blocks = ((part, self.segment.vectors(part)) for part in np.array_split(
-                admitted, max(1, len(admitted) // EXACT_CHUNK)))
-            if cache:  # the planner chose a scan, so the block is small: keep it for the next query
-                blocks = [(admitted, self.segment.vectors(admitted))]
-                self._blocks[langs] = blocks[0]
+            blocks = [self._blocks.setdefault(langs, (admitted, self.segment.vectors(admitted)))]
+        else:  # a forced scan of a large segment: a chunk at a time, nothing kept
+            parts = np.array_split(np.flatnonzero(self.admitted(langs)), max(1, self.pool(langs) // EXACT_CHUNK))
+            blocks = ((part, self.segment.vectors(part)) for part in parts)
         best_scores, best_labels = [], []
         for labels, vectors in blocks:
             scores = queries @ vectors.T  # [Q, block]
