@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +44,14 @@ def upgrade_index(directory: Path) -> dict:
         db.close()
         count = old["next_label"]
         codes = sorted({lang for _, lang in rows})
+        code_of = {lang: code for code, lang in enumerate(codes)}
         langs = np.zeros(count, dtype=np.uint16)
         live = np.zeros(count, dtype=bool)
         for label, lang in rows:
-            langs[label], live[label] = codes.index(lang), True
+            langs[label], live[label] = code_of[lang], True
         np.save(segment / LANGS_FILE, langs)
         entry = {"name": segment.name, "count": count, "deleted": int(count - live.sum()), "tombstones": None,
-                 "language_codes": codes, "languages": {}, "files": {}}
-        for lang in (lang for _, lang in rows):
-            entry["languages"][lang] = entry["languages"].get(lang, 0) + 1
+                 "language_codes": codes, "languages": dict(Counter(lang for _, lang in rows)), "files": {}}
         if entry["deleted"]:  # format 1 removed deleted documents from the store and marked them in the graph
             entry["tombstones"] = tombstone_name(writer.manifest["generation"] + 1)
             np.save(segment / entry["tombstones"], np.flatnonzero(~live).astype(np.int64))

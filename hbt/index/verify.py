@@ -30,15 +30,16 @@ def verify_index(directory: Path, sample: int = 200, k: int = 10) -> dict:
     if index.count == 0:
         return {"documents": 0, "segments": len(index.segments), "checksums": "ok", "recall_at_k": None,
                 "k": k, "probes": 0}
-    live = [(position, label) for position, view in enumerate(index.segments)
-            for label in np.flatnonzero(view.admitted(None))]
-    rng = np.random.default_rng(0)
-    probes = [live[i] for i in rng.choice(len(live), size=min(sample, len(live)), replace=False)]
-    queries = np.vstack([index.segments[p].segment.vectors(np.array([label])) for p, label in probes])
+    live = [np.flatnonzero(view.admitted(None)) for view in index.segments]  # per segment
+    owner = np.repeat(np.arange(len(live)), [len(labels) for labels in live])
+    chosen = np.random.default_rng(0).choice(len(owner), size=min(sample, len(owner)), replace=False)
+    labels = np.concatenate(live)[chosen]
+    queries = np.vstack([index.segments[p].segment.vectors(labels[owner[chosen] == p])
+                         for p in np.unique(owner[chosen])])
     k = min(k, index.count)
     exact = index.search(queries, k, exact=True).scores[:, -1:]  # [probes, 1]: the k-th best
     found = index.search(queries, k).scores
     # A hit counts if it scores as well as the k-th exact neighbour: ties are not misses.
     recall = float(np.mean(found >= exact - 1e-5))
     return {"documents": index.count, "segments": len(index.segments), "checksums": "ok",
-            "recall_at_k": recall, "k": k, "probes": len(probes)}
+            "recall_at_k": recall, "k": k, "probes": len(chosen)}
