@@ -45,6 +45,7 @@ class Job:
     alpha: float = 0.5
     steps: int = 80
     learning_rate: str = "3e-5"
+    hard_negatives: bool = False  # the answer sentence's neighbour as each example's hard negative
     interpolate: tuple[float, ...] = ()  # WiSE-FT weights of the trained model to evaluate besides it
     trained_too: bool = True  # evaluate the fine-tuned model itself (not only its interpolations)
     precisions: tuple[str, ...] = ("fp32",)
@@ -72,7 +73,7 @@ def queue(seeds: list[int]) -> list[Job]:
     """Most important first: the recipe search on hybrid seed 0, then the main rows over seeds."""
     first = seeds[0]
     jobs = [Job("hybrid", first, "hybrid", interpolate=(0.5,)),
-            Job("hybrid-long", first, "hybrid", steps=240, learning_rate="2e-5", interpolate=(0.5,), trained_too=False),
+            Job("hybrid-negatives", first, "hybrid", hard_negatives=True, interpolate=(0.5,)),
             Job("hybrid", first, "hybrid", precisions=("int8",)),
             Job("zero-shot")]
     for seed in seeds[1:]:
@@ -120,6 +121,7 @@ def run(work, data_dir, seeds, batch_size, rows):
                         "--alpha", str(job.alpha), "--passage-unit", "sentence", "--steps", str(job.steps),
                         "--batch-size", str(batch_size), "--lr", job.learning_rate, "--max-passage-length", "96",
                         "--eval-every", "40", "--seed", str(job.seed), "--bf16", "--freeze-embeddings",
+                        "--hard-negatives" if job.hard_negatives else "--no-hard-negatives",
                         "--out", str(run_dir)]
             if not (run_dir / "summary.json").exists():
                 resume = ["--resume"] if (run_dir / "last").exists() else []

@@ -34,21 +34,30 @@ PASSAGE_UNITS = ("paragraph", "sentence")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
 
 
-def answer_sentence(context: str, answers: list[str]) -> str | None:
-    """The first sentence of ``context`` that holds an answer, or None (an answer spanning sentences).
+def answer_sentences(context: str, answers: list[str]) -> tuple[str, str | None] | None:
+    """The first sentence of ``context`` that holds an answer, and the sentence next to it.
 
-    The parallel set keeps answer strings without offsets, so a string that occurs
-    in two sentences picks the first: a small, uniform noise on every batching.
+    The neighbour (the following sentence, else the preceding one, never a copy of the
+    answer's; None in a one-sentence paragraph) is the hardest negative there is for LAReQA, which ranks a paragraph's
+    sentences against each other. None when no sentence holds an answer (one spanning
+    sentences). The parallel set keeps answer strings without offsets, so a string that
+    occurs in two sentences picks the first: a small, uniform noise on every batching.
     """
     sentences = [s.strip() for s in _SENTENCE_END.split(context) if s.strip()]
-    return next((s for answer in answers if answer for s in sentences if answer in s), None)
+    found = next((i for answer in answers if answer for i, s in enumerate(sentences) if answer in s), None)
+    if found is None:
+        return None
+    sentence = sentences[found]
+    neighbours = [sentences[i] for i in (found + 1, found - 1) if 0 <= i < len(sentences) and sentences[i] != sentence]
+    return sentence, next(iter(neighbours), None)
 
 
 def load_records(path: Path | str, languages: list[str] | None = None, passage_unit: str = "paragraph") -> list[Record]:
     """Read a parallel QA file (rows with "langs") or plain pairs (query, passage, query_lang, passage_lang).
 
     ``passage_unit="sentence"`` turns parallel QA passages into the sentence that holds
-    the answer (LAReQA's candidates are sentences); languages without one are dropped.
+    the answer (LAReQA's candidates are sentences), with the sentence next to it as a hard
+    negative; languages without an answer sentence are dropped.
     """
     path = Path(path)
     if passage_unit not in PASSAGE_UNITS:
@@ -66,11 +75,16 @@ def load_records(path: Path | str, languages: list[str] | None = None, passage_u
                 if "langs" in row:
                     record = records.setdefault(str(row["id"]), Record(str(row["id"])))
                     for lang, item in row["langs"].items():
-                        passage = item["context"] if passage_unit == "paragraph" else answer_sentence(
-                            item["context"], item.get("answers", []))
-                        if passage and (not wanted or lang in wanted):
+                        if wanted and lang not in wanted:
+                            continue
+                        passage, negative = item["context"], None
+                        if passage_unit == "sentence":
+                            passage, negative = answer_sentences(item["context"], item.get("answers", [])) or (None, None)
+                        if passage:
                             record.questions[lang] = item["question"]
                             record.passages[lang] = passage
+                            if negative:
+                                record.negatives[lang] = [negative]
                 else:
                     qid = str(row.get("id", number))
                     record = records.setdefault(qid, Record(qid))

@@ -42,6 +42,7 @@ class TrainConfig:
     language_weighting: str = "uniform"
     languages: tuple[str, ...] = ()
     passage_unit: str = "paragraph"  # or "sentence": the answer sentence of each passage
+    hard_negatives: bool = True  # one per example: the pair file's, or the answer sentence's neighbour
     steps: int = 0  # 0: derive from epochs
     epochs: float = 1.0
     batch_size: int = 32
@@ -96,16 +97,17 @@ def gather_with_grad(embeddings: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows[:n] for rows, n in zip(gathered, counts)])
 
 
-def batch_texts(batch: list[Pair], model: DualEncoder) -> tuple[list[str], list[str], list[str]]:
+def batch_texts(batch: list[Pair], model: DualEncoder, hard_negatives: bool = True) -> tuple[list[str], list[str], list[str]]:
     source = model.source
     queries = [source.query_prefix + p.record.questions[p.query_lang] for p in batch]
     passages = [source.passage_prefix + p.record.passages[p.passage_lang] for p in batch]
-    negatives = [source.passage_prefix + n for p in batch for n in p.record.negatives.get(p.passage_lang, [])[:1]]
+    negatives = [source.passage_prefix + n for p in batch for n in p.record.negatives.get(p.passage_lang, [])[:1]
+                 if hard_negatives]
     return queries, passages, negatives
 
 
 def compute_loss(model: DualEncoder, batch: list[Pair], config: TrainConfig) -> torch.Tensor:
-    queries, passages, negatives = batch_texts(batch, model)
+    queries, passages, negatives = batch_texts(batch, model, config.hard_negatives)
     with torch.autocast("cuda" if next(model.parameters()).is_cuda else "cpu", dtype=torch.bfloat16,
                         enabled=config.bf16):
         q = model(*model.batch(queries, config.max_query_length))  # [B, H]

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hbt.cli.train import main as train_cli
-from hbt.data import Record, answer_sentence, load_records, split_by_id
+from hbt.data import Record, answer_sentences, load_records, split_by_id
 from hbt.errors import DataError
 from hbt.sampler import BatchSampler, batch_statistics
 from hbt.train import TrainConfig, info_nce, train
@@ -102,6 +102,19 @@ def test_info_nce_matches_hand_computation():
     assert info_nce(q, p, temperature=0.5).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
     negatives = torch.tensor([[0.0, 1.0]])
     assert info_nce(q, p, 0.5, negatives).item() > info_nce(q, p, 0.5).item()
+
+
+def test_batch_texts_take_one_hard_negative_in_the_passage_language_unless_disabled():
+    from types import SimpleNamespace
+
+    from hbt.sampler import Pair
+    from hbt.train import batch_texts
+
+    model = SimpleNamespace(source=SimpleNamespace(query_prefix="q: ", passage_prefix="p: "))
+    record = Record("1", {"en": "who?", "de": "wer?"}, {"en": "He.", "de": "Er."}, {"de": ["Sie.", "Es."]})
+    batch = [Pair(record, "en", "de"), Pair(record, "de", "en")]
+    assert batch_texts(batch, model) == (["q: who?", "q: wer?"], ["p: Er.", "p: He."], ["p: Sie."])
+    assert batch_texts(batch, model, hard_negatives=False)[2] == []
 
 
 def write_pairs(path, n=40):
@@ -265,22 +278,26 @@ def test_cli_dry_run_and_errors(tiny_model_dir, tmp_path):
                                                     "--base", str(tmp_path), "--steps", "1"]), "not a model directory")
 
 
-def test_answer_sentence_picks_the_sentence_holding_the_answer():
+def test_answer_sentences_pick_the_sentence_holding_the_answer_and_its_neighbour():
     context = "Warsaw is the capital. It lies on the Vistula! Its old town was rebuilt after 1945?"
-    assert answer_sentence(context, ["Vistula"]) == "It lies on the Vistula!"
-    assert answer_sentence(context, ["", "1945"]) == "Its old town was rebuilt after 1945?"
-    assert answer_sentence("华沙是首都。它位于维斯瓦河畔。", ["维斯瓦河"]) == "它位于维斯瓦河畔。"
-    assert answer_sentence(context, ["capital. It"]) is None  # spans two sentences: no pair
+    assert answer_sentences(context, ["Vistula"]) == ("It lies on the Vistula!", "Its old town was rebuilt after 1945?")
+    assert answer_sentences(context, ["", "1945"]) == ("Its old town was rebuilt after 1945?", "It lies on the Vistula!")
+    assert answer_sentences("华沙是首都。它位于维斯瓦河畔。", ["维斯瓦河"]) == ("它位于维斯瓦河畔。", "华沙是首都。")
+    assert answer_sentences("Warsaw is the capital.", ["Warsaw"]) == ("Warsaw is the capital.", None)
+    assert answer_sentences(context, ["capital. It"]) is None  # spans two sentences: no pair
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1), min_size=1, max_size=6),
        st.integers(0, 5))
-def test_answer_sentence_is_a_piece_of_the_context_holding_an_answer(sentences, pick):
+def test_answer_sentences_are_pieces_of_the_context_and_differ(sentences, pick):
     context = " ".join(sentences)
     answer = sentences[pick % len(sentences)].strip()[:3]
-    found = answer_sentence(context, [answer])
-    assert found is None or (answer in found and found in context)
+    found = answer_sentences(context, [answer])
+    if found is not None:
+        sentence, neighbour = found
+        assert answer in sentence and sentence in context
+        assert neighbour is None or (neighbour in context and context.index(neighbour) != context.index(sentence))
 
 
 def test_frozen_embeddings_stay_put(tiny_model_dir, tmp_path):
@@ -305,6 +322,10 @@ def test_reads_the_shared_parallel_set():
     paragraphs = {r.id: r.passages for r in records}
     assert kept > 0.98
     assert all(p in paragraphs[r.id][lang] for r in sentences for lang, p in r.passages.items())
+    negatives = [(r, lang) for r in sentences for lang in r.negatives]
+    assert len(negatives) > 0.9 * sum(len(r.passages) for r in sentences)  # most paragraphs have two sentences
+    assert all(r.negatives[lang][0] in paragraphs[r.id][lang] and r.negatives[lang][0] != r.passages[lang]
+               for r, lang in negatives)
 
 
 @pytest.mark.slow

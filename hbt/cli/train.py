@@ -28,6 +28,10 @@ def interrupt(signum, frame):
 @click.option("--languages", help="Comma-separated languages to train on (default: all in the data).")
 @click.option("--passage-unit", type=click.Choice(["paragraph", "sentence"]), default="paragraph", show_default=True,
               help="sentence: train on the sentence holding the answer (LAReQA's candidates are sentences).")
+@click.option("--hard-negatives/--no-hard-negatives", default=True, show_default=True,
+              help="One hard negative per example besides the in-batch ones: the pair file's \"negatives\", or with "
+                   "--passage-unit sentence the sentence next to the answer's (LAReQA ranks a paragraph's sentences "
+                   "against each other). About 1.4x the step time.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoints, metrics).")
 @click.option("--steps", type=click.IntRange(0), default=0, help="Optimizer steps (overrides --epochs).")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
