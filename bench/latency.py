@@ -58,12 +58,12 @@ def timed(function: Callable, items: list) -> list[float]:
 
 def measure(bundle: Path, index_dir: Path | None = None, data_dir: Path | None = None, num_queries: int = 500,
             num_passages: int = 2000, k: int = 10, threads: int | None = None,
-            progress: Callable[[str], None] = lambda step: None) -> dict:
-    encoder = Encoder(bundle, threads=threads)
+            progress: Callable[[str], None] = lambda step: None, runtime: str = "onnxruntime") -> dict:
+    encoder = Encoder(bundle, threads=threads, runtime=runtime)
     source, docs, questions = workload(data_dir, num_queries, num_passages)
     texts = [encoder.manifest.passage_prefix + d.text for d in docs][:512]
     results = {"workload": {"source": source, "passages": len(docs), "queries": len(questions), "k": k,
-                            "threads": encoder.threads}}
+                            "threads": encoder.threads, "runtime": runtime}}
     progress("encoding")
     results["encode"] = {"batch_1_texts_per_second": throughput(encoder.encode, texts[:64], 1)[0],
                          "batch_32_texts_per_second": throughput(encoder.encode, texts, 32)[0]}

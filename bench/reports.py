@@ -111,6 +111,20 @@ def write_report(results: dict, out: Path, text: str, plots: Callable[[dict, Pat
     plots(results, out)
 
 
+def _accuracy_results(path: Path) -> dict:
+    """An hbt-bench accuracy results.json, or a one-line error saying what is wrong with it."""
+    from hbt.errors import DataError
+
+    try:
+        results = json.loads(path.read_text())
+        if not all(isinstance(v["mean"], dict) for v in results["settings"].values()):
+            raise TypeError("a setting holds no mean metrics")
+        return results
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{path}: not an hbt-bench accuracy result ({type(e).__name__}: {e}); "
+                        "rerun hbt-bench accuracy --out for that folder") from e
+
+
 def compare(reports: list[Path]) -> str:
     """Side-by-side mean metrics of several reports, with differences from the first."""
     from hbt.errors import DataError
@@ -118,7 +132,7 @@ def compare(reports: list[Path]) -> str:
     missing = [str(p) for p in reports if not (Path(p) / "results.json").is_file()]
     if missing:
         raise DataError(f"not a report directory (no results.json): {', '.join(missing)}; give hbt-bench accuracy --out folders")
-    loaded = [(path, json.loads((Path(path) / "results.json").read_text())) for path in reports]
+    loaded = [(path, _accuracy_results(Path(path) / "results.json")) for path in reports]
     metrics = _metrics(loaded[0][1])
     lines = ["| report | setting | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     base = loaded[0][1]["settings"]

@@ -112,3 +112,19 @@ def test_openvino_pins_fp32_where_not_int8():
     from hbt.openvino_runtime import COMPILE_CONFIG
 
     assert COMPILE_CONFIG["INFERENCE_PRECISION_HINT"] == "f32"  # OpenVINO's default is bf16 on AVX-512 bf16 CPUs
+
+
+def test_bench_latency_runs_the_chosen_runtime(tiny_bundle, openvino_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from hbt.cli.bench import main as bench_cli
+
+    def latency(bundle, out):
+        return CliRunner().invoke(bench_cli, ["latency", "--bundle", str(bundle), "--runtime", "openvino", "--data-dir",
+                                              str(tmp_path), "--num-queries", "5", "--out", str(tmp_path / out)])
+
+    refused = latency(tiny_bundle, "refused")
+    assert refused.exit_code != 0 and "hbt-export --openvino" in refused.output
+    done = latency(openvino_bundle, "done")
+    assert done.exit_code == 0, done.output
+    assert "on openvino" in (tmp_path / "done" / "report.md").read_text()

@@ -133,6 +133,12 @@ def test_bench_accuracy_writes_report(tiny_bundle, toy_dataset, tmp_path):
     assert (out / "heatmap.png").stat().st_size > 1000 and (out / "languages.png").stat().st_size > 1000
     table = CliRunner().invoke(bench_cli, ["compare", str(out), str(out)]).output
     assert "(+0.000)" in table
+    damaged = tmp_path / "damaged"
+    for name, text in (("truncated", (out / "results.json").read_text()[:100]), ("latency", '{"settings": {"x": 1}}')):
+        (damaged / name).mkdir(parents=True)
+        (damaged / name / "results.json").write_text(text)
+        assert_one_line_error(CliRunner().invoke(bench_cli, ["compare", str(out), str(damaged / name)]),
+                              f"{name}/results.json: not an hbt-bench accuracy result")
 
 
 def test_bench_latency_report_on_the_demo_corpus(tiny_bundle, tmp_path):

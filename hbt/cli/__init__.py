@@ -42,5 +42,12 @@ class DefaultCommandGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
+def runtime_option(what: str):
+    """--runtime: onnxruntime (the bundle's model.onnx) or openvino (what hbt-export --openvino adds)."""
+    return click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
+                        show_default=True, help=f"Encoder runtime {what}; openvino (pip install 'hbt[openvino]') needs "
+                                                "a bundle exported with --openvino, and is the faster in batches.")
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hbt.cli import user_errors
+from hbt.cli import runtime_option, user_errors
 
 
 def _default_data_dir() -> Path:
@@ -68,8 +68,7 @@ def with_progress(encode, description: str, chunk: int = 1024):
 @click.option("--ann", is_flag=True, help="Rank through an HNSW index (top 100) instead of exact search.")
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/<dataset>-<bundle>).")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Encoder threads (0: all cores).")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
-              help="openvino: the bundle's OpenVINO int8 model (hbt-export --openvino; pip install 'hbt[openvino]').")
+@runtime_option("for queries and passages")
 @user_errors
 def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, corpus, queries, qrels, ann, out, threads,
              runtime):
@@ -160,8 +159,9 @@ def download(name, data_dir, base_url):
 @click.option("-k", type=click.IntRange(1), default=10, show_default=True, help="Results per query.")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Encoder and index threads (0: all cores).")
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/latency-<bundle>).")
+@runtime_option("for queries and passages")
 @user_errors
-def latency(bundle, index_dir, data_dir, num_queries, num_passages, queries, passages, k, threads, out):
+def latency(bundle, index_dir, data_dir, num_queries, num_passages, queries, passages, k, threads, out, runtime):
     """Encode texts/s (batch 1, 32), index build passages/s, search and end-to-end p50/p99, QPS, peak memory."""
     import sqlite3
 
@@ -181,14 +181,15 @@ def latency(bundle, index_dir, data_dir, num_queries, num_passages, queries, pas
 
         try:
             results = bench_latency.measure(bundle, index_dir, data_dir, num_queries, num_passages, k, threads or None,
-                                            progress)
+                                            progress, runtime)
         except sqlite3.Error as e:  # a damaged or foreign docs.sqlite
             raise SearchIndexError(f"{index_dir or 'the benchmark index'}: its document store fails ({e}); "
                                    "check it with hbt-index verify, or rebuild it") from e
     manifest = read_manifest(Path(bundle), verify=False)
     results["environment"] = environment(manifest, [])
     out = out or Path("reports") / f"latency-{Path(bundle).name}"
-    write_report(results, out, bench_latency.markdown(results, f"Latency: {manifest.source} ({manifest.quantization})"),
+    title = f"Latency: {manifest.source} ({manifest.quantization}{'' if runtime == 'onnxruntime' else ' on ' + runtime})"
+    write_report(results, out, bench_latency.markdown(results, title),
                  bench_latency.plot)
     e2e = results["end_to_end"]
     click.echo(f"end to end p50 {e2e['p50_ms']:.2f} ms, p99 {e2e['p99_ms']:.2f} ms; "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hbt.cli import setup_logging, user_errors
+from hbt.cli import runtime_option, setup_logging, user_errors
 
 INDEX_HELP = "Index directory."
 
@@ -81,9 +81,7 @@ def _report(index_dir, manifest, stats, encoder):
 @click.option("--segment-size", type=click.IntRange(1), default=1_000_000, show_default=True,
               help="Documents per segment (bounds the memory a build needs: about 1.8 KB per 384-d document).")
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="0: all cores.")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
-              help="Encoder runtime for the passages; openvino (pip install 'hbt[openvino]') needs a bundle "
-                   "exported with --openvino, and is the faster for bulk encoding.")
+@runtime_option("for the passages")
 @click.option("--skip-invalid", is_flag=True, help="Count and skip malformed lines instead of stopping.")
 @click.option("--force", is_flag=True, help="Replace the index if it exists (one commit: searchers never see a gap).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
