@@ -119,7 +119,7 @@ def _build(config: ExportConfig, source: Source, staging: Path, step: Callable[[
         manifest = replace(manifest, details=manifest.details | {"fp32_matmuls": fp32_matmuls})
     if config.openvino:
         batches = [pad_batch(reference_ids[i : i + 8], tokenizer.pad_id) for i in range(0, len(reference_ids), 8)]
-        manifest = replace(manifest, details=manifest.details | _openvino_versions())
+        manifest = replace(manifest, details=manifest.details | _openvino_details())
 
         def to_openvino(keep: list[str] | None) -> None:
             export_openvino(unfused_model, staging, None if keep is None else batches, keep or [])
@@ -248,11 +248,15 @@ def _write_manifest(staging: Path, manifest: Manifest) -> Manifest:
     return manifest
 
 
-def _openvino_versions() -> dict:
+def _openvino_details() -> dict:
+    """Versions, and the precision of the int8 model's other parts, which the gate then measures."""
     import nncf
     import openvino
 
-    return {"openvino": openvino.__version__, "nncf": nncf.__version__}
+    from hbt.openvino_runtime import native_precision
+
+    return {"openvino": openvino.__version__, "nncf": nncf.__version__,
+            "openvino_precision": native_precision(openvino.Core())}
 
 
 def _versions() -> dict:

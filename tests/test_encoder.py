@@ -108,10 +108,31 @@ def test_openvino_runtime_needs_a_bundle_that_carries_it(tiny_bundle):
         Encoder(tiny_bundle, runtime="openvino")
 
 
-def test_openvino_pins_fp32_where_not_int8():
-    from hbt.openvino_runtime import COMPILE_CONFIG
+def test_openvino_runs_the_precision_its_gate_measured(openvino_bundle):
+    import openvino
 
-    assert COMPILE_CONFIG["INFERENCE_PRECISION_HINT"] == "f32"  # OpenVINO's default is bf16 on AVX-512 bf16 CPUs
+    from hbt.openvino_runtime import inference_precision, native_precision
+
+    recorded = read_manifest(openvino_bundle).details["openvino_precision"]
+    assert recorded == native_precision(openvino.Core()) in ("bf16", "f32")  # never OpenVINO's unpinned default
+    assert Encoder(openvino_bundle, runtime="openvino")._graph.precision == recorded
+    assert inference_precision("bf16", "bf16") == "bf16"
+    assert inference_precision("bf16", "f32") == "f32"  # exported on a bf16 CPU, run on one without: exact fp32
+    assert inference_precision("f32", "bf16") == "f32"  # the gate measured f32: no silent bf16
+
+
+def test_openvino_single_texts_run_static_models_of_their_padded_length(openvino_bundle):
+    from hbt.openvino_runtime import SINGLE_TEXT_LENGTHS
+
+    encoder = Encoder(openvino_bundle, runtime="openvino", threads=1)
+    texts = ["short", "a longer text " * 3, "a text of many more words " * 20]
+    lengths = [len(ids) for ids in encoder.tokenizer.encode(texts, encoder.manifest.max_length)[0]]
+    batched = encoder.encode(texts)  # a batch runs the dynamic model: no static ones yet
+    assert encoder._graph._single_text == {}
+    one_by_one = np.vstack([encoder.encode([t]) for t in texts])
+    assert (batched * one_by_one).sum(axis=1).min() > 0.999
+    assert set(encoder._graph._single_text) == {next(n for n in SINGLE_TEXT_LENGTHS if n >= k) for k in lengths}
+    assert len(set(encoder._graph._single_text)) > 1
 
 
 def test_bench_latency_runs_the_chosen_runtime(tiny_bundle, openvino_bundle, tmp_path):
