@@ -66,22 +66,27 @@ def interpolated_name(weight: float) -> str:
     return f"interpolated-{weight:g}"  # hbt.train.interpolated_name, without importing torch here
 
 
-RECIPE = dict(steps=80, interpolate=(0.5,))  # the documented default: 80 hybrid steps, then WiSE-FT 0.5
-
-
 def queue(seeds: list[int]) -> list[Job]:
-    """Most important first: the recipe search on hybrid seed 0, then the main rows over seeds."""
-    first = seeds[0]
-    jobs = [Job("hybrid", first, "hybrid", interpolate=(0.5,)),
-            Job("hybrid-negatives", first, "hybrid", hard_negatives=True, interpolate=(0.5,)),
-            Job("hybrid", first, "hybrid", precisions=("int8",)),
-            Job("zero-shot")]
-    for seed in seeds[1:]:
-        jobs.append(Job("hybrid", seed, "hybrid", interpolate=RECIPE["interpolate"], precisions=("fp32", "int8")))
-    for seed in seeds:
-        jobs += [Job("mono", seed, "mono", 1.0), Job("cross", seed, "cross", 0.0)]
-    jobs += [Job("hybrid", seed, "hybrid", interpolate=RECIPE["interpolate"], datasets=("xquad-r",)) for seed in seeds]
-    return jobs
+    """Most important first: the recipe on seed 0, its seeds, int8, the other batchings, XQuAD-R.
+
+    Rows named ``*-negatives`` train with the answer sentence's neighbour as a hard
+    negative (hbt-train's default); ``hybrid`` without the suffix is the earlier
+    in-batch-only recipe, kept as the ablation.
+    """
+    first, others = seeds[0], seeds[1:]
+    recipe = dict(batching="hybrid", hard_negatives=True, interpolate=(0.5,))
+    mono, cross = dict(batching="mono", alpha=1.0, hard_negatives=True), dict(batching="cross", alpha=0.0, hard_negatives=True)
+    return [Job("zero-shot", precisions=("fp32", "int8")),
+            Job("hybrid", first, "hybrid", interpolate=(0.5,), trained_too=False),  # the ablation: no hard negatives
+            Job("hybrid-negatives", first, **recipe),
+            Job("hybrid-negatives-long", first, **recipe, steps=240, trained_too=False),
+            *[Job("hybrid-negatives", seed, **recipe) for seed in others],
+            Job("hybrid-negatives", first, **recipe, precisions=("int8",)),
+            Job("mono-negatives", first, **mono), Job("cross-negatives", first, **cross),
+            Job("zero-shot", precisions=("fp32", "int8"), datasets=("xquad-r",)),
+            Job("hybrid-negatives", first, **recipe, precisions=("fp32", "int8"), datasets=("xquad-r",)),
+            *[Job("hybrid-negatives", seed, **recipe, precisions=("int8",)) for seed in others],
+            *[Job(row, seed, **kind) for seed in others for row, kind in (("mono-negatives", mono), ("cross-negatives", cross))]]
 
 
 def execute(command: list[str], work: Path) -> str:
@@ -206,6 +211,9 @@ def evaluate(bundle, dataset, data_dir, out):
 # ---- report -------------------------------------------------------------------------------------
 
 
+Variant = tuple[str, str]  # (row, precision)
+
+
 @dataclass(frozen=True)
 class Result:
     row: str  # e.g. "hybrid", "hybrid + WiSE-FT 0.5", "zero-shot"
@@ -216,6 +224,10 @@ class Result:
 
     def settings(self) -> dict:
         return json.loads((self.folder / self.dataset / "results.json").read_text())["settings"]
+
+    def fits(self, seed: int) -> bool:
+        """Whether this result pairs with a training seed: its own, or any for the untrained base."""
+        return self.row == "zero-shot" or self.seed == seed
 
     def questions(self) -> dict[str, np.ndarray]:
         with np.load(self.folder / f"{self.dataset}.questions.npz") as arrays:
@@ -246,7 +258,7 @@ def table(results: list[Result], precision: str, dataset: str, rows: list[str]) 
     """Mean ± sample standard deviation over seeds, one line per row that has results."""
     lines = ["| row | seeds | mono mAP | cross mAP | multi mAP | multi R@1 / R@10 | bias |", "|---|---|---|---|---|---|---|"]
     for row in rows:
-        found = [r.settings() for r in results if (r.row, r.precision, r.dataset) == (row, precision, dataset)]
+        found = [r.settings() for r in matching(results, (row, precision), dataset)]
         if not found:
             continue
         values = {s: [f[s]["mean"]["map"] for f in found] for s in SETTINGS}
@@ -257,11 +269,15 @@ def table(results: list[Result], precision: str, dataset: str, rows: list[str]) 
     return lines
 
 
-def seed_means(results: list[Result], row: str, precision: str, dataset: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """group -> (qa ids, per-question average precision averaged over the row's seeds)."""
-    found = [r.questions() for r in results if (r.row, r.precision, r.dataset) == (row, precision, dataset)]
+def seed_means(results: list[Result], variant: Variant, dataset: str, seeds: set[int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """group -> (qa ids, per-question average precision averaged over the variant's results for ``seeds``)."""
+    found = [r.questions() for r in matching(results, variant, dataset) if any(r.fits(s) for s in seeds)]
     groups = sorted({k.split("|")[0] for k in found[0]}) if found else []
     return {g: (found[0][f"{g}|ids"], np.mean([f[f"{g}|ap"] for f in found], axis=0)) for g in groups}
+
+
+def matching(results: list[Result], variant: Variant, dataset: str) -> list[Result]:
+    return [r for r in results if (r.row, r.precision, r.dataset) == (*variant, dataset)]
 
 
 def paired_bootstrap(a: dict, b: dict, setting: str, rng: np.random.Generator) -> tuple[float, float, float, float]:
@@ -292,22 +308,47 @@ def paired_bootstrap(a: dict, b: dict, setting: str, rng: np.random.Generator) -
     return float(observed), float(low), float(high), float(p)
 
 
-def comparisons(results: list[Result], pairs: list[tuple[str, str, str]], dataset: str) -> list[str]:
+RECIPE_ROW = "hybrid-negatives + WiSE-FT 0.5"
+COMPARED: list[tuple[Variant, Variant]] = [  # (a, b): a - b, most telling first
+    ((RECIPE_ROW, "fp32"), ("zero-shot", "fp32")),
+    (("hybrid-negatives", "fp32"), ("mono-negatives", "fp32")),
+    (("hybrid-negatives", "fp32"), ("cross-negatives", "fp32")),
+    (("hybrid-negatives", "fp32"), ("zero-shot", "fp32")),
+    ((RECIPE_ROW, "fp32"), ("hybrid-negatives", "fp32")),
+    ((RECIPE_ROW, "fp32"), ("hybrid + WiSE-FT 0.5", "fp32")),  # what the hard negatives add
+    (("hybrid-negatives", "int8"), ("hybrid-negatives", "fp32")),  # int8 against fp32, same checkpoints
+    ((RECIPE_ROW, "int8"), (RECIPE_ROW, "fp32")),
+    (("zero-shot", "int8"), ("zero-shot", "fp32")),
+]
+
+
+def common_seeds(results: list[Result], a: Variant, b: Variant, dataset: str) -> set[int]:
+    """The training seeds both variants have results for (the untrained base fits every seed)."""
+    seeds = [{r.seed for r in matching(results, v, dataset)} if v[0] != "zero-shot" else None for v in (a, b)]
+    if not matching(results, a, dataset) or not matching(results, b, dataset):
+        return set()
+    known = [s for s in seeds if s is not None]
+    return set.intersection(*known) if known else {0}
+
+
+def seed_map(results: list[Result], variant: Variant, dataset: str, setting: str, seed: int) -> float:
+    return next(r for r in matching(results, variant, dataset) if r.fits(seed)).settings()[setting]["mean"]["map"]
+
+
+def comparisons(results: list[Result], pairs: list[tuple[Variant, Variant]], dataset: str) -> list[str]:
     rng = np.random.default_rng(0)
-    lines = ["| comparison (fp32) | setting | difference | 95% interval | p | per-seed differences |",
-             "|---|---|---|---|---|---|"]
-    for a, b, setting in pairs:
-        first, second = seed_means(results, a, "fp32", dataset), seed_means(results, b, "fp32", dataset)
-        if not first or not second:
+    lines = ["| comparison | setting | difference | 95% interval | p | per-seed differences |", "|---|---|---|---|---|---|"]
+    for a, b in pairs:
+        common = common_seeds(results, a, b, dataset)
+        if not common:
             continue
-        difference, low, high, p = paired_bootstrap(first, second, setting, rng)
-        per_seed = {r.seed: r.settings()[setting]["mean"]["map"] for r in results
-                    if (r.row, r.precision, r.dataset) == (a, "fp32", dataset)}
-        other = {r.seed: r.settings()[setting]["mean"]["map"] for r in results
-                 if (r.row, r.precision, r.dataset) == (b, "fp32", dataset)}
-        seeds = ", ".join(f"{per_seed[s] - other[s]:+.3f}" for s in sorted(per_seed) if s in other)
-        lines.append(f"| {a} − {b} | {setting} | {difference:+.3f} | [{low:+.3f}, {high:+.3f}] | "
-                     f"{'<0.001' if p < 0.001 else f'{p:.3f}'} | {seeds or '—'} |")
+        first, second = seed_means(results, a, dataset, common), seed_means(results, b, dataset, common)
+        for setting in SETTINGS:
+            difference, low, high, p = paired_bootstrap(first, second, setting, rng)
+            seeds = ", ".join(f"{seed_map(results, a, dataset, setting, s) - seed_map(results, b, dataset, setting, s):+.3f}"
+                              for s in sorted(common))
+            lines.append(f"| {a[0]} ({a[1]}) − {b[0]} ({b[1]}) | {setting} | {difference:+.3f} | [{low:+.3f}, {high:+.3f}] | "
+                         f"{'<0.001' if p < 0.001 else f'{p:.3f}'} | {seeds or '—'} |")
     return lines
 
 
@@ -327,13 +368,11 @@ def report(work, out):
                 if len(body) > 2:
                     share = f" (sample: {SAMPLE[dataset]:g} of the qa ids)" if variant != dataset else " (full set)"
                     lines += [f"### {dataset}, {precision}{share}", "", *body, ""]
-    pairs = [(a, b, s) for a, b in (("hybrid", "mono"), ("hybrid", "cross"), ("hybrid + WiSE-FT 0.5", "hybrid"),
-                                    ("hybrid + WiSE-FT 0.5", "zero-shot"), ("hybrid", "zero-shot"))
-             for s in SETTINGS]
-    paired = comparisons(results, pairs, "mlqa-r")
+    paired = comparisons(results, COMPARED, "mlqa-r")
     lines += ["### Paired differences, MLQA-R full set", "",
-              f"Paired bootstrap over qa ids ({BOOTSTRAP_SAMPLES} resamples) of the seed-averaged per-question AP; "
-              "per-seed differences pair seed i with seed i.", "",
+              f"Paired bootstrap over qa ids ({BOOTSTRAP_SAMPLES} resamples) of the per-question AP averaged over "
+              "the seeds both rows have; per-seed differences pair seed i with seed i (zero-shot has one model, "
+              "paired with every seed).", "",
               *(paired if len(paired) > 2 else ["No two rows with per-question results yet."]), ""]
     logged = (work / "commands.log").read_text().splitlines() if (work / "commands.log").exists() else []
     commands = list(dict.fromkeys(logged))  # a stage interrupted and rerun is logged twice
