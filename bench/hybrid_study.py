@@ -46,6 +46,7 @@ class Job:
     steps: int = 80
     learning_rate: str = "3e-5"
     hard_negatives: bool = False  # the answer sentence's neighbour as each example's hard negative
+    translation_weight: float = 0.0  # hbt-train --translation-weight
     interpolate: tuple[float, ...] = ()  # WiSE-FT weights of the trained model to evaluate besides it
     trained_too: bool = True  # evaluate the fine-tuned model itself (not only its interpolations)
     precisions: tuple[str, ...] = ("fp32",)
@@ -79,6 +80,7 @@ def queue(seeds: list[int]) -> list[Job]:
     return [Job("zero-shot", precisions=("fp32", "int8")),
             Job("hybrid", first, "hybrid", interpolate=(0.5,), trained_too=False),  # the ablation: no hard negatives
             Job("hybrid-negatives", first, **recipe),
+            Job("hybrid-aligned", first, **recipe, translation_weight=1.0),
             Job("hybrid-negatives-long", first, **recipe, steps=240, trained_too=False),
             *[Job("hybrid-negatives", seed, **recipe) for seed in others],
             Job("hybrid-negatives", first, **recipe, precisions=("int8",)),
@@ -127,6 +129,7 @@ def run(work, data_dir, seeds, batch_size, rows):
                         "--batch-size", str(batch_size), "--lr", job.learning_rate, "--max-passage-length", "96",
                         "--eval-every", "40", "--seed", str(job.seed), "--bf16", "--freeze-embeddings",
                         "--hard-negatives" if job.hard_negatives else "--no-hard-negatives",
+                        *(["--translation-weight", f"{job.translation_weight:g}"] if job.translation_weight else []),
                         "--out", str(run_dir)]
             if not (run_dir / "summary.json").exists():
                 resume = ["--resume"] if (run_dir / "last").exists() else []

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -43,6 +44,7 @@ class TrainConfig:
     languages: tuple[str, ...] = ()
     passage_unit: str = "paragraph"  # or "sentence": the answer sentence of each passage
     hard_negatives: bool = True  # one per example: the pair file's, or the answer sentence's neighbour
+    translation_weight: float = 0.0  # weight of InfoNCE from each positive passage to its translation
     steps: int = 0  # 0: derive from epochs
     epochs: float = 1.0
     batch_size: int = 32
@@ -97,25 +99,54 @@ def gather_with_grad(embeddings: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows[:n] for rows, n in zip(gathered, counts)])
 
 
-def batch_texts(batch: list[Pair], model: DualEncoder, hard_negatives: bool = True) -> tuple[list[str], list[str], list[str]]:
-    source = model.source
-    queries = [source.query_prefix + p.record.questions[p.query_lang] for p in batch]
-    passages = [source.passage_prefix + p.record.passages[p.passage_lang] for p in batch]
-    negatives = [source.passage_prefix + n for p in batch for n in p.record.negatives.get(p.passage_lang, [])[:1]
-                 if hard_negatives]
-    return queries, passages, negatives
+@dataclass(frozen=True)
+class BatchTexts:
+    queries: list[str]  # [B]
+    passages: list[str]  # [B]: query i's positive is passage i
+    negatives: list[str]  # hard negatives, shared by the batch
+    translations: list[str]  # the positive passage in another language, for the examples in ``translated``
+    translated: list[int]
+
+
+def translation_language(pair: Pair) -> str | None:
+    """Another language of the pair's passage: the query's when they differ, else a fixed pick (resumable)."""
+    others = sorted(set(pair.record.passages) - {pair.passage_lang})
+    if pair.query_lang in others:
+        return pair.query_lang
+    return others[zlib.crc32(pair.record.id.encode()) % len(others)] if others else None
+
+
+def batch_texts(batch: list[Pair], model: DualEncoder, hard_negatives: bool = True, translations: bool = False) -> BatchTexts:
+    prefix = model.source.passage_prefix
+    languages = [translation_language(p) if translations else None for p in batch]
+    return BatchTexts(
+        queries=[model.source.query_prefix + p.record.questions[p.query_lang] for p in batch],
+        passages=[prefix + p.record.passages[p.passage_lang] for p in batch],
+        negatives=[prefix + n for p in batch for n in p.record.negatives.get(p.passage_lang, [])[:1] if hard_negatives],
+        translations=[prefix + p.record.passages[lang] for p, lang in zip(batch, languages) if lang],
+        translated=[i for i, lang in enumerate(languages) if lang],
+    )
 
 
 def compute_loss(model: DualEncoder, batch: list[Pair], config: TrainConfig) -> torch.Tensor:
-    queries, passages, negatives = batch_texts(batch, model, config.hard_negatives)
+    """InfoNCE of queries against passages (and hard negatives); with ``translation_weight``, plus
+    InfoNCE of each positive passage against the batch's translations, which pulls a passage's
+    languages together: what the multilingual pool and its language bias measure."""
+    texts = batch_texts(batch, model, config.hard_negatives, config.translation_weight > 0)
     with torch.autocast("cuda" if next(model.parameters()).is_cuda else "cpu", dtype=torch.bfloat16,
                         enabled=config.bf16):
-        q = model(*model.batch(queries, config.max_query_length))  # [B, H]
-        p = model(*model.batch(passages, config.max_passage_length))  # [B, H]
-        # No hard negatives here: an empty slice of q keeps this rank in the gather and its backward.
-        n = model(*model.batch(negatives, config.max_passage_length)) if negatives else q[:0]  # [N, H]
+        q = model(*model.batch(texts.queries, config.max_query_length))  # [B, H]
+        p = model(*model.batch(texts.passages, config.max_passage_length))  # [B, H]
+        # Empty slices of q keep this rank in the gathers and their backward when it has no rows.
+        n = model(*model.batch(texts.negatives, config.max_passage_length)) if texts.negatives else q[:0]  # [N, H]
+        t = model(*model.batch(texts.translations, config.max_passage_length)) if texts.translations else q[:0]  # [T, H]
     n = gather_with_grad(n.float())
-    return info_nce(gather_with_grad(q.float()), gather_with_grad(p.float()), config.temperature, n if len(n) else None)
+    loss = info_nce(gather_with_grad(q.float()), gather_with_grad(p.float()), config.temperature, n if len(n) else None)
+    if config.translation_weight > 0:
+        sources, targets = gather_with_grad(p.float()[texts.translated]), gather_with_grad(t.float())
+        if len(targets):
+            loss = loss + config.translation_weight * info_nce(sources, targets, config.temperature)
+    return loss
 
 
 def distributed() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -113,8 +114,51 @@ def test_batch_texts_take_one_hard_negative_in_the_passage_language_unless_disab
     model = SimpleNamespace(source=SimpleNamespace(query_prefix="q: ", passage_prefix="p: "))
     record = Record("1", {"en": "who?", "de": "wer?"}, {"en": "He.", "de": "Er."}, {"de": ["Sie.", "Es."]})
     batch = [Pair(record, "en", "de"), Pair(record, "de", "en")]
-    assert batch_texts(batch, model) == (["q: who?", "q: wer?"], ["p: Er.", "p: He."], ["p: Sie."])
-    assert batch_texts(batch, model, hard_negatives=False)[2] == []
+    texts = batch_texts(batch, model)
+    assert (texts.queries, texts.passages, texts.negatives) == (["q: who?", "q: wer?"], ["p: Er.", "p: He."], ["p: Sie."])
+    assert texts.translations == texts.translated == []  # only when asked for
+    assert batch_texts(batch, model, hard_negatives=False).negatives == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6))
+def test_translations_are_the_positive_passage_in_another_language(seed):
+    from types import SimpleNamespace
+
+    from hbt.train import batch_texts
+
+    model = SimpleNamespace(source=SimpleNamespace(query_prefix="", passage_prefix=""))
+    records = make_records(30, seed)
+    sampler = BatchSampler(records, 6, "hybrid", 0.5, seed=seed)
+    for _ in range(5):
+        batch = sampler.next_batch()
+        texts = batch_texts(batch, model, translations=True)
+        assert len(texts.translations) == len(texts.translated)
+        assert texts.translated == [i for i, p in enumerate(batch) if len(p.record.passages) > 1]
+        for i, translation in zip(texts.translated, texts.translations):
+            pair = batch[i]
+            language = translation.rsplit(" ", 1)[1]  # make_records writes "passage {i} {lang}"
+            assert translation == pair.record.passages[language] and language != pair.passage_lang
+            if pair.query_lang != pair.passage_lang:
+                assert language == pair.query_lang  # a cross-lingual pair aligns its own two languages
+        assert batch_texts(batch, model, translations=True) == texts  # no randomness: resumable
+
+
+def test_translation_loss_adds_infonce_from_positives_to_their_translations(tiny_model_dir, tmp_path):
+    from hbt.modeling import DualEncoder
+    from hbt.sources import resolve_source
+    from hbt.train import batch_texts, compute_loss
+
+    model = DualEncoder(resolve_source(str(tiny_model_dir))).eval()  # no dropout: the same inputs, the same vectors
+    batch = BatchSampler(make_records(20), 8, "cross", seed=0).next_batch()
+    config = tiny_config(tiny_model_dir, tmp_path, hard_negatives=False)
+    plain, aligned = (compute_loss(model, batch, replace(config, translation_weight=w)).item() for w in (0.0, 0.5))
+    texts = batch_texts(batch, model, translations=True)
+    with torch.no_grad():
+        passages = model(*model.batch(texts.passages, config.max_passage_length))[texts.translated]
+        translations = model(*model.batch(texts.translations, config.max_passage_length))
+    assert len(texts.translated) == 8  # cross-lingual pairs always have a translation
+    assert aligned - plain == pytest.approx(0.5 * info_nce(passages, translations, config.temperature).item(), rel=1e-4)
 
 
 def write_pairs(path, n=40):

@@ -32,6 +32,9 @@ def interrupt(signum, frame):
               help="One hard negative per example besides the in-batch ones: the pair file's \"negatives\", or with "
                    "--passage-unit sentence the sentence next to the answer's (LAReQA ranks a paragraph's sentences "
                    "against each other). About 1.4x the step time.")
+@click.option("--translation-weight", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Also rank each positive passage's translation (the same answer in another language of the "
+                   "record) among the batch's, with this weight: pulls languages together. 0: off.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoints, metrics).")
 @click.option("--steps", type=click.IntRange(0), default=0, help="Optimizer steps (overrides --epochs).")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
