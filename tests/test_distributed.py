@@ -33,32 +33,36 @@ def batch_with_negatives_on_rank_zero_only() -> list[Pair]:
     return batch
 
 
-BATCHES = {"hybrid": hybrid_batch, "uneven negatives": batch_with_negatives_on_rank_zero_only}
+# name -> (global batch, TrainConfig overrides)
+CASES = {"hybrid": (hybrid_batch, {}), "uneven negatives": (batch_with_negatives_on_rank_zero_only, {}),
+         "translations": (hybrid_batch, {"translation_weight": 1.0})}
 
 
-def one_step(model_dir: str, batch_name: str) -> tuple[float, dict[str, torch.Tensor]]:
+def one_step(model_dir: str, case: str) -> tuple[float, dict[str, torch.Tensor]]:
     """Loss and gradients of one global batch of 8, through the training loop's backward."""
     torch.manual_seed(0)
     model = DualEncoder(resolve_source(model_dir)).eval()  # no dropout: both runs see one function
-    config = TrainConfig(base=model_dir, data="", out="", batch_size=8, max_query_length=16, max_passage_length=32)
-    loss = backward(model, BATCHES[batch_name](), config)
+    make_batch, overrides = CASES[case]
+    config = TrainConfig(base=model_dir, data="", out="", batch_size=8, max_query_length=16, max_passage_length=32,
+                         **overrides)
+    loss = backward(model, make_batch(), config)
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def rank_main(rank: int, model_dir: str, batch_name: str, store: str, results) -> None:
+def rank_main(rank: int, model_dir: str, case: str, store: str, results) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
                                          timeout=COLLECTIVE_TIMEOUT)
     try:
-        results[rank] = one_step(model_dir, batch_name)
+        results[rank] = one_step(model_dir, case)
     finally:
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("batch_name", list(BATCHES))
-def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path, batch_name):
-    single_loss, single_grads = one_step(str(tiny_model_dir), batch_name)
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path, case):
+    single_loss, single_grads = one_step(str(tiny_model_dir), case)
     results = mp.Manager().dict()
-    mp.spawn(rank_main, args=(str(tiny_model_dir), batch_name, str(tmp_path / "store"), results), nprocs=WORLD)
+    mp.spawn(rank_main, args=(str(tiny_model_dir), case, str(tmp_path / "store"), results), nprocs=WORLD)
     for rank in range(WORLD):
         loss, grads = results[rank]
         assert loss == pytest.approx(single_loss, rel=1e-5)
