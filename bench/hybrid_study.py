@@ -67,7 +67,7 @@ def interpolated_name(weight: float) -> str:
 
 
 def queue(seeds: list[int]) -> list[Job]:
-    """Most important first: the recipe on seed 0, its seeds, int8, the other batchings, XQuAD-R.
+    """Most important first: recipe candidates on seed 0, the other batchings, int8, then more seeds and XQuAD-R.
 
     Rows named ``*-negatives`` train with the answer sentence's neighbour as a hard
     negative (hbt-train's default); ``hybrid`` without the suffix is the earlier
@@ -80,14 +80,14 @@ def queue(seeds: list[int]) -> list[Job]:
             Job("hybrid", first, "hybrid", interpolate=(0.5,), trained_too=False),  # the ablation: no hard negatives
             Job("hybrid-negatives", first, **recipe),
             Job("hybrid-aligned", first, **recipe, translation_weight=1.0),
-            Job("hybrid-negatives-long", first, **recipe, steps=240, trained_too=False),
-            *[Job("hybrid-negatives", seed, **recipe) for seed in others],
-            Job("hybrid-negatives", first, **recipe, precisions=("int8",)),
+            Job("hybrid-negatives-long", first, **recipe, steps=240),
             Job("mono-negatives", first, **mono), Job("cross-negatives", first, **cross),
-            Job("zero-shot", precisions=("fp32", "int8"), datasets=("xquad-r",)),
+            Job("hybrid-negatives", first, **recipe, precisions=("int8",)),
+            Job("zero-shot", precisions=("int8", "fp32"), datasets=("xquad-r",)),
+            *[Job("hybrid-negatives", seed, **recipe) for seed in others],
+            *[Job(row, seed, **kind) for seed in others for row, kind in (("mono-negatives", mono), ("cross-negatives", cross))],
             Job("hybrid-negatives", first, **recipe, precisions=("fp32", "int8"), datasets=("xquad-r",)),
             *[Job("hybrid-negatives", seed, **recipe, precisions=("int8",)) for seed in others],
-            *[Job(row, seed, **kind) for seed in others for row, kind in (("mono-negatives", mono), ("cross-negatives", cross))],
             Job("mono-negatives", first, **mono, precisions=("int8",)), Job("cross-negatives", first, **cross, precisions=("int8",))]
 
 
