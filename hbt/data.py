@@ -38,10 +38,11 @@ def answer_sentences(context: str, answers: list[str]) -> tuple[str, str | None]
     """The first sentence of ``context`` that holds an answer, and the sentence next to it.
 
     The neighbour (the following sentence, else the preceding one, never a copy of the
-    answer's; None in a one-sentence paragraph) is the hardest negative there is for LAReQA, which ranks a paragraph's
-    sentences against each other. None when no sentence holds an answer (one spanning
-    sentences). The parallel set keeps answer strings without offsets, so a string that
-    occurs in two sentences picks the first: a small, uniform noise on every batching.
+    answer's; None in a one-sentence paragraph) is the hardest negative there is for
+    LAReQA, which ranks a paragraph's sentences against each other. None when no sentence
+    holds an answer (one spanning sentences). The parallel set keeps answer strings
+    without offsets, so a string that occurs in two sentences picks the first: a small,
+    uniform noise on every batching.
     """
     sentences = [s.strip() for s in _SENTENCE_END.split(context) if s.strip()]
     found = next((i for answer in answers if answer for i, s in enumerate(sentences) if answer in s), None)
