@@ -44,19 +44,22 @@ def measure(config: TrainConfig) -> dict:
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16"]), default=("fp32", "bf16"))
 @click.option("--freeze-embeddings/--train-embeddings", default=True, show_default=True)
 @click.option("--passage-unit", type=click.Choice(["paragraph", "sentence"]), default="sentence", show_default=True)
+@click.option("--hard-negatives/--no-hard-negatives", default=True, show_default=True,
+              help="As hbt-train: with sentence units, the answer sentence's neighbour as a hard negative.")
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the figures here as JSON.")
-def main(base, data, steps, batch_size, precisions, freeze_embeddings, passage_unit, out):
+def main(base, data, steps, batch_size, precisions, freeze_embeddings, passage_unit, hard_negatives, out):
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     results = {"device": device, "torch": torch.__version__, "steps": steps, "batch_size": batch_size,
-               "freeze_embeddings": freeze_embeddings, "passage_unit": passage_unit, "runs": {}}
+               "freeze_embeddings": freeze_embeddings, "passage_unit": passage_unit, "hard_negatives": hard_negatives,
+               "runs": {}}
     for precision in precisions:
         with tempfile.TemporaryDirectory() as work:
             config = TrainConfig(base=base, data=str(data), out=work, batching="hybrid", steps=steps,
                                  batch_size=batch_size, eval_every=0, validation_fraction=0.0, seed=0,
                                  max_passage_length=128, passage_unit=passage_unit, bf16=precision == "bf16",
-                                 freeze_embeddings=freeze_embeddings)
+                                 freeze_embeddings=freeze_embeddings, hard_negatives=hard_negatives)
             results["runs"][precision] = measure(config)
         run = results["runs"][precision]
         click.echo(f"{precision}: {run['steps_per_second']} steps/s, {run['examples_per_second']} examples/s "
