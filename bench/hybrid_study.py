@@ -80,7 +80,7 @@ def queue(seeds: list[int]) -> list[Job]:
             Job("hybrid", first, "hybrid", interpolate=(0.5,), trained_too=False),  # the ablation: no hard negatives
             Job("hybrid-negatives", first, **recipe),
             Job("hybrid-aligned", first, **recipe, translation_weight=1.0),
-            Job("hybrid-negatives-long", first, **recipe, steps=240),
+            Job("hybrid-negatives-long", first, **(recipe | dict(interpolate=(0.5, 0.75))), steps=240),
             Job("mono-negatives", first, **mono), Job("cross-negatives", first, **cross),
             Job("hybrid-negatives", first, **recipe, precisions=("int8",)),
             Job("zero-shot", precisions=("int8", "fp32"), datasets=("xquad-r",)),
