@@ -31,7 +31,7 @@ def interrupt(signum, frame):
 @click.option("--hard-negatives/--no-hard-negatives", default=True, show_default=True,
               help="One hard negative per example besides the in-batch ones: the pair file's \"negatives\", or with "
                    "--passage-unit sentence the sentence next to the answer's (LAReQA ranks a paragraph's sentences "
-                   "against each other). About 1.4x the step time.")
+                   "against each other). It adds a passage encode per example.")
 @click.option("--translation-weight", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Also rank each positive passage's translation (the same answer in another language of the "
                    "record) among the batch's, with this weight: pulls languages together. 0: off.")
