@@ -87,6 +87,7 @@ def queue(seeds: list[int]) -> list[Job]:
             Job("hybrid-negatives", first, **recipe, precisions=("int8",)),
             Job("hybrid-negatives-long", first, **recipe, steps=240, precisions=("int8",)),
             Job("zero-shot", precisions=("int8", "fp32"), datasets=("xquad-r",)),
+            *[Job("hybrid-negatives-long", seed, **recipe, steps=240) for seed in others],
             *[Job("hybrid-negatives", seed, **recipe) for seed in others],
             *[Job(row, seed, **kind) for seed in others for row, kind in (("mono-negatives", mono), ("cross-negatives", cross))],
             Job("hybrid-negatives-long", first, **recipe, steps=240, datasets=("xquad-r",)),
