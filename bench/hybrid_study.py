@@ -87,10 +87,10 @@ def queue(seeds: list[int]) -> list[Job]:
             Job("hybrid-negatives", first, **recipe, precisions=("int8",)),
             Job("hybrid-negatives-long", first, **recipe, steps=240, precisions=("int8",)),
             Job("zero-shot", precisions=("int8",), datasets=("xquad-r",)),  # fp32: bench/reports/zero-shot-fp32-xquad-r
+            Job("hybrid-negatives-long", first, **recipe, steps=240, datasets=("xquad-r",)),
             *[Job("hybrid-negatives-long", seed, **recipe, steps=240) for seed in others],
             *[Job("hybrid-negatives", seed, **recipe) for seed in others],
             *[Job(row, seed, **kind) for seed in others for row, kind in (("mono-negatives", mono), ("cross-negatives", cross))],
-            Job("hybrid-negatives-long", first, **recipe, steps=240, datasets=("xquad-r",)),
             *[Job("hybrid-negatives", seed, **recipe, precisions=("int8",)) for seed in others],
             Job("mono-negatives", first, **mono, precisions=("int8",)), Job("cross-negatives", first, **cross, precisions=("int8",)),
             Job("zero-shot", datasets=("xquad-r",))]
