@@ -63,9 +63,12 @@ def main(languages, dry_run, resume, **options):
     \b
     Examples:
       hbt-train --data train.jsonl.gz --batching hybrid --alpha 0.5 --out runs/hybrid --steps 300
+      hbt-train --data parallel_qp.jsonl.gz --passage-unit sentence --steps 240 --batch-size 16 --max-passage-length 96 --bf16 --freeze-embeddings --out runs/recipe
       hbt-train --data train.jsonl.gz --batching mono --out runs/mono --dry-run
 
-    The result is runs/NAME/best (a Hugging Face directory): hbt-export runs/NAME/best --out bundle.
+    The second is the study's recipe for LAReQA-style retrieval (about 10 minutes on 2 cores;
+    bench/reports/hybrid-study). The result is runs/NAME/best (a Hugging Face directory):
+    hbt-export runs/NAME/best --out bundle.
     """
     from hbt.train import TrainConfig
 
