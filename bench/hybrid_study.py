@@ -75,23 +75,24 @@ def queue(seeds: list[int]) -> list[Job]:
     is the recipe the study arrived at.
     """
     first, others = seeds[0], seeds[1:]
-    recipe = dict(batching="hybrid", hard_negatives=True)
-    wise = dict(interpolate=(0.5,))
+    hybrid = dict(batching="hybrid", hard_negatives=True)
     mono, cross = dict(batching="mono", alpha=1.0, hard_negatives=True), dict(batching="cross", alpha=0.0, hard_negatives=True)
+    recipe = hybrid | dict(steps=240)
+    wise = dict(interpolate=(0.5,))
     return [Job("zero-shot", precisions=("fp32", "int8")),
             Job("hybrid", first, "hybrid", **wise, trained_too=False),  # the ablation: no hard negatives
-            Job("hybrid-negatives", first, **recipe, **wise),
-            Job("hybrid-aligned", first, **recipe, **wise, translation_weight=1.0),
-            Job("hybrid-negatives-long", first, **recipe, **wise, steps=240),
+            Job("hybrid-negatives", first, **hybrid, **wise),
+            Job("hybrid-aligned", first, **hybrid, **wise, translation_weight=1.0),
+            Job("hybrid-negatives-long", first, **recipe, **wise),
             Job("mono-negatives", first, **mono), Job("cross-negatives", first, **cross),
-            Job("hybrid-negatives", first, **recipe, precisions=("int8",)),
-            Job("hybrid-negatives-long", first, **recipe, steps=240, precisions=("int8",)),
+            Job("hybrid-negatives", first, **hybrid, precisions=("int8",)),
+            Job("hybrid-negatives-long", first, **recipe, precisions=("int8",)),
             Job("zero-shot", precisions=("int8",), datasets=("xquad-r",)),  # fp32: bench/reports/zero-shot-fp32-xquad-r
-            Job("hybrid-negatives-long", first, **recipe, steps=240, datasets=("xquad-r",)),
-            *[Job("hybrid-negatives-long", seed, **recipe, steps=240) for seed in others],
-            *[Job("hybrid-negatives", seed, **recipe) for seed in others],
+            Job("hybrid-negatives-long", first, **recipe, datasets=("xquad-r",)),
+            *[Job("hybrid-negatives-long", seed, **recipe) for seed in others],
+            *[Job("hybrid-negatives", seed, **hybrid) for seed in others],
             *[Job(row, seed, **kind) for seed in others for row, kind in (("mono-negatives", mono), ("cross-negatives", cross))],
-            *[Job("hybrid-negatives", seed, **recipe, precisions=("int8",)) for seed in others],
+            *[Job("hybrid-negatives", seed, **hybrid, precisions=("int8",)) for seed in others],
             Job("mono-negatives", first, **mono, precisions=("int8",)), Job("cross-negatives", first, **cross, precisions=("int8",)),
             Job("zero-shot", datasets=("xquad-r",))]
 
