@@ -25,6 +25,8 @@ from typing import Callable
 import click
 import numpy as np
 
+from hbt.sources import interpolated_name
+
 PAPER_TABLE_1 = {  # mAP mono / cross / multi, from the paper's Table 1
     "XLM-R hybrid": {"xquad-r": (0.798, 0.705, 0.593), "mlqa-r": (0.648, 0.623, 0.512)},
     "LaBSE hybrid": {"xquad-r": (0.817, 0.767, 0.682), "mlqa-r": (0.686, 0.681, 0.579)},
@@ -60,10 +62,6 @@ class Job:
         if not self.batching:
             return ["base"]
         return [interpolated_name(w) for w in self.interpolate] + ["best"] * self.trained_too
-
-
-def interpolated_name(weight: float) -> str:
-    return f"interpolated-{weight:g}"  # hbt.train.interpolated_name, without importing torch here
 
 
 def queue(seeds: list[int]) -> list[Job]:

@@ -19,6 +19,11 @@ TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer.model", "spiece.model")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+def interpolated_name(weight: float) -> str:
+    """The checkpoint directory hbt-train --interpolate writes inside a run: interpolated-0.5."""
+    return f"interpolated-{weight:g}"
+
+
 @dataclass(frozen=True)
 class Source:
     name: str  # as the user gave it

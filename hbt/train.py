@@ -27,7 +27,7 @@ from hbt.data import Record, load_records, split_by_id
 from hbt.errors import DataError
 from hbt.modeling import DualEncoder
 from hbt.sampler import BatchSampler, Pair
-from hbt.sources import ENCODER_INFO, resolve_source
+from hbt.sources import ENCODER_INFO, interpolated_name, resolve_source
 
 TRAIN_INFO = "hbt_train.json"
 STATE_FILE = "trainer_state.pt"
@@ -264,10 +264,6 @@ def interpolate(model: DualEncoder, base: DualEncoder, weight: float) -> None:
     for name, tensor in trained.items():
         if tensor.is_floating_point():
             tensor.lerp_(original[name].to(tensor.device, tensor.dtype), 1.0 - weight)
-
-
-def interpolated_name(weight: float) -> str:
-    return f"interpolated-{weight:g}"
 
 
 def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool = False) -> dict:
