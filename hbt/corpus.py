@@ -15,6 +15,8 @@ from typing import BinaryIO, Callable, Iterator
 from hbt.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
+BOM = "\ufeff"  # a UTF-8 byte order mark, as some editors start a file with
+LINE_BLOCK = 1 << 16  # bytes read at a time
 DOCUMENT_ID_KEYS = ("id", "_id", "docid")  # hbt, BEIR, MIRACL
 QUERY_ID_KEYS = ("id", "_id", "qid", "query_id")
 QUERY_TEXT_KEYS = ("text", "query")
@@ -48,10 +50,10 @@ def _open_bytes(path: str | Path, stream: BinaryIO | None = None) -> Iterator[Bi
             pass
         elif str(path) == "-":
             stream = sys.stdin.buffer
-        elif Path(path).is_file():
+        elif Path(path).exists() and not Path(path).is_dir():  # a file, a FIFO, or <(cmd)'s /dev/fd/N
             stream = stack.enter_context(open(path, "rb"))
         else:
-            raise DataError(f"{path}: no such file")
+            raise DataError(f"{path}: {'a directory' if Path(path).is_dir() else 'no such file'}")
         if not hasattr(stream, "peek"):  # stdin replaced by a plain byte stream (tests, embedding)
             stream = io.BufferedReader(stream)
         if stream.peek(2)[:2] == GZIP_MAGIC:
@@ -74,13 +76,15 @@ def read_lines(path: str | Path, stats: ReadStats | None = None,
                stream: BinaryIO | None = None) -> Iterator[tuple[int, str]]:
     """(line number, text) of each non-blank line of a UTF-8 file, plain or gzipped, or of stdin ('-').
 
-    A line of invalid UTF-8 raises DataError(file:line), or is counted in ``stats.skipped`` when ``stats`` is given.
+    Lines end with \\n, \\r\\n or a lone \\r (old Mac files), as Python's universal newlines; a
+    UTF-8 byte order mark at the start is dropped. A line of invalid UTF-8 raises
+    DataError(file:line), or is counted in ``stats.skipped`` when ``stats`` is given.
     """
     name, number = _display_name(path), 0
     with _open_bytes(path, stream) as stream:
         try:
             # Bytes, decoded line by line, so that an encoding error names its line.
-            for number, raw in enumerate(stream, start=1):
+            for number, raw in enumerate(_raw_lines(stream), start=1):
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
@@ -89,10 +93,29 @@ def read_lines(path: str | Path, stats: ReadStats | None = None,
                                         "re-encode the file as UTF-8") from e
                     stats.skipped += 1
                     continue
+                if number == 1:
+                    line = line.removeprefix(BOM)
                 if line.strip():
-                    yield number, line.rstrip("\r\n")
+                    yield number, line
         except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated gzip stream
             raise DataError(f"{name}:{number + 1}: cannot read ({e}); the file is damaged, fetch it again") from e
+
+
+def _raw_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The stream's lines without their ends (\\n, \\r\\n or \\r), read a block at a time."""
+    parts: list[bytes] = []  # the unfinished line
+    while block := stream.read1(LINE_BLOCK):
+        if b"\n" not in block and b"\r" not in block:
+            parts.append(block)
+            continue
+        lines = (b"".join(parts) + block).splitlines(keepends=True)
+        # The last line may go on in the next block, and a final \r may be the half of a \r\n.
+        parts = [] if lines[-1].endswith(b"\n") else [lines.pop()]
+        for line in lines:
+            yield line[:-2] if line.endswith(b"\r\n") else line[:-1]
+    if parts:
+        line = b"".join(parts)
+        yield line[:-1] if line.endswith(b"\r") else line
 
 
 def _json_object(line: str) -> dict:
@@ -100,8 +123,17 @@ def _json_object(line: str) -> dict:
         row = json.loads(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"not valid JSON ({e.msg})") from e
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(row, dict):
         raise ValueError("expected a JSON object")
+    if "\\u" in line:  # only an escape can make a lone surrogate, which no UTF-8 text can hold
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"a lone surrogate ({e.object[e.start]!r}) in a string; it is not Unicode text") from e
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
     return row
 
 

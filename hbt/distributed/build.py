@@ -86,7 +86,7 @@ def build_index_on_ray(corpus: str | list[str], bundle: Path | str, out: Path | 
     if corpus == "-":
         raise DataError("-: a Ray build reads files, directories or URLs that every node can reach, not stdin")
     out = Path(out)
-    check_build_target(out, force)
+    check_build_target(out, force)  # early, before the cluster works; commit_parts decides again under the lock
     encoder = Encoder(bundle, threads=1)  # the bundle checked once, here, before the cluster works
     staging = staging_dir(out)
     with connect(address):
@@ -95,7 +95,8 @@ def build_index_on_ray(corpus: str | list[str], bundle: Path | str, out: Path | 
         actors, threads, reserve = encoder_pool(actors, config.threads, cluster_cpus())
         make_encoder = make_encoder or functools.partial(Encoder, str(Path(bundle).resolve()), threads=threads)
         build_parts(source, plan, staging, encoder.dimension, config, make_encoder, actors, reserve)
-    return commit_parts(out, staging, plan, new_manifest(bundle_identity(encoder), encoder.dimension, config))
+    return commit_parts(out, staging, plan, new_manifest(bundle_identity(encoder), encoder.dimension, config),
+                        force)
 
 
 def read_or_make_plan(staging: Path, source: CorpusSource, bundle_fingerprint: str, config: IndexConfig,
@@ -211,9 +212,13 @@ def write_part(group: dict[str, np.ndarray], staging: str, part_documents: list[
     return {"part": [number], "documents": [entry["count"]]}
 
 
-def commit_parts(out: Path, staging: Path, plan: dict, manifest: dict) -> dict:
-    """Rename the finished parts into the index as new segments and commit them, under the write lock."""
-    with open_writer(out, create=manifest) as writer:
+def commit_parts(out: Path, staging: Path, plan: dict, manifest: dict, force: bool = False) -> dict:
+    """Rename the finished parts into the index as new segments and commit them, under the write lock.
+
+    An index that appeared at ``out`` while the cluster worked is refused (unless ``force``)
+    under that lock; the parts stay staged, so a rerun with --force commits them at once.
+    """
+    with open_writer(out, create=manifest, force=force) as writer:
         added = []
         for number, count in enumerate(plan["part_documents"]):
             if count:

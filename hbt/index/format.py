@@ -82,22 +82,83 @@ def read_manifest(directory: Path) -> dict:
     return manifest
 
 
+# Every field a reader or writer reads, with its type: a manifest lacking one is refused at open, in one line.
+MANIFEST_FIELDS = {"generation": int, "hbt_version": str, "bundle": dict, "dimension": int, "space": str, "M": int,
+                   "ef_construction": int, "ef": int, "segment_size": int, "next_segment": int, "segments": list,
+                   "count": int, "languages": dict, "created": str, "updated": str}
+BUNDLE_FIELDS = {"path": str, "fingerprint": str}
+ENTRY_FIELDS = {"name": str, "count": int, "deleted": int, "tombstones": (str, type(None)), "language_codes": list,
+                "languages": dict, "files": dict}
+FILE_FIELDS = {"sha256": str, "bytes": int}
+MAX_LANGUAGES = 1 << 16  # language codes are uint16
+
+
+def _fields(record, fields: dict, where: str) -> None:
+    """``record`` is an object holding ``fields`` of their types; integers are never negative (nor bools)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} is not an object")
+    for key, kind in fields.items():
+        if key not in record:
+            raise ValueError(f"{where}.{key} missing")
+        value = record[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
+            expected = {int: "a non-negative integer", str: "a string", dict: "an object", list: "a list"}.get(
+                kind, "a string or null")
+            raise ValueError(f"{where}.{key} = {str(value)[:40]!r} is not {expected}")
+
+
+def _counts(languages, where: str) -> dict[str, int]:
+    if not all(isinstance(lang, str) and isinstance(n, int) and not isinstance(n, bool) and n >= 0
+               for lang, n in languages.items()):
+        raise ValueError(f"{where}.languages is not a map of languages to counts")
+    return languages
+
+
 def _check_manifest(manifest: dict, path: Path) -> None:
-    """Refuse a manifest whose fields would make the reader open other files or allocate without bound."""
+    """Refuse a manifest that lacks a field, or whose fields would make the reader open other files,
+    allocate without bound or disagree with themselves."""
     try:
-        if not isinstance(manifest["dimension"], int) or not 0 < manifest["dimension"] <= 65536:
+        _fields(manifest, MANIFEST_FIELDS, "manifest")
+        _fields(manifest["bundle"], BUNDLE_FIELDS, "manifest.bundle")
+        if not 0 < manifest["dimension"] <= 65536:
             raise ValueError(f"dimension {manifest['dimension']!r} out of range")
-        for entry in manifest["segments"]:
-            if not SEGMENT_NAME.fullmatch(entry["name"]):
-                raise ValueError(f"segment name {entry['name']!r} is not seg-NNNNNN")
-            if set(entry["files"]) != set(SEGMENT_FILES) | ({entry["tombstones"]} if entry["tombstones"] else set()):
-                raise ValueError(f"segment {entry['name']} lists files {sorted(entry['files'])}")
-            if entry["tombstones"] and not TOMBSTONE_NAME.fullmatch(entry["tombstones"]):
-                raise ValueError(f"tombstone file {entry['tombstones']!r} is not deletes-NNNNNN.npy")
-            if not 0 <= entry["deleted"] <= entry["count"] or sum(entry["languages"].values()) != live_count(entry):
-                raise ValueError(f"segment {entry['name']} counts disagree")
+        if manifest["space"] != SPACE or min(manifest["M"], manifest["ef_construction"], manifest["ef"],
+                                             manifest["segment_size"]) < 1:
+            raise ValueError("space, M, ef_construction, ef or segment_size out of range")
+        languages: dict[str, int] = {}
+        numbers = []
+        for position, entry in enumerate(manifest["segments"]):
+            _check_entry(entry, f"segments[{position}]")
+            numbers.append(int(entry["name"].removeprefix("seg-")))
+            for lang, n in entry["languages"].items():
+                languages[lang] = languages.get(lang, 0) + n
+        if len(set(numbers)) != len(numbers) or manifest["next_segment"] <= max(numbers, default=-1):
+            raise ValueError("segment names repeat, or next_segment is not above them")
+        stated = _counts(manifest["languages"], "manifest")
+        if manifest["count"] != sum(live_count(e) for e in manifest["segments"]) or (
+                {lang: n for lang, n in stated.items() if n} != {lang: n for lang, n in languages.items() if n}):
+            raise ValueError("count or languages disagree with the segments")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SearchIndexError(f"{path}: invalid manifest ({e}); restore it from a backup or rebuild the index") from e
+
+
+def _check_entry(entry: dict, where: str) -> None:
+    _fields(entry, ENTRY_FIELDS, where)
+    if not SEGMENT_NAME.fullmatch(entry["name"]):
+        raise ValueError(f"segment name {entry['name']!r} is not seg-NNNNNN")
+    if entry["tombstones"] is not None and not TOMBSTONE_NAME.fullmatch(entry["tombstones"]):
+        raise ValueError(f"tombstone file {entry['tombstones']!r} is not deletes-NNNNNN.npy")
+    if set(entry["files"]) != set(SEGMENT_FILES) | ({entry["tombstones"]} if entry["tombstones"] else set()):
+        raise ValueError(f"segment {entry['name']} lists files {sorted(entry['files'])}")
+    for name, record in entry["files"].items():
+        _fields(record, FILE_FIELDS, f"{where}.files.{name}")
+    codes = entry["language_codes"]
+    if len(codes) > MAX_LANGUAGES or len(set(codes)) != len(codes) or not all(isinstance(c, str) for c in codes):
+        raise ValueError(f"{where}.language_codes is not a list of distinct languages")
+    languages = _counts(entry["languages"], where)
+    if not 0 <= entry["deleted"] <= entry["count"] or sum(languages.values()) != live_count(entry) or (
+            not set(languages) <= set(codes)):
+        raise ValueError(f"segment {entry['name']} counts disagree")
 
 
 def dump_manifest(manifest: dict) -> bytes:

@@ -113,7 +113,11 @@ def _first_repeat(db: sqlite3.Connection, docs: list[Document]) -> str:
 
 
 class Segment:
-    """A segment's immutable files, opened: the graph in memory, documents and languages on demand."""
+    """A segment's immutable files, opened: the graph and languages in memory, documents on demand.
+
+    Everything a search may read is loaded or held open here, so a snapshot keeps working
+    after a compaction or a merge removes the files (Linux keeps an open file's data).
+    """
 
     def __init__(self, directory: Path, entry: dict, dimension: int):
         self.directory, self.name, self.count = directory, entry["name"], entry["count"]
@@ -121,11 +125,16 @@ class Segment:
         self.language_codes: list[str] = entry["language_codes"]
         for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE):
             _check_size(directory / name, entry["files"][name]["bytes"])
+        self.codes = load_array(directory / LANGS_FILE)  # [count] each label's language code
+        if self.codes.shape != (self.count,) or self.codes.dtype != np.uint16 or (
+                self.count and self.codes.max() >= max(len(self.language_codes), 1)):
+            raise SearchIndexError(f"{directory / LANGS_FILE}: not {self.count} language codes below "
+                                   f"{len(self.language_codes)}; the index is damaged: restore it or rebuild with "
+                                   "hbt-index build")
         self.db = sqlite3.connect(f"{(directory / DOCS_FILE).resolve().as_uri()}?mode=ro", uri=True,
                                   check_same_thread=False)
         self.lock = threading.Lock()  # one SQLite connection, and hnswlib's ef is per graph, not per query
         self._graph = None
-        self._codes: np.ndarray | None = None
 
     @property
     def graph(self):
@@ -133,17 +142,6 @@ class Segment:
         if self._graph is None:
             self._graph = load_graph(self.directory / GRAPH_FILE, self.dimension, self.count)
         return self._graph
-
-    @property
-    def codes(self) -> np.ndarray:
-        """Each label's language code, loaded at the first query that filters."""
-        if self._codes is None:
-            codes = np.load(self.directory / LANGS_FILE)
-            if codes.shape != (self.count,):
-                raise SearchIndexError(f"{self.directory / LANGS_FILE}: {codes.shape[0]} labels, expected "
-                                       f"{self.count}; the index is damaged: rebuild it")
-            self._codes = codes
-        return self._codes
 
     def vectors(self, labels: np.ndarray) -> np.ndarray:
         return np.asarray(self.graph.get_items(labels), dtype=np.float32).reshape(len(labels), -1)
@@ -190,13 +188,22 @@ def _check_size(path: Path, expected: int) -> None:
                                "restore it or rebuild with hbt-index build")
 
 
+def load_array(path: Path) -> np.ndarray:
+    """A .npy file of the index; one that numpy cannot read (zeroed, cut, pickled) is damage, in one line."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as e:
+        raise SearchIndexError(f"{path}: not a readable array ({e}); the index is damaged: restore it or rebuild "
+                               "with hbt-index build") from e
+
+
 def load_tombstones(directory: Path, entry: dict) -> np.ndarray:
     if not entry["tombstones"]:
         return np.zeros(0, dtype=np.int64)
     path = directory / entry["tombstones"]
     _check_size(path, entry["files"][entry["tombstones"]]["bytes"])
-    deleted = np.load(path)
-    if (deleted.ndim != 1 or len(deleted) != entry["deleted"] or np.any(np.diff(deleted) <= 0)
+    deleted = load_array(path)
+    if not np.issubdtype(deleted.dtype, np.integer) or (deleted.ndim != 1 or len(deleted) != entry["deleted"] or np.any(np.diff(deleted) <= 0)
             or (len(deleted) and not 0 <= deleted[0] <= deleted[-1] < entry["count"])):
         raise SearchIndexError(f"{path}: not the {entry['deleted']} sorted labels the manifest says; "
                                "the index is damaged: restore it or rebuild with hbt-index build")
@@ -204,13 +211,20 @@ def load_tombstones(directory: Path, entry: dict) -> np.ndarray:
 
 
 class SegmentView:
-    """A segment as one commit sees it: its tombstones applied, searched by the planner's choice."""
+    """A segment as one commit sees it: its tombstones applied, searched by the planner's choice.
+
+    Exact scans keep each language's block of live vectors for the next query, and a
+    filter combines the blocks of its languages: the cache holds at most one copy of the
+    segment's live vectors however many language subsets are asked for (a cache keyed by
+    subset would grow with 2^languages).
+    """
 
     def __init__(self, segment: Segment, entry: dict, deleted: np.ndarray):
         self.segment, self.entry, self.deleted = segment, entry, deleted
         self.languages: dict[str, int] = entry["languages"]  # live documents per language
-        self._admitted: dict[frozenset | None, np.ndarray] = {}
-        self._blocks: dict[frozenset | None, tuple[np.ndarray, np.ndarray]] = {}
+        self.live_mask = np.ones(segment.count, dtype=bool)  # [count]
+        self.live_mask[deleted] = False
+        self._blocks: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # language -> live labels [n], vectors [n, d]
 
     @property
     def live(self) -> int:
@@ -219,17 +233,19 @@ class SegmentView:
     def pool(self, langs: frozenset | None) -> int:
         return self.live if langs is None else sum(self.languages.get(lang, 0) for lang in langs)
 
+    def _in_languages(self, langs: frozenset) -> np.ndarray:
+        """Which language codes the filter admits: [codes] bool, indexed by code."""
+        return np.array([lang in langs for lang in self.segment.language_codes] or [False], dtype=bool)
+
     def admitted(self, langs: frozenset | None) -> np.ndarray:
-        """Which labels the filter admits: live, and in one of ``langs``. [count] bool."""
-        if langs not in self._admitted:
-            if langs is None:
-                mask = np.ones(self.segment.count, dtype=bool)
-            else:
-                codes = [i for i, lang in enumerate(self.segment.language_codes) if lang in langs]
-                mask = np.isin(self.segment.codes, codes)
-            mask[self.deleted] = False
-            self._admitted[langs] = mask
-        return self._admitted[langs]
+        """Which labels the filter admits: live, and in one of ``langs``. [count] bool (do not modify)."""
+        if langs is None:
+            return self.live_mask
+        return self.live_mask & self._in_languages(langs)[self.segment.codes]
+
+    def _admits(self, labels: np.ndarray, langs: frozenset) -> np.ndarray:
+        """``admitted(langs)[labels]``, computed for those labels alone. Same shape as labels."""
+        return self.live_mask[labels] & self._in_languages(langs)[self.segment.codes[labels]]
 
     def search(self, queries: np.ndarray, k: int, ef: int, langs: frozenset | None,
                exact: bool = False) -> tuple[np.ndarray, np.ndarray, Plan]:
@@ -244,7 +260,7 @@ class SegmentView:
             return scores, labels, plan
         while plan.kind != "exact":
             labels, scores = self.segment.knn(queries, plan.fetch, plan.ef)
-            keep = self.admitted(langs)[labels]  # [Q, fetch]
+            keep = self._admits(labels, langs) if langs is not None else self.live_mask[labels]  # [Q, fetch]
             if (keep.sum(axis=1) >= k).all():
                 first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # admitted ones, in graph order
                 return np.take_along_axis(scores, first, 1), np.take_along_axis(labels, first, 1), plan
@@ -252,13 +268,19 @@ class SegmentView:
         scores, labels = self._exact(queries, k, langs, cache=not exact)
         return scores, labels, plan
 
+    def _block(self, language: str) -> tuple[np.ndarray, np.ndarray]:
+        """One language's live labels [n] and their vectors [n, d], kept for the next scan."""
+        if language not in self._blocks:
+            code = self.segment.language_codes.index(language)
+            labels = np.flatnonzero(self.live_mask & (self.segment.codes == code))
+            self._blocks.setdefault(language, (labels, self.segment.vectors(labels)))
+        return self._blocks[language]
+
     def _exact(self, queries: np.ndarray, k: int, langs: frozenset | None,
                cache: bool) -> tuple[np.ndarray, np.ndarray]:
-        if langs in self._blocks:
-            blocks = [self._blocks[langs]]
-        elif cache:  # the planner chose a scan, so the block is small: keep it for the next query
-            admitted = np.flatnonzero(self.admitted(langs))
-            blocks = [self._blocks.setdefault(langs, (admitted, self.segment.vectors(admitted)))]
+        if cache:  # the planner chose a scan, so the pool is small: its languages' blocks are worth keeping
+            blocks = [self._block(lang) for lang in self.segment.language_codes
+                      if (langs is None or lang in langs) and self.languages.get(lang)]
         else:  # a forced scan of a large segment: a chunk at a time, nothing kept
             parts = np.array_split(np.flatnonzero(self.admitted(langs)), max(1, self.pool(langs) // EXACT_CHUNK))
             blocks = ((part, self.segment.vectors(part)) for part in parts)

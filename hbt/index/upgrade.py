@@ -32,7 +32,7 @@ def upgrade_index(directory: Path) -> dict:
     if old["format_version"] == FORMAT_VERSION:
         return old
     config = IndexConfig(M=old["M"], ef_construction=old["ef_construction"], ef=old["ef"])
-    with open_writer(directory, new_manifest(old["bundle"], old["dimension"], config)) as writer:
+    with open_writer(directory, new_manifest(old["bundle"], old["dimension"], config), force=True) as writer:
         writer.manifest["created"] = old["created"]
         segment = directory / segment_name(writer.manifest["next_segment"])
         writer.manifest["next_segment"] += 1

@@ -29,6 +29,16 @@ ENCODE_CHUNK = 256  # documents embedded and written per step while streaming
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another to finish
 
 
+@contextlib.contextmanager
+def _missing_is_damage() -> Iterator[None]:
+    """A file the commit names that is not there: damage to report as such, not a disk to free."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        raise SearchIndexError(f"{e.filename}: missing, though the index's commit names it; the index is damaged: "
+                               "restore it or rebuild with hbt-index build") from e
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -49,7 +59,9 @@ class IndexWriter:
     def segment(self, entry: dict) -> Segment:
         """A committed segment, opened once per writer (duplicate checks, deletes and merges read it)."""
         if entry["name"] not in self._segments:
-            self._segments[entry["name"]] = Segment(self.directory / entry["name"], entry, self.manifest["dimension"])
+            with _missing_is_damage():
+                self._segments[entry["name"]] = Segment(self.directory / entry["name"], entry,
+                                                        self.manifest["dimension"])
         return self._segments[entry["name"]]
 
     def next_name(self) -> str:
@@ -65,7 +77,8 @@ class IndexWriter:
     def tombstones(self, entry: dict) -> np.ndarray:
         key = (entry["name"], entry["tombstones"])
         if key not in self._tombstones:
-            self._tombstones[key] = load_tombstones(self.directory / entry["name"], entry)
+            with _missing_is_damage():
+                self._tombstones[key] = load_tombstones(self.directory / entry["name"], entry)
         return self._tombstones[key]
 
     def live_ids(self, ids: list[str], entries: list[dict] | None = None) -> list[str]:
@@ -150,11 +163,15 @@ class IndexWriter:
 
 
 @contextlib.contextmanager
-def open_writer(directory: Path, create: dict | None = None, timeout: float = LOCK_TIMEOUT) -> Iterator[IndexWriter]:
+def open_writer(directory: Path, create: dict | None = None, timeout: float = LOCK_TIMEOUT,
+                force: bool = False) -> Iterator[IndexWriter]:
     """Lock an index for writing and clean up what a crash left.
 
-    With ``create`` (a new manifest), the index is made, or a forced rebuild replaces
-    the current commit's segments; its generation keeps growing, so readers see a new commit.
+    With ``create`` (a new manifest), the index is made, or with ``force`` a rebuild
+    replaces the current commit's segments; its generation keeps growing, so readers
+    see a new commit. Whether an index is already there is decided under the lock: one
+    that another build committed while this one waited is refused, not replaced. A change
+    that fails removes its uncommitted files at once (they may be what filled the disk).
     """
     directory = Path(directory)
     try:
@@ -163,6 +180,8 @@ def open_writer(directory: Path, create: dict | None = None, timeout: float = LO
         elif not (directory / MANIFEST).is_file():
             read_manifest(directory)  # the one-line "no index here"
         with durable.write_lock(directory, timeout):
+            if create is not None:
+                check_build_target(directory, force)
             current = read_manifest(directory) if create is None else _readable_manifest(directory)
             writer = IndexWriter(directory, current or create)
             try:
@@ -170,11 +189,27 @@ def open_writer(directory: Path, create: dict | None = None, timeout: float = LO
                 if create is not None and current is not None:  # its commit lists only the new segments
                     writer.manifest = create | {key: current[key] for key in ("generation", "next_segment")}
                 yield writer
+            except BaseException:
+                writer.close()
+                _discard_uncommitted(writer, create is not None)
+                raise
             finally:
                 writer.close()
     except OSError as e:  # a read-only directory (also for root), a full disk, ...
         raise SearchIndexError(f"{directory}: cannot write ({e.strerror or e}); free space or choose another "
                                "directory. The index is unchanged") from e
+
+
+def _discard_uncommitted(writer: IndexWriter, creating: bool) -> None:
+    """Remove the segments and files of a failed change: what the commit on disk does not name."""
+    with contextlib.suppress(OSError, SearchIndexError):
+        if (writer.directory / MANIFEST).exists():
+            writer.manifest = read_manifest(writer.directory)
+        elif creating:
+            writer.manifest = {"segments": []}
+        else:
+            return  # no commit to go by: leave everything
+        writer.collect_garbage()
 
 
 def _readable_manifest(directory: Path) -> dict | None:
@@ -217,17 +252,18 @@ def check_bundle(manifest: dict, encoder, directory: Path) -> None:
 def check_build_target(out: Path, force: bool) -> None:
     """Refuse to build over an index (unless ``force``) or over a directory that is not one."""
     if out.exists() and not force and (out / MANIFEST).exists():
-        raise SearchIndexError(f"{out}: already exists; choose another --out, use hbt-index add, or pass --force")
+        raise SearchIndexError(f"{out}: an index already exists there; choose another --index, add to it with "
+                               "hbt-index add, or replace it with --force")
     if out.exists() and not force and any(not _is_leftover(p) for p in out.iterdir()):
-        raise SearchIndexError(f"{out}: exists and is not an index; choose another --out")
+        raise SearchIndexError(f"{out}: exists and is not an index; choose another --index")
 
 
 def build_index(docs: Iterable[Document], encoder, out: Path, config: IndexConfig = IndexConfig(),
                 progress: Callable[[int], None] = lambda n: None, force: bool = False) -> dict:
     """Embed a stream of documents into a new index at ``out`` (with ``force``, replacing one)."""
     out = Path(out)
-    check_build_target(out, force)
-    with open_writer(out, new_manifest(bundle_identity(encoder), encoder.dimension, config)) as writer:
+    check_build_target(out, force)  # early, before the lock: open_writer decides again under it
+    with open_writer(out, new_manifest(bundle_identity(encoder), encoder.dimension, config), force=force) as writer:
         segments = writer.write_documents(docs, encoder, progress, config.threads)
         if not segments:
             raise DataError("the corpus has no documents; give a JSONL or TSV file with at least one")
