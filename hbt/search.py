@@ -10,6 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
+from hbt.errors import DataError
 from hbt.index import Index
 from hbt.index.writer import check_bundle
 
@@ -31,6 +32,18 @@ class SearchRun:
     hits: list[list[Hit]]
     plan: str
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_queries(queries: list[str]) -> None:
+    """Refuse, in one line, a query the encoder cannot take: blank, or not valid Unicode."""
+    for number, text in enumerate(queries, start=1):
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"query {number} is blank: give text to search for")
+        # A lone surrogate: half a JSON "\ud83d\ude00" pair, or bytes that are not UTF-8 in argv.
+        surrogate = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+        if surrogate:
+            raise DataError(f"query {number} holds U+{ord(surrogate):04X}, a lone surrogate, which is not text: "
+                            "give valid UTF-8")
 
 
 class Searcher:
@@ -67,6 +80,7 @@ class Searcher:
 
     def run(self, queries: list[str], k: int = 10, ef: int | None = None,
             langs: Iterable[str] | None = None) -> SearchRun:
+        check_queries(queries)
         start = time.perf_counter()
         vectors = self.encoder.encode_queries(queries)
         encoded = time.perf_counter()

@@ -50,9 +50,14 @@ def searcher(index_dir):
     return Searcher.open(index_dir)
 
 
+def local(app, **kwargs) -> TestClient:
+    """A test client that names the server as a browser on this machine would (the Host check)."""
+    return TestClient(app, base_url="http://localhost", **kwargs)
+
+
 @pytest.fixture()
 def client(searcher):
-    with TestClient(create_app(searcher, ServeConfig(max_k=20, max_queries=4, max_query_chars=100))) as client:
+    with local(create_app(searcher, ServeConfig(max_k=20, max_queries=4, max_query_chars=100))) as client:
         yield client
 
 
@@ -147,7 +152,7 @@ def test_unknown_route_and_method(client):
 
 
 def test_token_guards_everything_but_health_and_the_page(searcher):
-    with TestClient(create_app(searcher, ServeConfig(token="s3cret"))) as client:
+    with local(create_app(searcher, ServeConfig(token="s3cret"))) as client:
         for path in ("/info", "/metrics", "/openapi.json"):
             assert client.get(path).status_code == 401
             assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
@@ -163,7 +168,7 @@ def test_live_update_while_queries_run(tiny_bundle, index_dir, searcher):
 
     new = Document("cat-fr", "Le chat dort sur le rebord chaud de la fenêtre.", "", "fr")
     statuses, found, stop = [], [], threading.Event()
-    with TestClient(create_app(searcher, ServeConfig(refresh_seconds=0.05))) as client:
+    with local(create_app(searcher, ServeConfig(refresh_seconds=0.05))) as client:
 
         def query_until_stopped():
             while not stop.is_set():

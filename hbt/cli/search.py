@@ -48,7 +48,7 @@ def query(texts, index_dir, k, ef, langs, as_json, verbose, queries, out, bundle
       hbt-search --queries topics.tsv --index my-index --out run.trec
     """
     from hbt.corpus import read_queries
-    from hbt.search import Searcher
+    from hbt.search import Searcher, check_queries
     from hbt.trec import write_trec_run
 
     if queries:
@@ -57,6 +57,7 @@ def query(texts, index_dir, k, ef, langs, as_json, verbose, queries, out, bundle
         raise click.UsageError("give query TEXTS or --queries FILE")
     else:
         query_ids = [str(i) for i in range(1, len(texts) + 1)]
+    check_queries(list(texts))  # before Ray starts a cluster for nothing
     if ray_address is not None:
         from hbt.distributed.search import search_on_ray
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 
@@ -10,14 +9,22 @@ import click
 
 from hbt.cli import UserError, user_errors
 
+TOKEN_ENV = "HBT_TOKEN"
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index directory.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Anything but loopback lets other machines search the index.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option("--token", envvar="HBT_SERVE_TOKEN", show_envvar=True,
-              help="Bearer token required by every endpoint but /health and the page.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A name clients may reach the server by (the Host header), beside localhost, 127.0.0.1, [::1] "
+                   "and --host; repeatable; '*' for any (behind a proxy that checks it). Others get 421: this "
+                   "stops DNS rebinding.")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"File holding the bearer token (or set {TOKEN_ENV}) required by every endpoint but /health "
+                   "and the page.")
+@click.option("--token", help=f"The bearer token itself; it shows in ps: prefer {TOKEN_ENV} or --token-file.")
 @click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True,
               help="Queries encoded in one call (1: no micro-batching).")
 @click.option("--max-wait-ms", type=click.FloatRange(0, 50), default=2.0, show_default=True,
@@ -25,52 +32,77 @@ from hbt.cli import UserError, user_errors
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="Batches encoded at once, each with --threads threads.")
 @click.option("--max-k", type=click.IntRange(1), default=100, show_default=True, help="Largest k a request may ask.")
+@click.option("--max-connections", type=click.IntRange(1), default=256, show_default=True,
+              help="Open connections; beyond, requests get 503.")
+@click.option("--header-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds a request's line and headers may take to arrive; its body gets as long again.")
+@click.option("--keep-alive-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True,
+              help="Seconds an idle connection stays open between requests.")
 @click.option("--threads", type=click.IntRange(1),
               help="Encoder threads per worker (default: the cores shared among the workers, at most 8).")
 @click.option("--bundle", type=click.Path(path_type=Path), help="Bundle (default: the one the index names).")
 @click.option("--access-log", is_flag=True, help="Log every request (GET /metrics counts them anyway).")
 @user_errors
-def main(index_dir, host, port, token, max_batch, max_wait_ms, workers, max_k, threads, bundle, access_log):
+def main(index_dir, host, port, allowed_hosts, token_file, token, max_batch, max_wait_ms, workers, max_k,
+         max_connections, header_timeout, keep_alive_timeout, threads, bundle, access_log):
     """Serve an index over HTTP: POST /search, GET /info, /health, /metrics,
     /openapi.json, and a search page at /.
 
     The server follows the index: after hbt-index add, delete or compact, it
-    answers from the new commit within a second, without a restart.
+    answers from the new commit within a second, without a restart. A commit
+    it cannot open leaves the last good one serving (GET /health says "stale").
 
     \b
     Examples:
       hbt-serve --index my-index                      # then open http://127.0.0.1:8080/
       curl -s localhost:8080/search -H 'Content-Type: application/json' \\
            -d '{"query": "Wer hat das Penicillin entdeckt?", "k": 3, "langs": ["en"]}'
-      HBT_SERVE_TOKEN=secret hbt-serve --index my-index --host 0.0.0.0 --port 80
+      HBT_TOKEN=secret hbt-serve --index my-index --host 0.0.0.0 --allowed-host search.example.org
     """
     try:
         import uvicorn
 
-        from hbt.serve.app import ServeConfig, create_app
+        from hbt.serve.app import ServeConfig, create_app, is_loopback
+        from hbt.serve.server import ServerLimits, server_config
     except ImportError as e:
         raise UserError(f"hbt-serve needs the serve extra ({e.name} is missing): pip install 'hbt[serve]'") from e
     from hbt.search import Searcher
 
+    token = _token(token, token_file)
     # On 2 shared cores, two batches on one thread each beat one batch on two threads: the
     # threads of one batch wait for each other at every layer (bench/reports/serve).
     threads = threads or min(8, max(1, (os.cpu_count() or 1) // workers))
     searcher = Searcher.open(index_dir, bundle, threads)
-    config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers, max_k=max_k, token=token)
+    config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers, max_k=max_k, token=token,
+                         host=host, allowed_hosts=allowed_hosts, body_seconds=header_timeout)
+    limits = ServerLimits(header_seconds=header_timeout, keep_alive_seconds=keep_alive_timeout,
+                          max_connections=max_connections)
     app = create_app(searcher, config)
-    if not _is_loopback(host):
+    if not is_loopback(host):
         click.echo(f"warning: listening on {host}: whoever reaches this address can search the index and read "
-                   f"its documents{'' if token else ' (no --token set)'}", err=True)
+                   f"its documents{'' if token else f' (no {TOKEN_ENV} or --token-file set)'}", err=True)
     click.echo(f"hbt-serve: {searcher.index.count} documents from {index_dir} at http://{host}:{port}/ "
                "(Ctrl-C stops)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=access_log)
+    uvicorn.Server(server_config(app, host, port, limits, access_log)).run()
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+def _token(given: str | None, token_file: Path | None) -> str | None:
+    """The bearer token: --token, else --token-file, else the environment."""
+    if given and token_file:
+        raise click.UsageError("give --token or --token-file, not both")
+    if given:
+        click.echo(f"warning: --token shows in ps and the shell's history: prefer {TOKEN_ENV} or --token-file",
+                   err=True)
+        return given
+    if token_file:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--token-file {token_file}: cannot read it ({e})") from e
+        if not token:
+            raise UserError(f"--token-file {token_file}: empty; write the token in it")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 if __name__ == "__main__":

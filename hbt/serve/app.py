@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
+import itertools
 import json
 import logging
 import secrets
@@ -19,7 +21,6 @@ try:
     from starlette.requests import Request
     from starlette.responses import FileResponse, JSONResponse, Response
     from starlette.routing import Mount, Route
-    from starlette.schemas import SchemaGenerator
     from starlette.staticfiles import StaticFiles
 except ImportError as e:
     raise ImportError(f"hbt's server needs the serve extra ({e.name} is missing): pip install 'hbt[serve]'",
@@ -28,6 +29,7 @@ except ImportError as e:
 from hbt import __version__
 from hbt.errors import HbtError
 from hbt.serve.batching import MicroBatcher
+from hbt.serve.openapi import describe
 
 log = logging.getLogger("hbt.serve")
 STATIC = Path(__file__).parent / "static"
@@ -36,6 +38,7 @@ ENDPOINTS = {"/": "page", "/search": "search", "/info": "info", "/health": "heal
              "/openapi.json": "openapi"}
 PUBLIC = {"page", "static", "health"}  # open without the token: the page holds no data, it asks for the token
 FIELDS = ("query", "queries", "k", "ef", "langs")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")  # Host names always served
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +52,9 @@ class ServeConfig:
     max_query_chars: int = 2000
     refresh_seconds: float = 0.5  # how often to look for a new index commit
     token: str | None = None  # bearer token for every endpoint but /health and the page
+    host: str = "127.0.0.1"  # the address bound: beyond loopback, /info names the bundle instead of its path
+    allowed_hosts: tuple[str, ...] = ()  # Host header names served beside loopback's and host ("*": any)
+    body_seconds: float = 10.0  # a request body must arrive within this (slow clients hold connections)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +76,8 @@ class BadRequest(Exception):
 
 
 def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    # A message quoting the client's input may hold a lone surrogate, which UTF-8 cannot encode.
+    return JSONResponse({"error": message.encode("utf-8", "backslashreplace").decode()}, status_code=status)
 
 
 def parse_query(body: bytes, content_type: str | None, config: ServeConfig, languages: dict[str, int]) -> Query:
@@ -79,7 +86,9 @@ def parse_query(body: bytes, content_type: str | None, config: ServeConfig, lang
         raise BadRequest(415, f"content type {content_type or 'missing'}: send Content-Type: application/json")
     try:
         fields = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise BadRequest(422, 'the body nests too deeply: send an object such as {"query": "...", "k": 10}')
+    except ValueError as e:  # not JSON, not UTF-8, or an integer of over 4300 digits
         raise BadRequest(400, f"the body is not valid JSON ({e}); send an object such as {{\"query\": \"...\"}}")
     if not isinstance(fields, dict):
         raise BadRequest(422, 'the body must be a JSON object such as {"query": "...", "k": 10}')
@@ -96,6 +105,12 @@ def parse_query(body: bytes, content_type: str | None, config: ServeConfig, lang
     longest = max(len(t) for t in texts)
     if longest > config.max_query_chars:
         raise BadRequest(422, f"a query of {longest} characters: at most {config.max_query_chars}")
+    for number, text in enumerate(texts, start=1):
+        # JSON may escape half a surrogate pair ("\ud800"); the tokenizer cannot take it.
+        surrogate = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+        if surrogate:
+            raise BadRequest(422, f"query {number} holds a lone surrogate (U+{ord(surrogate):04X}), which is not "
+                                  "text: send valid Unicode")
     k = _integer(fields, "k", 10, config.max_k)
     ef = _integer(fields, "ef", None, config.max_ef)
     langs = fields.get("langs")
@@ -138,14 +153,39 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.documents = prometheus_client.Gauge("hbt_index_documents", "Live documents", registry=self.registry)
         self.generation = prometheus_client.Gauge("hbt_index_generation", "Commit being served", registry=self.registry)
+        self.refresh_failures = prometheus_client.Counter(
+            "hbt_index_refresh_failures", "Failed attempts to open a new commit", registry=self.registry)
+        self.refresh_failing = prometheus_client.Gauge(
+            "hbt_index_refresh_failing", "1 while the newest commit cannot be opened (an older one is served)",
+            registry=self.registry)
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port or IPv6 brackets: "[::1]:8080" -> "::1"."""
+    header = header.strip().lower()
+    name = header[1:].partition("]")[0] if header.startswith("[") else header.partition(":")[0]
+    return name.rstrip(".")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class Observe:
-    """ASGI middleware: counts and times every request by endpoint and status; checks the bearer token."""
+    """ASGI middleware: counts and times every request by endpoint and status; checks the Host and the token.
 
-    def __init__(self, app, metrics: Metrics, token: str | None):
+    The Host check stops DNS rebinding: a web page from evil.example whose name comes to
+    resolve to 127.0.0.1 reaches this server from the victim's browser, with its own name
+    in the Host header.
+    """
+
+    def __init__(self, app, metrics: Metrics, token: str | None, allowed_hosts: set[str]):
         self.app, self.metrics = app, metrics
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.token = token.encode() if token else None
+        self.allowed_hosts = None if "*" in allowed_hosts else allowed_hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -161,8 +201,13 @@ class Observe:
             await send(message)
 
         start = time.perf_counter()
+        headers = Headers(scope=scope)
         try:
-            if self.expected and endpoint not in PUBLIC and not self._authorized(scope):
+            if self.allowed_hosts is not None and host_name(headers.get("host", "")) not in self.allowed_hosts:
+                response = error_response(421, f"Host {headers.get('host', '')!r} is not served here: use "
+                                               "http://127.0.0.1, or start hbt-serve with --allowed-host NAME")
+                await response(scope, receive, send_observed)
+            elif self.token and endpoint not in PUBLIC and not self._authorized(headers):
                 response = error_response(401, "missing or wrong token: send the header Authorization: Bearer TOKEN")
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send_observed)
@@ -172,9 +217,10 @@ class Observe:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
-    def _authorized(self, scope) -> bool:
-        given = Headers(scope=scope).get("authorization", "").encode()
-        return secrets.compare_digest(given, self.expected)
+    def _authorized(self, headers: Headers) -> bool:
+        scheme, _, given = headers.get("authorization", "").strip().partition(" ")
+        # The scheme is case-insensitive (RFC 9110); the token is not.
+        return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode("latin-1"), self.token)
 
 
 class SearchService:
@@ -183,6 +229,8 @@ class SearchService:
     def __init__(self, searcher, config: ServeConfig):
         self.searcher, self.config = searcher, config
         self.metrics = Metrics()
+        self.refresh_error: str | None = None  # why the newest commit cannot be opened, while it cannot
+        self.refresh_failures = 0  # in a row
         self.batcher: MicroBatcher | None = None  # made in the running loop, by lifespan()
         self._update_gauges()
 
@@ -199,28 +247,7 @@ class SearchService:
                 await asyncio.gather(follower, return_exceptions=True)
 
     async def search(self, request: Request) -> Response:
-        """
-        summary: Search the index with queries in any language.
-        requestBody:
-          content:
-            application/json:
-              schema:
-                type: object
-                properties:
-                  query: {type: string, description: "one query (or give queries)"}
-                  queries: {type: array, items: {type: string}, description: "several queries"}
-                  k: {type: integer, minimum: 1, default: 10, description: "hits per query"}
-                  ef: {type: integer, minimum: 1, description: "HNSW search beam (default the index's)"}
-                  langs: {type: array, items: {type: string}, description: "only documents in these languages"}
-              example: {"query": "Wer hat das Penicillin entdeckt?", "k": 5, "langs": ["en", "fr"]}
-        responses:
-          200:
-            description: >
-              results (one per query: the query and its hits with rank, score, id, lang, title and
-              text), timings in milliseconds (queue, encode, search, fetch, total), batch (queries
-              encoded together) and plan.
-          4XX: {description: 'A one-line {"error": "..."}'}
-        """
+        """POST /search (hbt.serve.openapi describes the body and the answer)."""
         start = time.perf_counter()
         body = await self._read_body(request)
         query = parse_query(body, request.headers.get("content-type"), self.config, self.searcher.index.languages)
@@ -238,72 +265,109 @@ class SearchService:
         })
 
     async def health(self, request: Request) -> Response:
-        """
-        summary: Liveness, the live documents and the commit being served (no token needed).
-        responses: {200: {description: '{"status": "ok", "documents": N, "generation": G}'}}
-        """
+        """GET /health: open without the token, so it says nothing the index's files would not."""
         index = self.searcher.index
-        return JSONResponse({"status": "ok", "documents": index.count, "generation": index.generation})
+        return JSONResponse({"status": "stale" if self.refresh_failures else "ok", "documents": index.count,
+                             "generation": index.generation, "refresh_failures": self.refresh_failures})
 
     async def info(self, request: Request) -> Response:
-        """
-        summary: The index (documents per language, segments, bundle, HNSW parameters) and the server's limits.
-        responses: {200: {description: The index summary, with limits and batching.}}
-        """
-        config = self.config
+        """GET /info: the index, the limits, batching, and why live reload fails if it does."""
+        config, info = self.config, self.searcher.index.info()
+        if not is_loopback(config.host):  # other machines need not learn the server's paths
+            info["bundle"] = {**info["bundle"], "path": Path(info["bundle"]["path"]).name}
         return JSONResponse({
-            **self.searcher.index.info(),
+            **info,
             "limits": {"max_k": config.max_k, "max_ef": config.max_ef, "max_queries": config.max_queries,
                        "max_query_chars": config.max_query_chars},
             "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms, "workers": config.workers},
+            "refresh": {"failures": self.refresh_failures, "error": self.refresh_error},
         })
 
     async def prometheus(self, request: Request) -> Response:
-        """
-        summary: Prometheus metrics (requests by endpoint and status, latency, stage timings, batch sizes).
-        responses: {200: {description: Prometheus text format.}}
-        """
+        """GET /metrics."""
         return Response(prometheus_client.generate_latest(self.metrics.registry),
                         media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+    async def openapi(self, request: Request) -> Response:
+        config = self.config
+        return JSONResponse(describe(__version__, max_k=config.max_k, max_ef=config.max_ef,
+                                     max_queries=config.max_queries, max_query_chars=config.max_query_chars,
+                                     languages=sorted(self.searcher.index.languages), token=bool(config.token)))
 
     async def _read_body(self, request: Request) -> bytes:
         # JSON may escape each character as \uXXXX (12 bytes for a surrogate pair).
         limit = self.config.max_queries * (self.config.max_query_chars * 12 + 16) + 4096
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise BadRequest(413, f"a body over {limit} bytes: send at most {self.config.max_queries} "
-                                      f"queries of {self.config.max_query_chars} characters")
+        try:
+            async with asyncio.timeout(self.config.body_seconds):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        raise BadRequest(413, f"a body over {limit} bytes: send at most {self.config.max_queries} "
+                                              f"queries of {self.config.max_query_chars} characters")
+        except TimeoutError:
+            raise BadRequest(408, f"the body took over {self.config.body_seconds:g} s to arrive") from None
         return bytes(body)
 
     def _search_batch(self, queries: list[Query]) -> list:
-        """On the batch thread: encode every query of the batch in one call, then search each request."""
+        """On the batch thread: encode every query of the batch in one call, then search each request.
+
+        A failure stays with its request: if the batch's encoding fails, each request is
+        encoded alone, and an error while searching is that request's result.
+        """
         start = time.perf_counter()
-        vectors = self.searcher.encoder.encode_queries([text for query in queries for text in query.texts])
+        try:
+            vectors = self.searcher.encoder.encode_queries([text for query in queries for text in query.texts])
+            rows = itertools.accumulate((len(query.texts) for query in queries), initial=0)
+            per_query = [vectors[a:b] for a, b in itertools.pairwise(rows)]
+        except Exception:
+            per_query = [self._encode_alone(query) for query in queries]
         encode_ms = (time.perf_counter() - start) * 1000
-        runs, row = [], 0
-        for query in queries:
+        runs = []
+        for query, query_vectors in zip(queries, per_query):
             try:
-                run = self.searcher.run_vectors(vectors[row : row + len(query.texts)], query.k, query.ef, query.langs)
+                if isinstance(query_vectors, Exception):
+                    raise query_vectors
+                run = self.searcher.run_vectors(query_vectors, query.k, query.ef, query.langs)
                 runs.append(dataclasses.replace(run, timings={"encode": encode_ms, **run.timings}))
-            except HbtError as e:
+            except Exception as e:
                 runs.append(e)
-            row += len(query.texts)
         return runs
 
+    def _encode_alone(self, query: Query):
+        """One request's vectors, or the exception encoding them raised."""
+        try:
+            return self.searcher.encoder.encode_queries(query.texts)
+        except Exception as e:
+            return e
+
     async def _follow_commits(self) -> None:
-        """Open each new commit of the index; requests in flight finish on the snapshot they started with."""
+        """Open each new commit of the index; requests in flight finish on the snapshot they started with.
+
+        A commit that cannot be opened, whatever the error, leaves the last good snapshot
+        serving; it is logged, counted in /health and /metrics, and tried again each round,
+        so a repair or a newer commit is picked up.
+        """
         while True:
             await asyncio.sleep(self.config.refresh_seconds)
             try:
-                if await asyncio.to_thread(self.searcher.refresh):
-                    self._update_gauges()
-                    log.info("serving generation %d: %d documents", self.searcher.index.generation,
-                             self.searcher.index.count)
-            except HbtError as e:
-                log.warning("still serving generation %d: cannot open the new commit (%s)",
-                            self.searcher.index.generation, e)
+                changed = await asyncio.to_thread(self.searcher.refresh)
+            except Exception as e:
+                self.refresh_failures += 1
+                self.refresh_error = f"{type(e).__name__}: {e}"
+                self.metrics.refresh_failures.inc()
+                self.metrics.refresh_failing.set(1)
+                log.warning("still serving generation %d: cannot open the newest commit (%s)",
+                            self.searcher.index.generation, self.refresh_error)
+                continue
+            if self.refresh_failures:
+                log.warning("live reload works again after %d failed refreshes", self.refresh_failures)
+                self.refresh_failures, self.refresh_error = 0, None
+                self.metrics.refresh_failing.set(0)
+            if changed:
+                self._update_gauges()
+                log.info("serving generation %d: %d documents", self.searcher.index.generation,
+                         self.searcher.index.count)
 
     def _update_gauges(self) -> None:
         self.metrics.documents.set(self.searcher.index.count)
@@ -313,10 +377,6 @@ class SearchService:
 def create_app(searcher, config: ServeConfig = ServeConfig()) -> Starlette:
     """The ASGI app serving ``searcher`` (a ``hbt.search.Searcher``)."""
     service = SearchService(searcher, config)
-    schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "hbt search", "version": __version__}})
-
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(schemas.get_schema(routes=app.routes))
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -333,17 +393,20 @@ def create_app(searcher, config: ServeConfig = ServeConfig()) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/", page, include_in_schema=False),
+            Route("/", page),
             Route("/search", service.search, methods=["POST"]),
             Route("/health", service.health),
             Route("/info", service.info),
             Route("/metrics", service.prometheus),
-            Route("/openapi.json", openapi, include_in_schema=False),
+            Route("/openapi.json", service.openapi),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         exception_handlers={BadRequest: client_error, HTTPException: client_error, HbtError: client_error,
                             Exception: server_error},
         lifespan=service.lifespan,
     )
-    app.add_middleware(Observe, metrics=service.metrics, token=config.token)
+    # Names as given ("::1", "[::1]", "Example.org"), compared as host_name() reads a Host header.
+    allowed_hosts = {name.strip().lower().strip("[]").rstrip(".")
+                     for name in (*LOOPBACK_NAMES, config.host, *config.allowed_hosts)}
+    app.add_middleware(Observe, metrics=service.metrics, token=config.token, allowed_hosts=allowed_hosts)
     return app
