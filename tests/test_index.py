@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -464,3 +467,148 @@ def test_kill_9_at_random_moments_leaves_one_commit(segmented, encoder, tmp_path
         assert index_state(killed, encoder) in (before, index_state(finished, encoder)), f"trial {trial}: {operation}"
         shutil.rmtree(finished)
         shutil.rmtree(killed)
+
+
+# Issue 21: races, bounded caches, snapshots that own their files, one-line damage ------------------------
+
+class GatedEncoder(HashEncoder):
+    """Blocks in its first call until the test releases it: a build that holds the lock as long as wanted."""
+
+    def __init__(self):
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def encode_passages(self, texts: list[str]) -> np.ndarray:
+        self.started.set()
+        if not self.release.wait(60):
+            raise TimeoutError("the test never released the encoder")
+        return self.encode(texts)
+
+
+def test_a_build_that_waited_for_the_lock_refuses_the_index_built_meanwhile(tmp_path, caplog):
+    """The reported race: a second build started while the first ran replaced its index, both exiting 0."""
+    directory, outcome = tmp_path / "race", {}
+
+    def build(name: str, corpus: list[Document], encoder) -> None:
+        try:
+            outcome[name] = build_index(corpus, encoder, directory, IndexConfig(M=8, ef_construction=32))["count"]
+        except SearchIndexError as e:
+            outcome[name] = e
+
+    slow = GatedEncoder()
+    first = threading.Thread(target=build, args=("first", docs(0, 300), slow))
+    first.start()
+    assert slow.started.wait(60)  # the first build holds the lock, its index not committed yet
+    second = threading.Thread(target=build, args=("second", docs(0, 5, prefix="s"), HashEncoder()))
+    with caplog.at_level(logging.WARNING, logger="hbt.index.durable"):
+        second.start()
+        deadline = time.monotonic() + 10  # a writer that never says it waits: go on after 10 s all the same
+        while "waiting" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        slow.release.set()
+        first.join(60)
+        second.join(60)
+    assert outcome["first"] == 300
+    error = outcome["second"]
+    assert isinstance(error, SearchIndexError) and "already exists" in str(error) and "\n" not in str(error)
+    assert f"waiting for another process (pid {os.getpid()})" in caplog.text
+    assert Index(directory).count == 300 and verify_index(directory)["recall_at_k"] == 1.0
+
+
+def test_many_language_subsets_keep_the_scan_cache_within_one_copy_of_the_vectors(tmp_path, encoder):
+    """The reported growth: a cache entry per distinct language subset (2^L of them), never evicted."""
+    import gc
+    import itertools
+    import tracemalloc
+
+    languages = [f"l{i:02d}" for i in range(12)]
+    corpus = [Document(f"d{i}", f"text {i}", lang=languages[i % 12]) for i in range(2400)]
+    build_index(corpus, encoder, tmp_path / "index", IndexConfig(M=8, ef_construction=32))
+    index = Index(tmp_path / "index")
+    query = encoder.encode_queries(["probe"])
+    subsets = [combo for size in (2, 3) for combo in itertools.combinations(languages, size)]  # 286
+    tracemalloc.start()
+    try:
+        for language in languages:
+            index.search(query, 10, langs=[language])
+        gc.collect()
+        warm = tracemalloc.get_traced_memory()[0]
+        for subset in subsets:
+            ranking = index.search(query, 10, langs=subset)
+            assert "exact" in ranking.plans[0]  # the cached path: scans
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - warm
+    finally:
+        tracemalloc.stop()
+    one_copy = len(corpus) * (encoder.dimension * 4 + 8)  # every live vector and its label
+    assert grown < one_copy, f"the cache grew {grown} bytes over {len(subsets)} subsets"
+    for subset in subsets[::40]:  # blocks combined answer as one scan over the subset
+        np.testing.assert_array_equal(index.search(query, 10, langs=subset).keys,
+                                      index.search(query, 10, langs=subset, exact=True).keys)
+
+
+def test_a_snapshot_filter_searches_after_compact_removed_its_files(segmented, encoder):
+    directory, corpus = segmented
+    delete_documents(directory, [f"d{i}" for i in range(0, 300, 2)])
+    snapshot = Index(directory)
+    compact_index(directory, expunge_deletes=True)
+    assert not any((directory / view.segment.name).exists() for view in snapshot.segments)
+    live = [d for d in corpus if int(d.id[1:]) % 2]
+    searcher = Searcher(encoder, snapshot)
+    for langs in (["sw"], ["de", "hi"], None):
+        query = "text number 7 of d"
+        assert result_ids(searcher, query, 10, langs) == brute_force(live, encoder.encode_queries([query])[0], 10,
+                                                                     langs)
+
+
+DROP = object()
+
+
+@pytest.mark.parametrize("path, value", [
+    (("M",), DROP), (("generation",), DROP), (("segments", 0, "language_codes"), DROP),
+    (("segments", 0, "files", "graph.hnsw", "bytes"), DROP), (("bundle", "fingerprint"), DROP),
+    (("next_segment",), DROP), (("languages",), DROP), (("ef",), "128"), (("segments", 0, "languages", "en"), -1),
+    (("segments", 0, "language_codes"), ["en", "en"]), (("next_segment",), 0), (("count",), 7)])
+def test_incomplete_or_inconsistent_manifests_are_refused_at_open(segmented, path, value):
+    directory, _ = segmented
+    manifest = json.loads((directory / "manifest.json").read_text())
+    parent = manifest
+    for key in path[:-1]:
+        parent = parent[key]
+    if value is DROP:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SearchIndexError, match="invalid manifest") as error:
+        Index(directory)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("pattern", ["langs.npy", "deletes-*.npy"])
+def test_zeroed_arrays_are_refused_in_one_line(segmented, pattern):
+    directory, _ = segmented
+    delete_documents(directory, ["d1"])
+    path = next(directory.glob(f"seg-*/{pattern}"))
+    path.write_bytes(bytes(path.stat().st_size))  # the size the manifest says, all zeros
+    with pytest.raises(SearchIndexError, match=f"{path}: not a readable array"):
+        Index(directory)
+
+
+def test_add_names_a_missing_segment_file(segmented, encoder):
+    directory, _ = segmented
+    missing = next(directory.glob("seg-*/langs.npy"))
+    missing.unlink()
+    with pytest.raises(SearchIndexError, match=f"{missing}: missing") as error:
+        add_documents(directory, docs(1000, 3), encoder)
+    assert "free space" not in str(error.value)
+
+
+def test_a_failed_add_removes_the_segments_it_wrote(segmented, encoder):
+    """Segments finished and unfinished by a failed add go at once: they may be what filled the disk."""
+    directory, _ = segmented
+    before = sorted(p.relative_to(directory) for p in directory.rglob("*"))
+    with pytest.raises(DataError, match="duplicate document id 'd5'"):
+        add_documents(directory, docs(1000, 600) + [Document("d5", "again")], encoder)  # 8 segments, then d5
+    assert sorted(p.relative_to(directory) for p in directory.rglob("*")) == before
+    assert Index(directory).count == 300
