@@ -1,4 +1,8 @@
-"""The PyTorch dual encoder: one shared backbone, mean pooling, L2 normalization."""
+"""The PyTorch dual encoder: one shared backbone and the source's head (pooling, dense layers, normalization).
+
+The head follows the source's ``Layout`` exactly as sentence-transformers runs it;
+``hbt.pooling`` is the same head in numpy for the torch-free runtime.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,13 @@ import torch.nn.functional as F
 
 from hbt.encoder import pad_batch
 from hbt.errors import SourceError
-from hbt.sources import Source
+from hbt.sources import DenseLayer, Source
 from hbt.tokenizer import Tokenizer
+
+# Position ids of these architectures start after the padding id, so that many positions are never used.
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert")
+ACTIVATIONS = {"identity": torch.nn.Identity, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU, "relu": torch.nn.ReLU,
+               "sigmoid": torch.nn.Sigmoid}
 
 
 def load_backbone(model_dir: Path) -> torch.nn.Module:
@@ -33,19 +42,66 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """[B, T, H], [B, T] -> [B, H] by ``mode``, as ``hbt.pooling.pool`` and sentence-transformers' Pooling."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if mode == "cls":  # the first pooled position
+        return hidden[rows, mask.to(torch.int32).argmax(dim=1)]
+    if mode == "mean":
+        return mean_pool(hidden, mask)
+    if mode == "max":
+        return hidden.masked_fill(mask.unsqueeze(-1) == 0, float("-inf")).max(dim=1).values
+    if mode == "lasttoken":  # the last pooled position; zeros for a row with none
+        last = mask.shape[1] - 1 - mask.to(torch.int32).flip(1).argmax(dim=1)  # [B]
+        return hidden[rows, last] * mask[rows, last].unsqueeze(-1).to(hidden.dtype)
+    raise ValueError(f"pooling {mode!r} is not one hbt runs")
+
+
+def load_dense(layer: DenseLayer) -> torch.nn.Sequential:
+    """sentence-transformers' Dense as Linear + activation, with its weights (linear.weight, linear.bias)."""
+    if layer.weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(layer.weights)
+    else:  # a pickle the user allowed; tensors only
+        state = torch.load(layer.weights, map_location="cpu", weights_only=True)
+    linear = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
+    try:
+        linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+    except RuntimeError as e:
+        raise SourceError(f"{layer.weights}: not the weights of a {layer.in_features}->{layer.out_features} "
+                          f"Dense layer ({str(e).splitlines()[0]})") from e
+    return torch.nn.Sequential(linear, ACTIVATIONS[layer.activation]())
+
+
 class DualEncoder(torch.nn.Module):
-    """Queries and passages share one backbone; embeddings are unit vectors."""
+    """Queries and passages share one backbone and head; embeddings are unit vectors when the layout says so."""
 
     def __init__(self, source: Source, max_length: int = 512):
         super().__init__()
         self.source = source
+        self.layout = source.layout
         self.backbone = load_backbone(source.model_dir)
-        self.tokenizer = Tokenizer(source.tokenizer_file)
-        self.max_length = min(max_length, self.backbone.config.max_position_embeddings)
+        self.dense = torch.nn.ModuleList(load_dense(layer) for layer in source.layout.dense)
+        self.tokenizer = Tokenizer(source.tokenizer_file, source.tokenizer)
+        config = self.backbone.config
+        positions = config.max_position_embeddings
+        if config.model_type in OFFSET_POSITIONS:
+            positions -= config.pad_token_id + 1
+        self.max_length = min(max_length, positions, self.layout.max_seq_length or positions)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return F.normalize(mean_pool(hidden, attention_mask), dim=-1)  # [B, H]
+    @property
+    def dimension(self) -> int:
+        return self.layout.dimension or self.backbone.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                pool_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] ids and mask -> [B, dimension]; ``pool_mask`` (default: the attention mask) picks the pooled tokens."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+        vectors = pool(hidden, attention_mask if pool_mask is None else pool_mask, self.layout.pooling)
+        for layer in self.dense:
+            vectors = layer(vectors)
+        return F.normalize(vectors, dim=-1) if self.layout.normalize else vectors
 
     def batch(self, texts: list[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize and pad: input ids and attention mask on the model's device."""
@@ -55,13 +111,27 @@ class DualEncoder(torch.nn.Module):
         return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
 
     @torch.no_grad()
-    def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Embed texts as they are (prefixes already applied), in input order: [N, H] float32."""
+    def embed(self, texts: list[str], batch_size: int = 32, prompt: str = "") -> np.ndarray:
+        """Embed ``prompt`` + each text, in input order: [N, dimension] float32.
+
+        A prompt given here is left out of pooling when the layout says so
+        (``include_prompt: false``); one already inside the texts never is.
+        """
         self.eval()
-        lengths = [len(t) for t in texts]
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(texts), self.backbone.config.hidden_size), dtype=np.float32)
+        texts = [prompt + t for t in texts]
+        skip = 0 if self.layout.include_prompt else self.tokenizer.prompt_length(prompt)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             chosen = order[start : start + batch_size]
-            out[chosen] = self(*self.batch([texts[i] for i in chosen])).float().cpu().numpy()
+            input_ids, mask = self.batch([texts[i] for i in chosen])
+            pool_mask = mask.clone()
+            pool_mask[:, :skip] = 0
+            out[chosen] = self(input_ids, mask, pool_mask).float().cpu().numpy()
         return out
+
+    def embed_queries(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        return self.embed(texts, batch_size, self.layout.query_prefix)
+
+    def embed_passages(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        return self.embed(texts, batch_size, self.layout.passage_prefix)
