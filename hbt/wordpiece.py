@@ -4,10 +4,11 @@ It reproduces transformers' slow ``BertTokenizer`` token for token, so BERT-fami
 encoders (LaBSE, multilingual MiniLM with a WordPiece vocabulary) run without Rust,
 torch or transformers:
 
-1. clean: drop NUL, U+FFFD and control characters; every whitespace becomes a space;
+1. lower-case character by character (if the model does); drop NUL, U+FFFD and control
+   characters; every whitespace becomes a space;
 2. put spaces around CJK ideographs (``split_chinese``), then NFC-normalize;
-3. split on whitespace; lower-case and/or strip accents (NFD, drop Mn) per the model's
-   config; split every punctuation character off as its own word;
+3. split on whitespace; lower-case each word again and/or strip its accents (NFD, drop Mn)
+   per the model's config; split every punctuation character off as its own word;
 4. each word: the longest vocabulary entry from its start, then the longest ``##``
    continuation from where that ended, and so on; a word with an unmatched remainder
    (or over 100 characters) is one unknown token.
@@ -47,25 +48,32 @@ def is_punctuation(char: str) -> bool:
 
 
 class _CleanTable(dict):
-    """A ``str.translate`` table built on demand: each code point -> what cleaning and CJK spacing make of it."""
+    """A ``str.translate`` table built on demand: each code point -> what lower-casing, cleaning and CJK
+    spacing make of it.
 
-    def __init__(self, split_chinese: bool):
+    transformers lower-cases a text one character at a time before basic tokenization,
+    so a final capital sigma becomes σ, not the ς that ``str.lower`` gives a whole word.
+    """
+
+    def __init__(self, lowercase: bool, split_chinese: bool):
         super().__init__()
-        self.split_chinese = split_chinese
+        self.lowercase, self.split_chinese = lowercase, split_chinese
 
     def __missing__(self, code: int) -> str:
         char = chr(code)
-        category = unicodedata.category(char)
-        if char in " \t\n\r" or category == "Zs":
-            out = " "
-        elif code == 0 or code == 0xFFFD or category.startswith("C"):
-            out = ""
-        elif self.split_chinese and is_chinese_char(code):
-            out = f" {char} "
-        else:
-            out = char
+        out = "".join(map(self._clean, char.lower() if self.lowercase else char))
         self[code] = out
         return out
+
+    def _clean(self, char: str) -> str:
+        category = unicodedata.category(char)
+        if char in " \t\n\r" or category == "Zs":
+            return " "
+        if char == "\0" or char == "\ufffd" or category.startswith("C"):
+            return ""
+        if self.split_chinese and is_chinese_char(ord(char)):
+            return f" {char} "
+        return char
 
 
 def strip_accents(text: str) -> str:
@@ -96,7 +104,7 @@ class WordPiece:
         self.vocab = load_vocab(vocab_file)
         self.lowercase, self.strip_accents = lowercase, strip_accents
         self.unk_id = self.vocab[unk_token]
-        self._clean = _CleanTable(split_chinese)
+        self._clean = _CleanTable(lowercase, split_chinese)
         # A piece longer than the longest entry cannot match: the search starts there.
         self._longest = max(len(token) for token in self.vocab)
         self._word_ids: dict[str, list[int]] = {}  # words repeat (Zipf): cache their pieces
