@@ -208,6 +208,160 @@ def wait_for(condition, seconds: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+# Issue 21: one bad query, a commit that cannot be opened, hostile clients.
+
+SURROGATE = '{"query": "cat \\ud800"}'  # JSON escapes half a surrogate pair; json.loads keeps it
+
+
+def test_a_lone_surrogate_fails_only_its_own_request(client):
+    bodies = [SURROGATE if i % 4 == 0 else json.dumps({"query": f"warm cat {i}"}) for i in range(24)]
+    statuses = [None] * len(bodies)
+
+    def send(i):
+        statuses[i] = client.post("/search", content=bodies[i], headers={"Content-Type": "application/json"})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for body, response in zip(bodies, statuses):
+        if body == SURROGATE:
+            assert response.status_code == 422 and "lone surrogate (U+D800)" in response.json()["error"]
+        else:
+            assert response.status_code == 200, response.text
+
+
+class PoisonedEncoder:
+    """The real encoder, but "poison" breaks it, and the first call is slow so that later requests queue."""
+
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, 0
+
+    def encode_queries(self, texts):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(0.5)
+        if any("poison" in text for text in texts):
+            raise RuntimeError("the tokenizer choked")
+        return self.encoder.encode_queries(texts)
+
+
+def test_a_failure_the_checks_let_through_stays_with_its_request(searcher):
+    searcher.encoder = PoisonedEncoder(searcher.encoder)
+    config = ServeConfig(workers=1, max_wait_ms=0)
+    with local(create_app(searcher, config), raise_server_exceptions=False) as client:
+        first = threading.Thread(target=search, args=(client, {"query": "warm cat"}))
+        first.start()  # holds the only worker for 0.5 s: what comes next forms one batch
+        time.sleep(0.1)
+        texts = ["poison cat" if i == 3 else f"cat {i}" for i in range(8)]
+        responses = [None] * len(texts)
+
+        def send(i):
+            responses[i] = search(client, {"query": texts[i]})
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(texts))]
+        for thread in threads:
+            thread.start()
+        for thread in [first, *threads]:
+            thread.join()
+    assert responses[3].status_code == 500 and responses[3].json() == {
+        "error": "internal error; the server log has the details"}
+    good = [response for i, response in enumerate(responses) if i != 3]
+    assert [response.status_code for response in good] == [200] * 7
+    assert max(response.json()["batch"] for response in good) > 1  # they did share a batch with the poison
+
+
+@pytest.mark.parametrize("argument", ["cat \udced\udca0\udc80", "   "])  # bytes that are not UTF-8, as argv has them
+def test_search_cli_refuses_a_query_it_cannot_encode_in_one_line(index_dir, argument):
+    from hbt.cli.search import main
+
+    result = CliRunner().invoke(main, [argument, "--index", str(index_dir)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert ("lone surrogate" if argument.strip() else "blank") in result.output
+
+
+def test_live_reload_keeps_serving_and_following_through_a_commit_it_cannot_open(tiny_bundle, index_dir, searcher,
+                                                                                 caplog):
+    from hbt.encoder import Encoder
+    from hbt.index import add_documents
+
+    refresh, broken = searcher.refresh, threading.Event()
+    broken.set()
+
+    def refresh_unless_broken():
+        if broken.is_set():
+            raise ValueError("tombstones.npy: cannot reshape array")  # not an HbtError, as np.load raises
+        return refresh()
+
+    searcher.refresh = refresh_unless_broken
+    before = searcher.index.generation
+    with local(create_app(searcher, ServeConfig(refresh_seconds=0.02))) as client:
+        add_documents(index_dir, [Document("cat-fr", "Le chat dort.", "", "fr")], Encoder(tiny_bundle))
+        wait_for(lambda: client.get("/health").json()["refresh_failures"] >= 3)
+        health = client.get("/health").json()
+        assert health["status"] == "stale" and health["generation"] == before and health["documents"] == len(DOCS)
+        assert search(client, {"query": "cat"}).status_code == 200  # the last good snapshot serves
+        assert "ValueError: tombstones.npy" in client.get("/info").json()["refresh"]["error"]
+        metrics = client.get("/metrics").text
+        assert "hbt_index_refresh_failing 1.0" in metrics and "hbt_index_refresh_failures_total 0.0" not in metrics
+        assert any(f"still serving generation {before}" in record.getMessage() and "ValueError" in record.getMessage()
+                   for record in caplog.records)
+        broken.clear()  # repaired: the newer commit is picked up
+        wait_for(lambda: client.get("/health").json()["generation"] > before)
+        health = client.get("/health").json()
+        assert health == {"status": "ok", "documents": len(DOCS) + 1, "generation": health["generation"],
+                          "refresh_failures": 0}
+        assert client.get("/info").json()["refresh"] == {"failures": 0, "error": None}
+        assert "hbt_index_refresh_failing 0.0" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(("config", "host", "status"), [
+    ({}, "evil.example", 421),  # DNS rebinding: a page from evil.example, its name now resolving to 127.0.0.1
+    ({}, "localhost:8080", 200),
+    ({}, "127.0.0.1", 200),
+    ({}, "[::1]:8080", 200),
+    ({}, "LOCALHOST.", 200),
+    ({}, "127.0.0.1.evil.example", 421),
+    ({"host": "10.1.2.3"}, "10.1.2.3:8080", 200),
+    ({"host": "0.0.0.0"}, "search.example.org", 421),
+    ({"host": "0.0.0.0", "allowed_hosts": ("Search.Example.org",)}, "search.example.org:443", 200),
+    ({"allowed_hosts": ("*",)}, "anything.example", 200),
+])
+def test_only_allowed_host_names_are_served(searcher, config, host, status):
+    with local(create_app(searcher, ServeConfig(**config))) as client:
+        for path in ("/health", "/", "/info"):
+            response = client.get(path, headers={"Host": host})
+            assert response.status_code == status
+        if status == 421:
+            assert "--allowed-host" in response.json()["error"]
+
+
+def test_bearer_scheme_is_case_insensitive_and_the_token_is_not(searcher):
+    with local(create_app(searcher, ServeConfig(token="s3cret"))) as client:
+        for header, status in [("bearer s3cret", 200), ("BEARER  s3cret ", 200), ("Bearer S3CRET", 401),
+                               ("Basic s3cret", 401), ("Bearer", 401), ("Bearers3cret", 401), ("s3cret", 401)]:
+            assert client.get("/info", headers={"Authorization": header}).status_code == status, header
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b'{"query": ' + b"[" * 4000 + b"]" * 4000 + b"}", "nests too deeply"),
+    (SURROGATE.encode(), "lone surrogate"),
+    (b'{"queries": ["cat", "\\udfff dog"]}', "query 2 holds a lone surrogate (U+DFFF)"),
+    (b'{"query": "cat", "langs": ["\\ud800"]}', "unknown language '\\ud800'"),
+])
+def test_hostile_json_gets_422_not_500(client, body, says):
+    response = client.post("/search", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and says in response.json()["error"]
+
+
+def test_info_names_the_bundle_without_its_path_beyond_loopback(searcher, tiny_bundle):
+    with local(create_app(searcher, ServeConfig(host="0.0.0.0"))) as client:
+        assert client.get("/info").json()["bundle"]["path"] == tiny_bundle.name
+    with local(create_app(searcher, ServeConfig(host="127.0.0.1"))) as client:
+        assert client.get("/info").json()["bundle"]["path"] == str(tiny_bundle.resolve())
+
+
 # The micro-batcher alone, with a fake process that records its batches.
 
 def run_batcher(scenario, max_size: int = 32, max_wait: float = 0.002, fail_on=None):
@@ -278,3 +432,58 @@ def test_cli_help_and_errors(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "hbt.serve.app")
     result = CliRunner().invoke(main, ["--index", str(tmp_path)])
     assert result.exit_code == 2 and "pip install 'hbt[serve]'" in result.output
+
+
+@pytest.fixture()
+def started(monkeypatch):
+    """hbt-serve's settings as it would start uvicorn, without starting it."""
+    import uvicorn
+
+    import hbt.serve.app
+
+    seen = {}
+    create_app = hbt.serve.app.create_app
+
+    def create_and_keep(searcher, config):
+        seen["config"] = config
+        return create_app(searcher, config)
+
+    monkeypatch.setattr(hbt.serve.app, "create_app", create_and_keep)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: seen.setdefault("uvicorn", server.config))
+    monkeypatch.delenv("HBT_TOKEN", raising=False)
+    return seen
+
+
+def test_cli_token_from_the_environment_a_file_or_the_command_line(index_dir, tmp_path, started, monkeypatch):
+    from hbt.cli.serve import main
+
+    def serve(*arguments, env=None):
+        result = CliRunner().invoke(main, ["--index", str(index_dir), *arguments], env=env)
+        return result, started.pop("config", None)
+
+    result, config = serve()
+    assert result.exit_code == 0 and config.token is None and "warning" not in result.output
+    result, config = serve(env={"HBT_TOKEN": "from-env"})
+    assert result.exit_code == 0 and config.token == "from-env" and "warning" not in result.output
+    (tmp_path / "token").write_text("from-file\n")
+    result, config = serve("--token-file", str(tmp_path / "token"), env={"HBT_TOKEN": "from-env"})
+    assert result.exit_code == 0 and config.token == "from-file"
+    result, config = serve("--token", "in-ps")
+    assert result.exit_code == 0 and config.token == "in-ps" and "shows in ps" in result.output
+    result, _ = serve("--token", "a", "--token-file", str(tmp_path / "token"))
+    assert result.exit_code == 2 and "not both" in result.output
+    (tmp_path / "empty").write_text("\n")
+    result, _ = serve("--token-file", str(tmp_path / "empty"))
+    assert result.exit_code == 2 and "empty" in result.output and "Traceback" not in result.output
+
+
+def test_cli_hands_the_limits_and_host_names_to_uvicorn_and_the_app(index_dir, started):
+    from hbt.cli.serve import main
+
+    result = CliRunner().invoke(main, ["--index", str(index_dir), "--host", "0.0.0.0", "--allowed-host", "a.example",
+                                       "--max-connections", "7", "--header-timeout", "3", "--keep-alive-timeout", "2"])
+    assert result.exit_code == 0, result.output
+    config, server = started["config"], started["uvicorn"]
+    assert config.host == "0.0.0.0" and config.allowed_hosts == ("a.example",) and config.body_seconds == 3
+    assert (server.limit_concurrency, server.timeout_keep_alive, server.h11_max_incomplete_event_size) == (7, 2, 16384)
+    assert server.http.keywords == {"header_seconds": 3}

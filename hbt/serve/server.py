@@ -17,7 +17,7 @@ class ServerLimits:
     header_seconds: float = 10.0  # a request line and headers must arrive within this, else the connection closes
     keep_alive_seconds: float = 5.0  # an idle connection between requests closes after this
     max_connections: int = 256  # beyond, uvicorn answers 503 (its limit_concurrency)
-    max_header_bytes: int = 16 * 1024  # request line and headers; beyond, 400 (h11's max incomplete event size)
+    max_header_bytes: int = 16 * 1024  # a request head still incomplete past this gets 400 (h11's limit)
 
 
 class HeaderDeadlineProtocol(H11Protocol):
