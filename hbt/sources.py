@@ -287,9 +287,11 @@ def _max_seq_length(model_dir: Path, transformer: dict) -> int | None:
 
 
 def st_prefixes(prompts: dict) -> tuple[str, str]:
-    """The query and passage prompts: 'query', then the first of 'document', 'passage', 'corpus' that is set.
+    """The query and passage prompts: 'query', and the first of 'document', 'passage', 'corpus' that is set.
 
-    sentence-transformers' ``encode_query`` and ``encode_document`` take them in that order.
+    sentence-transformers' ``encode_query`` and ``encode_document`` look in that order,
+    but 5.x's ``encode_document`` stops at an unset 'document' (as empty), so it drops a
+    saved 'passage' prompt; hbt takes the prompt the model's author saved.
     """
     if not isinstance(prompts, dict) or not all(isinstance(v, (str, type(None))) for v in prompts.values()):
         raise SourceError(f"{ST_CONFIG}: prompts must map names to strings")

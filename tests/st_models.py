@@ -18,6 +18,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import MULTILINGUAL, write_tiny_tokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -111,3 +113,11 @@ def _save_backbone(directory: Path, family: Family, hidden: int) -> None:
         XLMRobertaModel(XLMRobertaConfig(vocab_size=pieces + 2, max_position_embeddings=66, pad_token_id=1, **config)
                         ).save_pretrained(directory)
         XLMRobertaTokenizer(str(directory / "sentencepiece.bpe.model")).save_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def st_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Every family, built once per test session (~3 s each)."""
+    pytest.importorskip("sentence_transformers", reason="pip install 'hbt[bench]' builds the tiny families")
+    root = tmp_path_factory.mktemp("st-models")
+    return {name: build(root / name, name) for name in FAMILIES}
