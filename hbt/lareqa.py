@@ -4,6 +4,11 @@ Candidates are every sentence of every paragraph; a question's relevant candidat
 are the sentence holding its answer, in every language that has the same qa id.
 Settings: monolingual (per language), cross-lingual (queries in X, candidates of Y
 only, every ordered pair X != Y, macro-averaged) and multilingual (one pool).
+
+MLQA-R has a frozen dev/test split by article (``resources/mlqa-r-split.jsonl``): an
+English article and every article in another language that shares a qa id with it
+form one group, and each group lies wholly in one half, so no context is in both.
+Recipes are chosen on dev; test is reported once.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from hbt.metrics import relevant_ranks, summarize
 from hbt.retrieval import ann_index, ranks_in, retrieve
 
 DATASETS = {"xquad-r": "xquad-r", "mlqa-r": "mlqa-r"}
+SPLITS = ("all", "dev", "test")
+SPLIT_FILE = Path(__file__).parent / "resources" / "mlqa-r-split.jsonl"  # one line per half and language
 
 
 @dataclass
@@ -34,6 +41,7 @@ class Language:
 
 @dataclass
 class Paragraph:
+    title: str  # the article's
     sentences: list[str]
     breaks: list[tuple[int, int]]  # each sentence's [start, end) in the paragraph's context
     questions: list[tuple[str, str, int]]  # (qa id, question, start of its first answer)
@@ -72,7 +80,7 @@ def read_paragraphs(path: Path) -> list[Paragraph]:
                          "sentences must be a list of strings")
                 breaks = [(int(start), int(end)) for start, end in paragraph["sentence_breaks"]]
                 questions = [_question(qa) for qa in paragraph["qas"]]
-                paragraphs.append(Paragraph(sentences, breaks, questions))
+                paragraphs.append(Paragraph(article["title"], sentences, breaks, questions))
     except (KeyError, IndexError, TypeError, ValueError) as e:
         problem = f"no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
         raise DataError(f"{path}: {where}: not LAReQA data ({problem}); expected SQuAD JSON whose paragraphs have "
@@ -96,10 +104,58 @@ def sampled(qa_id: str, share: float) -> bool:
     return share >= 1.0 or int(hashlib.sha1(qa_id.encode()).hexdigest()[:8], 16) < share * 2**32
 
 
-def load_language(path: Path, share: float = 1.0) -> Language:
-    """One language's candidates and questions; ``share`` < 1 keeps the paragraphs of a sample of qa ids."""
+def article_split(folder: Path) -> dict[str, dict[str, list[str]]]:
+    """half -> language -> article titles: the MLQA-R split, computed from the data (deterministic).
+
+    Articles are joined through shared qa ids (union-find); each group goes to dev or
+    test by a hash of its smallest English title (or smallest title), about half each.
+    """
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(node):
+        while parent.setdefault(node, node) != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    articles = []
+    for file in sorted(Path(folder).glob("*.json.gz")):
+        lang = file.name.split(".")[0]
+        for paragraph in read_paragraphs(file):
+            articles.append((lang, paragraph.title))
+            for qa_id, _, _ in paragraph.questions:
+                parent[root(("qa", qa_id))] = root((lang, paragraph.title))
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for node in dict.fromkeys(articles):
+        groups.setdefault(root(node), []).append(node)
+    split: dict[str, dict[str, list[str]]] = {"dev": {}, "test": {}}
+    for members in groups.values():
+        key = min(members, key=lambda node: (node[0] != "en", node[1]))[1]
+        half = "dev" if int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 2 == 0 else "test"
+        for lang, title in members:
+            split[half].setdefault(lang, []).append(title)
+    return {half: {lang: sorted(titles) for lang, titles in sorted(langs.items())} for half, langs in split.items()}
+
+
+def split_titles(name: str, split: str) -> dict[str, set[str]] | None:
+    """language -> the article titles of ``split`` (None for all), from the frozen split file."""
+    if split == "all":
+        return None
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if name != "mlqa-r":
+        raise DataError(f"{name} has no dev/test split (only mlqa-r has); use --split all")
+    lines = [json.loads(line) for line in SPLIT_FILE.read_text(encoding="utf-8").splitlines()]
+    return {line["lang"]: set(line["titles"]) for line in lines if line["half"] == split}
+
+
+def load_language(path: Path, share: float = 1.0, titles: set[str] | None = None) -> Language:
+    """One language's candidates and questions; ``share`` < 1 keeps the paragraphs of a sample of qa ids,
+    ``titles`` only the paragraphs of those articles."""
     candidates, questions, answers = [], {}, {}
     for paragraph in read_paragraphs(path):
+        if titles is not None and paragraph.title not in titles:
+            continue
         qas = [qa for qa in paragraph.questions if sampled(qa[0], share)]
         if not qas:
             continue
@@ -114,7 +170,8 @@ def load_language(path: Path, share: float = 1.0) -> Language:
 
 
 def load_dataset(data_dir: Path, name: str, languages: list[str] | None = None,
-                 share: float = 1.0) -> dict[str, Language]:
+                 share: float = 1.0, split: str = "all") -> dict[str, Language]:
+    """The dataset's languages; ``split`` (MLQA-R: dev or test) keeps that half's articles only."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     folder = Path(data_dir) / DATASETS[name]
@@ -126,7 +183,9 @@ def load_dataset(data_dir: Path, name: str, languages: list[str] | None = None,
     missing = sorted(set(languages or ()) - set(found))
     if missing:
         raise DataError(f"{folder}: missing languages {', '.join(missing)}")
-    return {lang: load_language(found[lang], share) for lang in sorted(languages or found)}
+    titles = split_titles(name, split)
+    return {lang: load_language(found[lang], share, None if titles is None else titles.get(lang, set()))
+            for lang in sorted(languages or found)}
 
 
 SETTINGS = ("mono", "cross", "multi", "x-en")

@@ -1,34 +1,43 @@
-"""The study driver's own parts: one-pass evaluation of full set and sample, and the paired bootstrap."""
+"""The study driver's own parts: one-pass evaluation, the queue, and the report's comparisons and pinned checkpoints."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from hbt import lareqa
 from hbt.bench.hybrid_study import main as study_cli
-from hbt.bench.hybrid_study import memoized, paired_bootstrap
-from tests.test_eval import write_lareqa
+from hbt.bench.hybrid_study import memoized
+from tests.test_split import write_articles
+from tests.test_tatoeba import write_pair
 
 
-def test_evaluate_scores_full_set_and_sample_from_one_pass(tiny_bundle, tmp_path):
-    for lang in ("aa", "bb"):
-        write_lareqa(tmp_path / "data" / "mlqa-r", lang, [([f"{lang} s{i}a", f"{lang} s{i}b"], [(f"id{i}", f"{lang} q{i}?", i % 2)])
-                                                          for i in range(40)])
+def test_evaluate_scores_both_halves_and_tatoeba(tiny_bundle, tmp_path):
+    data = tmp_path / "data"
+    dev = sorted(lareqa.split_titles("mlqa-r", "dev")["en"])[:2]
+    test = sorted(lareqa.split_titles("mlqa-r", "test")["en"])[:3]
+    for lang in ("en", "de"):  # the same titles in both files stand for the German articles: enough for loading
+        write_articles(data / "mlqa-r", lang, {title: [f"id{n}a", f"id{n}b"] for n, title in enumerate(dev + test)})
+    write_pair(data / "tatoeba", "kab", ["azul", "tanemmirt"], ["hello", "thanks"])
     out = tmp_path / "eval"
-    result = CliRunner().invoke(study_cli, ["evaluate", "--bundle", str(tiny_bundle), "--dataset", "mlqa-r",
-                                            "--data-dir", str(tmp_path / "data"), "--out", str(out)])
+    result = CliRunner().invoke(study_cli, ["evaluate", "--bundle", str(tiny_bundle), "--evaluation", "mlqa-r-test",
+                                            "--evaluation", "mlqa-r-dev", "--evaluation", "tatoeba",
+                                            "--data-dir", str(data), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    full = json.loads((out / "mlqa-r" / "results.json").read_text())
-    sample = json.loads((out / "mlqa-r-sample" / "results.json").read_text())
-    assert full["sample"] == 1.0 and sample["sample"] == 0.4
-    assert sample["settings"]["multi"]["mean"]["queries"] < full["settings"]["multi"]["mean"]["queries"] == 80
-    with np.load(out / "mlqa-r.questions.npz") as questions:
-        assert len(questions["multi/aa|ap"]) == 40 and len(questions["cross/aa-bb|ids"]) == 40
+    halves = {h: json.loads((out / f"mlqa-r-{h}" / "results.json").read_text()) for h in ("dev", "test")}
+    assert halves["test"]["split"] == "test" and halves["test"]["settings"]["multi"]["mean"]["queries"] == 12
+    assert halves["dev"]["settings"]["multi"]["mean"]["queries"] == 8
+    with np.load(out / "mlqa-r-test.questions.npz") as questions:
+        assert len(questions["multi/en|ap"]) == 6 and len(questions["cross/en-de|ids"]) == 6
         # The saved per-question APs average to the report's mAP.
-        assert np.mean(questions["mono/aa|ap"]) == pytest.approx(full["settings"]["mono"]["per_language"]["aa"]["map"])
+        assert np.mean(questions["mono/en|ap"]) == pytest.approx(halves["test"]["settings"]["mono"]["per_language"]["en"]["map"])
+    with np.load(out / "tatoeba.questions.npz") as questions:
+        assert questions["xx-en/kab|ids"].tolist() == ["kab:0", "kab:1"]
+    assert "laser" in json.loads((out / "tatoeba" / "results.json").read_text())["settings"]
 
 
 def test_memoized_encodes_each_text_once():
@@ -44,52 +53,77 @@ def test_memoized_encodes_each_text_once():
     assert calls == [["a", "bb"], ["ccc"]]
 
 
-def test_paired_bootstrap_finds_a_real_difference_and_not_a_null_one():
-    rng = np.random.default_rng(0)
-    ids = np.array([f"q{i:03d}" for i in range(300)])
-    base = rng.random(300)
-    a = {"mono/en": (ids, base + 0.05), "mono/de": (ids, base + 0.05)}
-    b = {"mono/en": (ids, base), "mono/de": (ids, base)}
-    difference, low, high, p = paired_bootstrap(a, b, "mono", np.random.default_rng(1))
-    assert difference == pytest.approx(0.05) and low == pytest.approx(0.05) and p < 0.001
-    noise = {g: (ids, base + rng.normal(0, 0.1, 300)) for g in a}
-    difference, low, high, p = paired_bootstrap(noise, b, "mono", np.random.default_rng(1))
-    assert low < 0 < high and p > 0.05
-
-
-def test_jobs_sharing_a_run_directory_train_it_the_same_way():
+def test_every_arm_trains_at_the_recipe_budget_on_three_seeds_and_never_on_tatoeba():
     from dataclasses import asdict
 
-    from hbt.bench.hybrid_study import queue
+    from hbt.bench.hybrid_study import RECIPE, queue, training_command
 
     training = {}
     for job in queue([0, 1, 2]):
-        recipe = {k: v for k, v in asdict(job).items()
-                  if k not in ("interpolate", "trained_too", "precisions", "datasets")}
+        recipe = {k: v for k, v in asdict(job).items() if k not in ("precisions", "evaluations")}
         assert training.setdefault(job.directory, recipe) == recipe, job.directory
-    assert {"zero-shot", "hybrid-negatives-s2", "mono-negatives-s1", "cross-negatives-s0"} <= set(training)
+        if job.batching:
+            assert {k: recipe[k] for k in RECIPE if k != "alpha"} == {k: v for k, v in RECIPE.items() if k != "alpha"}
+            command = training_command(job, job_file := Path("train.jsonl.gz"), 16, Path("out"))
+            assert command[command.index("--data") + 1] == str(job_file) and "--eval-every" in command
+    assert {f"{row}-s{seed}" for row in ("hybrid", "x-x-mono", "x-y") for seed in (0, 1, 2)} | {"zero-shot"} == set(training)
+    order = [(job.directory, job.evaluations) for job in queue([0, 1, 2])]
+    assert order.index(("x-y-s0", ("mlqa-r-test",))) < order.index(("hybrid-s1", ("mlqa-r-test",)))
 
 
-def test_comparisons_pair_each_seed_and_the_untrained_base_with_every_seed(tmp_path):
-    from hbt.bench.hybrid_study import collect, comparisons
+def fake_run(work, run, model, evaluation, groups, seed_shift, step):
+    """An evaluation folder as ``evaluate`` leaves it, and the checkpoint's hbt_train.json."""
+    folder = work / run / "eval" / f"{model}-fp32"
+    (folder / evaluation).mkdir(parents=True)
+    settings = {s: {"mean": {"map": 0.0}} for s in ("mono", "cross", "multi")}
+    (folder / evaluation / "results.json").write_text(json.dumps({"settings": settings}))
+    arrays = {}
+    for group, (ids, ap, bias) in groups.items():
+        arrays |= {f"{group}|ids": ids, f"{group}|ap": ap + seed_shift, f"{group}|bias": bias}
+    np.savez(folder / f"{evaluation}.questions.npz", **arrays)
+    if model == "best":
+        (work / run / "best").mkdir(parents=True)
+        (work / run / "best" / "hbt_train.json").write_text(json.dumps({"step": step}))
 
-    ids = np.array([f"q{i}" for i in range(50)])
 
-    def evaluation(run, model, ap):
-        folder = tmp_path / run / "eval" / f"{model}-fp32"
-        (folder / "mlqa-r").mkdir(parents=True)
-        mean = {"map": float(ap), "recall@1": 0.0, "recall@10": 0.0, "language_bias": 0.0}
-        (folder / "mlqa-r" / "results.json").write_text(json.dumps({"settings": {s: {"mean": mean} for s in ("mono", "cross", "multi")}}))
-        groups = {f"{s}/en": None for s in ("mono", "cross", "multi")}
-        np.savez(folder / "mlqa-r.questions.npz", **{f"{g}|ids": ids for g in groups}, **{f"{g}|ap": np.full(50, ap) for g in groups})
+def toy_groups(rng, level):
+    ids = np.array([f"q{i:03d}" for i in range(120)])
+    return {g: (ids, np.clip(level + rng.normal(0, 0.1, 120), 0, 1), np.full(120, 100 * (1 - level)))
+            for g in ("mono/en", "mono/de", "cross/en-de", "cross/de-en", "multi/en", "multi/de")}
 
-    evaluation("zero-shot", "base", 0.5)
-    evaluation("tuned-s0", "best", 0.6)
-    evaluation("tuned-s1", "best", 0.7)
-    evaluation("other-s1", "best", 0.9)
-    results = collect(tmp_path)
-    lines = comparisons(results, [(("tuned", "fp32"), ("zero-shot", "fp32")), (("other", "fp32"), ("tuned", "fp32"))], "mlqa-r")
-    against_base = [line for line in lines if line.startswith("| tuned (fp32) − zero-shot (fp32) | mono")]
-    assert against_base and "| +0.150 |" in against_base[0] and against_base[0].endswith("| +0.100, +0.200 |")
-    against_seed = [line for line in lines if line.startswith("| other (fp32) − tuned (fp32) | multi")]
-    assert against_seed and "| +0.200 |" in against_seed[0] and against_seed[0].endswith("| +0.200 |")  # seed 1 only
+
+def test_report_pins_checkpoints_corrects_the_primary_tests_and_keeps_p_independent_of_order(tmp_path):
+    rng = np.random.default_rng(0)
+    work = tmp_path / "runs"
+    fake_run(work, "zero-shot", "base", "mlqa-r-test", toy_groups(rng, 0.5), 0, 0)
+    levels = {"hybrid": 0.6, "x-x-mono": 0.55, "x-y": 0.59}
+    for row, level in levels.items():
+        groups = toy_groups(rng, level)
+        for seed in (0, 1):
+            fake_run(work, f"{row}-s{seed}", "best", "mlqa-r-test", groups, 0.01 * seed, 200 + 40 * seed)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(study_cli, ["report", "--work", str(work), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"]["hybrid | fp32 | mlqa-r-test | seed 1"]["checkpoint_step"] == 240
+    assert saved["results"]["zero-shot | fp32 | mlqa-r-test | seed 0"]["checkpoint_step"] == 0
+    primary = [c for c in saved["comparisons"] if c["family"] == "primary"]
+    assert [(c["b"][0], c["measure"]) for c in primary] == [(b, m) for b in ("x-x-mono", "x-y")
+                                                            for m in ("mono", "cross", "multi", "bias")]
+    for c in primary:
+        assert c["holm_p"] >= c["hierarchical"]["p"] and c["seeds"] == [2, 2]
+        assert c["hierarchical"]["high"] - c["hierarchical"]["low"] >= c["question"]["high"] - c["question"]["low"] - 1e-9
+    assert all("holm_p" not in c for c in saved["comparisons"] if c["family"] == "exploratory")
+    assert {"mono, unseen", "multi (per language)", "bias, seen"} <= {c["measure"] for c in saved["comparisons"]}
+    assert set(saved["targets"]) == {"mono >= zero-shot - 0.005", "multi >= 0.50", "bias <= zero-shot / 3"}
+    text = (out / "results.md").read_text()
+    assert "| hybrid | fp32 | 2 | 200, 240 |" in text
+    # Without X-Y's runs, hybrid − X-X-mono keeps exactly its p-values: each comparison has its own generator.
+    for seed in (0, 1):
+        for path in sorted((work / f"x-y-s{seed}").rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+    CliRunner().invoke(study_cli, ["report", "--work", str(work), "--out", str(out)])
+    again = json.loads((out / "results.json").read_text())["comparisons"]
+    key = lambda c: (c["a"][0], c["b"][0], c["evaluation"], c["measure"])
+    before = {key(c): c["question"]["p"] for c in saved["comparisons"]}
+    assert all(before[key(c)] == c["question"]["p"] for c in again) and len(again) < len(saved["comparisons"])

@@ -54,7 +54,8 @@ def with_progress(encode, description: str, chunk: int = 1024):
 @main.command()
 @click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle made by hbt-export.")
 @click.option("--dataset", required=True,
-              help="xquad-r, mlqa-r (LAReQA); miracl, beir (corpus, queries, qrels); mkqa (answer recall over --corpus).")
+              help="xquad-r, mlqa-r (LAReQA); tatoeba (bitext retrieval); miracl, beir (corpus, queries, qrels); "
+                   "mkqa (answer recall over --corpus).")
 @data_dir_option("Folder holding the datasets, one subfolder each (hbt-bench download fills it).")
 @click.option("--settings", default="mono,cross,multi", show_default=True,
               help="LAReQA settings, comma-separated: mono, cross, multi, x-en.")
@@ -62,6 +63,8 @@ def with_progress(encode, description: str, chunk: int = 1024):
 @renamed_option("--languages", "--lang (once per language)")
 @click.option("--sample", "share", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="LAReQA: evaluate a stable share of the qa ids (and the paragraphs holding them).")
+@click.option("--split", type=click.Choice(["all", "dev", "test"]), default="all", show_default=True,
+              help="mlqa-r: the frozen half by article (choose recipes on dev, report test).")
 @click.option("--corpus", type=click.Path(path_type=Path), help="miracl/beir/mkqa: passages JSONL (default in the dataset folder).")
 @click.option("--queries", type=click.Path(path_type=Path), help="miracl/beir: topics TSV or queries JSONL; mkqa: the MKQA JSONL.")
 @click.option("--qrels", type=click.Path(path_type=Path), help="miracl/beir: TREC or BEIR qrels.")
@@ -70,13 +73,15 @@ def with_progress(encode, description: str, chunk: int = 1024):
 @click.option("--threads", type=click.IntRange(0), default=0, help="Encoder threads (0: all cores).")
 @runtime_option("for queries and passages")
 @user_errors
-def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, corpus, queries, qrels, ann, out, threads,
-             runtime):
+def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split, corpus, queries, qrels, ann, out,
+             threads, runtime):
     """Retrieval accuracy per setting and language, written as a report directory.
 
     \b
     LAReQA (xquad-r, mlqa-r): mAP, Recall@1/10/100, nDCG@10 and language bias in the
       monolingual, cross-lingual, multilingual-pool and X->English settings.
+    tatoeba: P@1, mAP and LASER's error rate per language, into and from English,
+      and per group of languages (in XLM-R's CC-100 or not). A test set only.
     miracl, beir: the same metrics from qrels, over --corpus.
     mkqa: Recall@20/100 (an answer's words in a top-k passage, as DPR matches) per query language.
 
@@ -84,26 +89,36 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, corpu
     Example:
       hbt-bench accuracy --bundle bundles/e5-small-int8 --dataset mlqa-r --out reports/mlqa-r
       hbt-bench accuracy --bundle B --dataset xquad-r --lang de --lang hi --settings cross
+      hbt-bench accuracy --bundle B --dataset mlqa-r --split test
+      hbt-bench accuracy --bundle B --dataset tatoeba --lang kab --lang amh
     """
     from tqdm import tqdm
 
-    from hbt import lareqa, retrieval
+    from hbt import lareqa, retrieval, tatoeba
     from hbt.bench.reports import environment, markdown, write_report
     from hbt.corpus import read_corpus, read_queries
     from hbt.encoder import Encoder
     from hbt.errors import DataError
 
-    known = (*lareqa.DATASETS, *retrieval.QRELS_DATASETS, "mkqa")
+    known = (*lareqa.DATASETS, "tatoeba", *retrieval.QRELS_DATASETS, "mkqa")
     if dataset not in known:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(known)}")
     wanted = [*langs, *(languages.split(",") if languages else [])] or None
+    if split != "all" and dataset != "mlqa-r":
+        raise DataError(f"--split {split}: only mlqa-r has a dev/test split; drop --split for {dataset}")
     encoder = Encoder(bundle, threads=threads or None, runtime=runtime)
+    extra = []  # report lines beyond the standard tables
     if dataset in lareqa.DATASETS:
-        data = lareqa.load_dataset(data_dir, dataset, wanted, share)
+        data = lareqa.load_dataset(data_dir, dataset, wanted, share, split)
         files = sorted((data_dir / dataset).glob("*.json.gz"))
         with tqdm(total=len(data), desc="embedding", unit=" languages") as bar:
             results = lareqa.evaluate(data, encoder.encode_queries, encoder.encode_passages, tuple(settings.split(",")),
                                       progress=lambda message: bar.update(1), ann=ann)
+    elif dataset == "tatoeba":
+        files = sorted((data_dir / dataset).glob("*.gz"))
+        with tqdm(total=len(wanted or tatoeba.languages(data_dir / dataset)), desc="embedding", unit=" languages") as bar:
+            results = tatoeba.evaluate(data_dir, encoder.encode_queries, wanted, progress=lambda message: bar.update(1))
+        extra = tatoeba.markdown_groups(results)
     elif dataset in retrieval.QRELS_DATASETS:
         paths = retrieval.find_files(data_dir, dataset, {"corpus": corpus, "queries": queries, "qrels": qrels})
         files = list(paths.values())
@@ -117,12 +132,13 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, corpu
         results = retrieval.evaluate_mkqa(retrieval.read_mkqa(paths["mkqa"], wanted), list(read_corpus(paths["corpus"])),
                                           encoder.encode_queries, with_progress(encoder.encode_passages, "embedding corpus"),
                                           ann=ann)
-    report = {"dataset": dataset, "sample": share, "search": "hnsw top 100" if ann else "exact", "runtime": runtime,
+    report = {"dataset": dataset, "sample": share, "split": split, "search": "hnsw top 100" if ann else "exact", "runtime": runtime,
               "environment": environment(encoder.manifest, files), "settings": results}
     out = out or Path("reports") / f"{dataset}-{Path(bundle).name}"
     precision = "fp32" if encoder.manifest.quantization == "none" else encoder.manifest.quantization
     precision += "" if runtime == "onnxruntime" else f" on {runtime}"
-    write_report(report, out, markdown(report, f"{dataset}: {encoder.manifest.source} ({precision})"))
+    title = f"{dataset}{'' if split == 'all' else ' ' + split}: {encoder.manifest.source} ({precision})"
+    write_report(report, out, markdown(report, title) + "".join(line + "\n" for line in extra))
     for setting, values in results.items():
         click.echo(f"{setting:>6}: " + "  ".join(f"{m} {v:.3f}" for m, v in values["mean"].items()
                                                   if m not in ("groups", "queries")))
