@@ -104,18 +104,19 @@ def read_lines(path: str | Path, stats: ReadStats | None = None,
 def _raw_lines(stream: BinaryIO) -> Iterator[bytes]:
     """The stream's lines without their ends (\\n, \\r\\n or \\r), read a block at a time."""
     parts: list[bytes] = []  # the unfinished line
-    while block := stream.read1(LINE_BLOCK):
-        if b"\n" not in block and b"\r" not in block:
+    while True:
+        block = stream.read1(LINE_BLOCK)
+        if block and b"\n" not in block and b"\r" not in block:
             parts.append(block)
             continue
         lines = (b"".join(parts) + block).splitlines(keepends=True)
-        # The last line may go on in the next block, and a final \r may be the half of a \r\n.
-        parts = [] if lines[-1].endswith(b"\n") else [lines.pop()]
+        # Unless the stream has ended, the last line may go on in the next block, and a final \r may be the
+        # first half of a \r\n.
+        parts = [lines.pop()] if block and lines and not lines[-1].endswith(b"\n") else []
         for line in lines:
-            yield line[:-2] if line.endswith(b"\r\n") else line[:-1]
-    if parts:
-        line = b"".join(parts)
-        yield line[:-1] if line.endswith(b"\r") else line
+            yield line.removesuffix(b"\n").removesuffix(b"\r")
+        if not block:
+            return
 
 
 def _json_object(line: str) -> dict:

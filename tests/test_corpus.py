@@ -191,3 +191,136 @@ def test_hbt_index_builds_from_gzip_on_stdin_and_skips_invalid_utf8(tiny_bundle,
                                             "--skip-invalid"], input=corpus)
     assert result.exit_code == 0, result.output
     assert "index: 2 documents" in result.output and "1 invalid lines skipped" in result.output
+
+
+# Issue 21: byte order marks, line endings, nesting, surrogates, FIFOs ---------------------------------------
+
+def test_a_byte_order_mark_is_dropped_not_made_part_of_the_first_id(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "c.tsv").write_bytes(bom + "d1\tErste Zeile\nd2\tzweite\n".encode())
+    (tmp_path / "q.tsv").write_bytes(bom + b"q1\twho?\nq2\twhat?\n")
+    (tmp_path / "c.jsonl").write_bytes(bom + jsonl(ROWS))
+    assert [(d.id, d.text) for d in read_corpus(tmp_path / "c.tsv")] == [("d1", "Erste Zeile"), ("d2", "zweite")]
+    assert read_queries(tmp_path / "q.tsv") == (["q1", "q2"], ["who?", "what?"])
+    assert [d.id for d in read_corpus(tmp_path / "c.jsonl")] == ["d1", "7"]
+
+
+@pytest.mark.parametrize("ending", [b"\r", b"\r\n", b"\n"])
+def test_every_line_ending_separates_documents(tmp_path, ending):
+    """The reported loss: with CR-only endings two lines were one document, and the second was dropped."""
+    path = tmp_path / "c.tsv"
+    path.write_bytes(ending.join([b"d1\tone", b"d2\ttwo", b"", b"d3\tthree"]))
+    assert [(d.id, d.text) for d in read_corpus(path)] == [("d1", "one"), ("d2", "two"), ("d3", "three")]
+    (tmp_path / "q.tsv").write_bytes(ending.join([b"q1\tone", b"q2\ttwo"]) + ending)
+    assert read_queries(tmp_path / "q.tsv") == (["q1", "q2"], ["one", "two"])
+
+
+@pytest.mark.parametrize("line", [
+    "[" * 100_000 + "]" * 100_000,
+    '{"id": "n", "text": "t", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}",
+])
+def test_deeply_nested_json_is_one_error_at_its_line(tmp_path, line):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"id": "a", "text": "fine"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"deep\.jsonl:2: "):
+        list(read_corpus(path))
+    assert [d.id for d in read_corpus(path, skip_invalid=True)] == ["a"]
+
+
+@pytest.mark.parametrize("row", [
+    r'{"id": "x", "text": "half a pair \ud83d"}', r'{"id": "\udfff", "text": "t"}',
+    r'{"id": "x", "text": "t", "title": "\ud800"}', r'{"id": "x", "text": "t", "source": {"a": ["\udc00"]}}'])
+def test_a_lone_surrogate_is_one_error_at_its_line(tmp_path, row):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"id": "ok", "text": "a whole pair \\ud83d\\ude00"}\n' + row + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"s\.jsonl:2: a lone surrogate"):
+        list(read_corpus(path))
+    assert [d.text for d in read_corpus(path, skip_invalid=True)] == ["a whole pair 😀"]
+    (tmp_path / "q.jsonl").write_text(row.replace('"text"', '"query"') + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"q\.jsonl:1: a lone surrogate"):
+        read_queries(tmp_path / "q.jsonl")
+
+
+def test_a_fifo_and_a_process_substitution_stream_like_stdin(tmp_path):
+    """`hbt-index add <(cmd)` said "/dev/fd/63: no such file"."""
+    import os
+    import threading
+
+    expected = list(read_corpus("rows.jsonl", stream=io.BytesIO(jsonl(ROWS))))
+    fifo = tmp_path / "corpus.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(jsonl(ROWS)), daemon=True)
+    writer.start()
+    try:
+        assert list(read_corpus(fifo)) == expected
+    finally:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # unblocks a writer the reader never met
+        writer.join(10)
+    read_end, write_end = os.pipe()  # what bash's <(cmd) passes: /dev/fd/N
+    with os.fdopen(write_end, "wb") as pipe:
+        pipe.write(gzip.compress(jsonl(ROWS)))
+    try:
+        assert list(read_corpus(f"/dev/fd/{read_end}")) == expected
+    finally:
+        os.close(read_end)
+    with pytest.raises(DataError, match="a directory"):
+        list(read_corpus(tmp_path))
+
+
+# The readers' property: any field, any line ending, a BOM or not. A row is read back exactly, or refused at its
+# line; nothing is silently dropped, merged or changed.
+HOSTILE = st.text(st.sampled_from(["a", "é", "语", "😀", " ", "\ufeff", "\x00", "\t", "\r", "\n", "\ud800", "\udc00"]),
+                  max_size=4)
+ENDINGS = st.sampled_from([b"\n", b"\r\n", b"\r"])
+NO_BREAKS = str.maketrans("", "", "\t\r\n")  # TSV cannot carry these in a field
+
+
+def has_surrogate(*fields: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for field in fields for c in field)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(HOSTILE, HOSTILE, HOSTILE), max_size=6), tsv=st.booleans(), ending=ENDINGS,
+       bom=st.booleans(), trailing=st.booleans(), ascii_json=st.booleans(), block=st.sampled_from([1, 2, 5, 65536]),
+       queries=st.booleans())
+def test_readers_keep_or_refuse_every_row_of_hostile_text(tmp_path, rows, tsv, ending, bom, trailing, ascii_json,
+                                                          block, queries):
+    from unittest import mock
+
+    # Row i's id ends with i, so ids are unique (queries need it) unless empty (invalid anyway).
+    rows = [(f"{row_id}{i}" if row_id else "", text, title) for i, (row_id, text, title) in enumerate(rows)]
+    if tsv:
+        rows = [(row_id.translate(NO_BREAKS).lstrip("\ufeff"), text.translate(NO_BREAKS), "")
+                for row_id, text, _ in rows]
+        lines = [f"{row_id}\t{text}" for row_id, text, _ in rows]
+        blank = [not line.strip() for line in lines]
+    else:
+        # What a JSON reader sees: an escaped high and low surrogate side by side are one character.
+        rows = [tuple(json.loads(json.dumps(field)) for field in row) for row in rows]
+        ascii_json = ascii_json or has_surrogate(*(field for row in rows for field in row))
+        lines = [json.dumps({"id": row_id, "text": text, "title": title}, ensure_ascii=ascii_json)
+                 for row_id, text, title in rows]
+        blank = [False] * len(rows)
+    data = ending.join(line.encode("utf-8", "surrogatepass") for line in lines) + (ending if trailing else b"")
+    path = tmp_path / ("rows.tsv" if tsv else "rows.jsonl")
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + data)
+    good = [not skip and bool(row[0]) and bool(row[1].strip()) and not has_surrogate(*row)
+            for row, skip in zip(rows, blank)]
+    valid = [row for row, keep in zip(rows, good) if keep]
+    invalid = [number for number, (keep, skip) in enumerate(zip(good, blank), start=1) if not keep and not skip]
+    with mock.patch("hbt.corpus.LINE_BLOCK", block):  # line ends split across the reader's blocks too
+        if queries:
+            if invalid or not valid:
+                with pytest.raises(DataError, match=f"^{path}:{invalid[0]}: " if invalid else "no queries"):
+                    read_queries(path)
+            else:
+                assert read_queries(path) == ([r[0] for r in valid], [r[1] for r in valid])
+            return
+        if invalid:
+            with pytest.raises(DataError, match=f"^{path}:{invalid[0]}: "):
+                list(read_corpus(path))
+        else:
+            assert [(d.id, d.text, d.title) for d in read_corpus(path)] == valid
+        stats = ReadStats()
+        assert [(d.id, d.text, d.title) for d in read_corpus(path, skip_invalid=True, stats=stats)] == valid
+        assert (stats.documents, stats.skipped) == (len(valid), len(invalid))
