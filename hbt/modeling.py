@@ -6,6 +6,8 @@ The head follows the source's ``Layout`` exactly as sentence-transformers runs i
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,11 @@ import torch.nn.functional as F
 
 from hbt.encoder import pad_batch
 from hbt.errors import SourceError
-from hbt.sources import DenseLayer, Source
+from hbt.sources import ST_CONFIG, ST_MODULES, ST_TRANSFORMER_CONFIG, DenseLayer, Source
 from hbt.tokenizer import Tokenizer
 
+# The tokenizer's files besides its vocabulary, which transformers and sentence-transformers read.
+TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 # Position ids of these architectures start after the padding id, so that many positions are never used.
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert")
 ACTIVATIONS = {"identity": torch.nn.Identity, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU, "relu": torch.nn.ReLU,
@@ -135,3 +139,50 @@ class DualEncoder(torch.nn.Module):
 
     def embed_passages(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         return self.embed(texts, batch_size, self.layout.passage_prefix)
+
+    def save(self, directory: Path) -> None:
+        """Write the model as a sentence-transformers directory: backbone, tokenizer, and the head's modules.
+
+        hbt reads it back with the same layout (``resolve_source``), and so does
+        ``SentenceTransformer(directory)``. Legacy module names and pooling keys keep it
+        readable by older sentence-transformers too.
+        """
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(directory)
+        for file in (self.source.tokenizer_file, *(self.source.model_dir / f for f in TOKENIZER_CONFIGS)):
+            if file.is_file():
+                shutil.copyfile(file, directory / file.name)
+        layout = self.layout
+        modules = [("Transformer", "")]
+        write_json(directory / ST_TRANSFORMER_CONFIG, {"max_seq_length": self.max_length, "do_lower_case": False})
+        modes = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens",
+                 "lasttoken": "pooling_mode_lasttoken"}
+        modules.append(("Pooling", "1_Pooling"))
+        write_json(directory / "1_Pooling" / "config.json", {
+            "word_embedding_dimension": self.backbone.config.hidden_size,
+            **{key: layout.pooling == mode for mode, key in modes.items()}, "include_prompt": layout.include_prompt})
+        for spec, layer in zip(layout.dense, self.dense):
+            path = f"{len(modules)}_Dense"
+            modules.append(("Dense", path))
+            activation = type(layer[1])  # torch.nn.modules.activation.Tanh, as sentence-transformers names it
+            write_json(directory / path / "config.json", {
+                "in_features": spec.in_features, "out_features": spec.out_features, "bias": spec.bias,
+                "activation_function": f"{activation.__module__}.{activation.__name__}"})
+            save_file({f"linear.{k}": v.detach().cpu().contiguous() for k, v in layer[0].state_dict().items()},
+                      directory / path / "model.safetensors")
+        if layout.normalize:
+            modules.append(("Normalize", f"{len(modules)}_Normalize"))
+            (directory / modules[-1][1]).mkdir(exist_ok=True)
+        write_json(directory / ST_MODULES, [{"idx": i, "name": str(i), "path": path,
+                                              "type": f"sentence_transformers.models.{kind}"}
+                                             for i, (kind, path) in enumerate(modules)])
+        write_json(directory / ST_CONFIG, {
+            "prompts": {"query": layout.query_prefix, "document": layout.passage_prefix}, "default_prompt_name": None,
+            "similarity_fn_name": "cosine" if layout.normalize else "dot"})
+
+
+def write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")

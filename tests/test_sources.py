@@ -181,3 +181,31 @@ def test_prefixes_follow_encode_query_and_encode_document():
     assert st_prefixes({}) == ("", "")
     with pytest.raises(SourceError, match="prompts"):
         st_prefixes({"query": 3})
+
+
+@pytest.mark.parametrize("family", ["labse", "instructor"])
+def test_a_saved_dual_encoder_keeps_its_layout(st_model_dirs, tmp_path, family):
+    """What hbt-train writes: read back with the same head by hbt and by sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+
+    from hbt.modeling import DualEncoder
+
+    model = DualEncoder(resolve_source(str(st_model_dirs[family])))
+    model.save(tmp_path / "saved")
+    source = resolve_source(str(tmp_path / "saved"))
+    strip = lambda layout: (layout.pooling, layout.include_prompt, layout.normalize, layout.query_prefix,  # noqa: E731
+                            layout.passage_prefix, layout.max_seq_length,
+                            [(d.in_features, d.out_features, d.bias, d.activation) for d in layout.dense])
+    assert strip(source.layout) == strip(model.layout) and source.tokenizer == model.source.tokenizer
+    theirs = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    assert cosines(DualEncoder(source).embed_queries(TEXTS), theirs.encode_query(TEXTS)).min() >= 0.9999
+    assert cosines(model.embed_queries(TEXTS), theirs.encode_query(TEXTS)).min() >= 0.9999
+
+
+def test_a_saved_plain_model_keeps_mean_pooling_and_e5_prefixes(tiny_model_dir, tmp_path):
+    from hbt.modeling import DualEncoder
+
+    DualEncoder(resolve_source(str(tiny_model_dir))).save(tmp_path / "saved")
+    layout = resolve_source(str(tmp_path / "saved")).layout
+    assert (layout.pooling, layout.normalize, layout.query_prefix, layout.passage_prefix) == ("mean", True, "query: ",
+                                                                                            "passage: ")
