@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +131,41 @@ def test_search_path_does_not_import_torch(tiny_bundle, corpus, tmp_path):
             "assert result.exit_code == 0, result.output; assert json.loads(result.output)['hits']; "
             "heavy = {'torch', 'transformers', 'tokenizers'} & set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_add_streams_a_process_substitution(tiny_bundle, corpus, tmp_path):
+    """The reported failure: `hbt-index add <(cmd)` said "/dev/fd/63: no such file"."""
+    import shutil
+
+    index = tmp_path / "idx"
+    invoke(index_cli, "build", corpus, "--bundle", tiny_bundle, "--index", index)
+    extra = write_jsonl(tmp_path / "extra.jsonl", [{"id": "x1", "text": "Ein neuer Text", "lang": "de"}])
+    if shutil.which("bash"):
+        command = f'"{Path(sys.executable).parent / "hbt-index"}" add <(cat "{extra}") --index "{index}"'
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "16 documents" in result.stdout, result.stderr
+    read_end, write_end = os.pipe()  # what <(cmd) passes, within this process
+    with os.fdopen(write_end, "wb") as pipe:
+        pipe.write(b'{"id": "x2", "text": "noch ein Text"}\n')
+    try:
+        assert "17 documents" in invoke(index_cli, "add", f"/dev/fd/{read_end}", "--index", index)
+    finally:
+        os.close(read_end)
+
+
+def test_a_waiting_writer_says_on_whom_it_waits(tmp_path):
+    """The reported silence: a second writer waited on the lock up to 600 s without a word."""
+    from hbt.corpus import Document
+    from hbt.index import durable
+    from tests.fakes import HashEncoder
+
+    index = tmp_path / "idx"
+    build_index([Document(f"d{i}", f"text {i}") for i in range(20)], HashEncoder(), index)
+    with durable.write_lock(index, timeout=5):
+        waiting = subprocess.Popen([Path(sys.executable).parent / "hbt-index", "delete", "--ids", "d3", "--index",
+                                    str(index)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        spoke, _, _ = select.select([waiting.stderr], [], [], 30)  # a silent writer would wait 600 s
+        message = waiting.stderr.readline() if spoke else ""
+    assert waiting.wait(timeout=120) == 0, waiting.stderr.read()
+    assert f"waiting for another process (pid {os.getpid()})" in message
+    assert "deleted 1, 19 documents left" in waiting.stdout.read()

@@ -95,7 +95,8 @@ def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment
     """Embed CORPUS with BUNDLE and write a new index.
 
     CORPUS is JSONL (id, text, optional title and lang; other fields are kept as
-    metadata; BEIR's _id works too), TSV (id<TAB>text), either gzipped (.gz), or - for stdin.
+    metadata; BEIR's _id works too), TSV (id<TAB>text), either gzipped (.gz); - reads stdin,
+    and a pipe such as <(zcat part-*.gz) streams.
     """
     from hbt.encoder import Encoder
     from hbt.index import IndexConfig, build_index
@@ -125,13 +126,15 @@ def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True)
 @user_errors
 def add(paths, index_dir, skip_invalid, threads):
-    """Add the documents of CORPUS as a new segment (ids must stay unique).
+    """Add the documents of CORPUS (a file, - for stdin, or a pipe such as <(cmd)) as a new segment; ids must
+    stay unique.
 
     Small segments are merged as they accumulate (ten of a size make one of the next).
     """
     from hbt.encoder import Encoder
     from hbt.index import add_documents, read_manifest
 
+    setup_logging(False)  # a writer waiting on another's lock says so
     if index_dir is None and len(paths) == 2:  # the older spelling: add INDEX_DIR CORPUS
         index_dir, paths = Path(paths[0]), paths[1:]
     if index_dir is None or len(paths) != 1:
@@ -152,6 +155,7 @@ def delete(index_dir, ids, ids_file):
     """Delete documents by id: tombstones, one commit; they never appear in results again."""
     from hbt.index import delete_documents
 
+    setup_logging(False)  # a writer waiting on another's lock says so
     wanted = list(ids) + ([line.strip() for line in ids_file if line.strip()] if ids_file else [])
     if not wanted:
         raise click.UsageError("give --ids or --ids-file")
@@ -171,6 +175,7 @@ def compact(index_dir, threads, expunge_deletes):
     """Pack small segments together and rewrite those with many tombstones, one commit."""
     from hbt.index import compact_index, read_manifest
 
+    setup_logging(False)  # a writer waiting on another's lock says so
     before = read_manifest(index_dir)
     with _progress("compacting") as bar:
         manifest = compact_index(index_dir, bar.update, threads, expunge_deletes)
@@ -186,6 +191,7 @@ def upgrade(index_dir):
     """Convert an index of an older format in place (format 1: one graph and store become a segment)."""
     from hbt.index import upgrade_index
 
+    setup_logging(False)  # a writer waiting on another's lock says so
     manifest = upgrade_index(index_dir)
     click.echo(f"{index_dir}: format {manifest['format_version']}, {manifest['count']} documents")
 
