@@ -464,14 +464,44 @@ def target_lines(found: dict) -> list[str]:
             f"- bias ≤ zero-shot's / 3 = {bias['limit']:.1f}: {bias['value']:.1f}: {verdict(bias['met'])}.", ""]
 
 
+def setup(data_dir: Path) -> dict:
+    """What the evaluations ran on: MLQA-R's halves (questions, candidates) and Tatoeba's language groups."""
+    from hbt import lareqa, tatoeba
+
+    halves = {}
+    for split in ("dev", "test") if list((data_dir / "mlqa-r").glob("*.json.gz")) else ():
+        data = lareqa.load_dataset(data_dir, "mlqa-r", split=split)
+        halves[split] = {"questions": sum(len(d.questions) for d in data.values()),
+                         "candidates": sum(len(d.candidates) for d in data.values()),
+                         "articles": sum(len(t) for t in lareqa.split_titles("mlqa-r", split).values())}
+    found = tatoeba.languages(data_dir / "tatoeba") if (data_dir / "tatoeba").is_dir() else []
+    groups = {g: [lang for lang in found if tatoeba.group(lang) == g] for g in ("cc100", "other")}
+    return {"mlqa-r": halves, "tatoeba_groups": groups, "training": {**RECIPE, "batch_size": 16},
+            "bootstrap_samples": BOOTSTRAP_SAMPLES}
+
+
+def setup_lines(found: dict) -> list[str]:
+    halves, groups, training = found["mlqa-r"], found["tatoeba_groups"], found["training"]
+    lines = ["## Setup", "", "| MLQA-R half | articles (all languages) | questions | candidates |", "|---|---|---|---|"]
+    lines += [f"| {h} | {v['articles']} | {v['questions']} | {v['candidates']} |" for h, v in halves.items()]
+    lines += ["", f"Training (every arm): {training['steps']} steps, batch {training['batch_size']}, learning rate "
+              f"{training['learning_rate']}, validation every {training['eval_every']} steps (the checkpoint kept is "
+              "the lowest validation loss), hard negatives; hybrid alpha 0.5, X-X-mono alpha 1, X-Y alpha 0.", ""]
+    for name, langs in groups.items():
+        lines.append(f"Tatoeba group {name} ({len(langs)} languages): {' '.join(langs)}.")
+    return lines + [""]
+
+
 @main.command()
 @click.option("--work", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(os.environ.get("HBT_DATA", "../shared/data")))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
-def report(work, out):
+def report(work, data_dir, out):
     """Aggregate the finished evaluations into OUT/results.md and OUT/results.json."""
     results = collect(work)
     analysis = analyse(results)
-    lines = ["## Results", "",
+    found = setup(data_dir)
+    lines = [*setup_lines(found), "## Results", "",
              "mAP (Tatoeba: mAP of the aligned line, i.e. its reciprocal rank) and language bias (multilingual pool, "
              "lower is better): mean ± sample standard deviation over seeds, each seed's value computed from its "
              "per-question scores. Exact search. `multi` pools every query; `multi (per language)` averages the "
@@ -496,7 +526,7 @@ def report(work, out):
     (out / "results.md").write_text("\n".join(lines))
     summary = {"results": {f"{r.row} | {r.precision} | {r.evaluation} | seed {r.seed}":
                            {"checkpoint_step": r.step, **{s: v["mean"] for s, v in r.settings().items()}}
-                           for r in results}, **analysis}
+                           for r in results}, "setup": found, **analysis}
     (out / "results.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     click.echo(out / "results.md")
 

@@ -102,7 +102,7 @@ def test_report_pins_checkpoints_corrects_the_primary_tests_and_keeps_p_independ
         for seed in (0, 1):
             fake_run(work, f"{row}-s{seed}", "best", "mlqa-r-test", groups, 0.01 * seed, 200 + 40 * seed)
     out = tmp_path / "report"
-    result = CliRunner().invoke(study_cli, ["report", "--work", str(work), "--out", str(out)])
+    result = CliRunner().invoke(study_cli, ["report", "--work", str(work), "--data-dir", str(tmp_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"]["hybrid | fp32 | mlqa-r-test | seed 1"]["checkpoint_step"] == 240
@@ -122,7 +122,7 @@ def test_report_pins_checkpoints_corrects_the_primary_tests_and_keeps_p_independ
     for seed in (0, 1):
         for path in sorted((work / f"x-y-s{seed}").rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
-    CliRunner().invoke(study_cli, ["report", "--work", str(work), "--out", str(out)])
+    CliRunner().invoke(study_cli, ["report", "--work", str(work), "--data-dir", str(tmp_path), "--out", str(out)])
     again = json.loads((out / "results.json").read_text())["comparisons"]
     key = lambda c: (c["a"][0], c["b"][0], c["evaluation"], c["measure"])
     before = {key(c): c["question"]["p"] for c in saved["comparisons"]}

@@ -1,0 +1,77 @@
+"""Every figure that the study's report.md quotes is in its committed results.md or results.json."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+STUDY = Path(__file__).resolve().parents[1] / "bench" / "reports" / "hybrid-study"
+# A figure: optional sign, digits with thousands commas and/or decimals (".660" counts); not part of a word
+# (fp32, e5, s0, 2408.10536 in a link are left out with the code and the links).
+FIGURE = re.compile(r"(?<![\w.\-−/])([+−-]?)((?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?)(?![\w.]*\w)")
+
+
+def prose(markdown: str) -> str:
+    """The text a reader takes figures from: no code blocks, code spans or link targets."""
+    markdown = re.sub(r"```.*?```", " ", markdown, flags=re.S)
+    markdown = re.sub(r"`[^`]*`", " ", markdown)
+    return re.sub(r"\]\([^)]*\)", "]", markdown)
+
+
+def figures(text: str) -> list[tuple[str, float, int]]:
+    """(as written, value, decimals) of every figure: signed where the text gives a sign."""
+    found = []
+    for sign, number in FIGURE.findall(text):
+        if not number or not any(c.isdigit() for c in number):
+            continue
+        value = float(number.replace(",", ""))
+        decimals = len(number.split(".")[1]) if "." in number else 0
+        found.append((sign + number, -value if sign in "−-" and sign else value, decimals))
+    return found
+
+
+def sources(folder: Path) -> list[float]:
+    numbers = [value for _, value, _ in figures((folder / "results.md").read_text())]
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from walk(key)
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            yield float(node)
+        elif isinstance(node, str):
+            yield from (value for _, value, _ in figures(node))
+
+    return numbers + list(walk(json.loads((folder / "results.json").read_text())))
+
+
+def unsourced(report: str, known: list[float]) -> list[str]:
+    """Figures of ``report`` that no known number gives at the precision written (unsigned figures: either sign)."""
+    missing = []
+    for written, value, decimals in figures(prose(report)):
+        if decimals == 0 and abs(value) < 100:  # counts: seeds, steps of a schedule, cores, languages
+            continue
+        signed = written[0] in "+−-"
+        if not any(abs(round(k if signed else abs(k), decimals) - (value if signed else abs(value))) < 1e-9 for k in known):
+            missing.append(written)
+    return missing
+
+
+def test_the_check_finds_an_invented_figure_and_accepts_a_quoted_one():
+    known = [0.6601, -0.0071, 1548.2]
+    assert unsourced("mono .660, a loss of .007 (−.007), bias 1548, in `code 0.999`", known) == []
+    assert unsourced("mono .661 and +.007 and bias 1,549 [link](http://x/0.5)", known) == [".661", "+.007", "1,549"]
+
+
+def test_every_figure_in_the_report_has_a_committed_source():
+    """report.md may quote the study's results and those of the earlier full-set study (kept beside them)."""
+    known = sources(STUDY) + sources(STUDY / "earlier-full-set")
+    missing = unsourced((STUDY / "report.md").read_text(), known)
+    assert not missing, f"figures in report.md found in neither results.md nor results.json: {missing}"
