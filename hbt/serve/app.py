@@ -272,15 +272,17 @@ class SearchService:
 
     async def info(self, request: Request) -> Response:
         """GET /info: the index, the limits, batching, and why live reload fails if it does."""
-        config, info = self.config, self.searcher.index.info()
+        config, index = self.config, self.searcher.index
+        info, error = index.info(), self.refresh_error
         if not is_loopback(config.host):  # other machines need not learn the server's paths
             info["bundle"] = {**info["bundle"], "path": Path(info["bundle"]["path"]).name}
+            error = error and error.replace(str(index.directory), index.directory.name)
         return JSONResponse({
             **info,
             "limits": {"max_k": config.max_k, "max_ef": config.max_ef, "max_queries": config.max_queries,
                        "max_query_chars": config.max_query_chars},
             "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms, "workers": config.workers},
-            "refresh": {"failures": self.refresh_failures, "error": self.refresh_error},
+            "refresh": {"failures": self.refresh_failures, "error": error},
         })
 
     async def prometheus(self, request: Request) -> Response:
@@ -295,18 +297,20 @@ class SearchService:
                                      languages=sorted(self.searcher.index.languages), token=bool(config.token)))
 
     async def _read_body(self, request: Request) -> bytes:
+        try:
+            return await asyncio.wait_for(self._receive_body(request), self.config.body_seconds)
+        except asyncio.TimeoutError:  # asyncio's own class before Python 3.11
+            raise BadRequest(408, f"the body took over {self.config.body_seconds:g} s to arrive") from None
+
+    async def _receive_body(self, request: Request) -> bytes:
         # JSON may escape each character as \uXXXX (12 bytes for a surrogate pair).
         limit = self.config.max_queries * (self.config.max_query_chars * 12 + 16) + 4096
         body = bytearray()
-        try:
-            async with asyncio.timeout(self.config.body_seconds):
-                async for chunk in request.stream():
-                    body += chunk
-                    if len(body) > limit:
-                        raise BadRequest(413, f"a body over {limit} bytes: send at most {self.config.max_queries} "
-                                              f"queries of {self.config.max_query_chars} characters")
-        except TimeoutError:
-            raise BadRequest(408, f"the body took over {self.config.body_seconds:g} s to arrive") from None
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BadRequest(413, f"a body over {limit} bytes: send at most {self.config.max_queries} "
+                                      f"queries of {self.config.max_query_chars} characters")
         return bytes(body)
 
     def _search_batch(self, queries: list[Query]) -> list:
