@@ -130,32 +130,43 @@ def resolve_source(name: str, revision: str | None = None, allow_pickle: bool = 
     return _from_directory(name, _download(name, revision, allow_pickle), allow_pickle)
 
 
-def hub_files(repo_files: list[str], allow_pickle: bool) -> list[str]:
+def hub_files(repo_id: str, repo_files: list[str], allow_pickle: bool) -> list[str]:
     """The files of a Hub repository to fetch: configs and tokenizers, and per folder one weights
-    file, safetensors where there is one, else pickled weights if allowed."""
+    file, safetensors where there is one; pickled weights are refused unless allowed."""
     chosen = []
     for file in repo_files:
         folder, _, base = file.rpartition("/")
         if base in HUB_FILES and "/" not in folder:  # the top level and module folders (1_Pooling/config.json)
             chosen.append(file)
-        elif base == SAFE_WEIGHTS or (base == PICKLE_WEIGHTS and allow_pickle
-                                      and f"{folder}/{SAFE_WEIGHTS}".lstrip("/") not in repo_files):
+        elif base == SAFE_WEIGHTS:
+            chosen.append(file)
+        elif base == PICKLE_WEIGHTS and f"{folder}/{SAFE_WEIGHTS}".lstrip("/") not in repo_files:
+            if not allow_pickle:
+                raise SourceError(f"{repo_id}: {file} is a pickle, which can run code when loaded, and there is "
+                                  "no model.safetensors beside it; pass --allow-pickle if you trust its author")
             chosen.append(file)
     return chosen
 
 
 def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
+    def unavailable(e: Exception) -> SourceError:
+        at = f" at revision {revision}" if revision else ""
+        return SourceError(
+            f"{repo_id}{at}: not a local directory, and the Hugging Face Hub could not provide it "
+            f"({type(e).__name__}); check the id, the revision and your connection, or pass a local directory"
+        )
+
     try:
         from huggingface_hub import HfApi, snapshot_download
 
-        files = hub_files(HfApi().list_repo_files(repo_id, revision=revision), allow_pickle)
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=files))
+        repo_files = HfApi().list_repo_files(repo_id, revision=revision)
     except Exception as e:  # the hub raises many types: offline, unknown repo or revision, gated, ...
-        at = f" at revision {revision}" if revision else ""
-        raise SourceError(
-            f"{repo_id}{at}: not a local directory, and the Hugging Face Hub could not provide it "
-            f"({type(e).__name__}); check the id, the revision and your connection, or pass a local directory"
-        ) from e
+        raise unavailable(e) from e
+    files = hub_files(repo_id, repo_files, allow_pickle)
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=files))
+    except Exception as e:
+        raise unavailable(e) from e
 
 
 def _from_directory(name: str, directory: Path, allow_pickle: bool = False) -> Source:

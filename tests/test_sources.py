@@ -170,9 +170,29 @@ def test_hub_files_prefer_safetensors_and_fetch_pickles_only_if_allowed():
             "1_Pooling/config.json", "2_Dense/config.json", "2_Dense/pytorch_model.bin", "onnx/model.onnx",
             "README.md", "config_sentence_transformers.json", "sentence_bert_config.json"]
     expected = ["config.json", "model.safetensors", "vocab.txt", "modules.json", "1_Pooling/config.json",
-                "2_Dense/config.json", "config_sentence_transformers.json", "sentence_bert_config.json"]
-    assert hub_files(repo, allow_pickle=False) == expected
-    assert hub_files(repo, allow_pickle=True) == expected[:6] + ["2_Dense/pytorch_model.bin"] + expected[6:]
+                "2_Dense/config.json", "2_Dense/pytorch_model.bin", "config_sentence_transformers.json",
+                "sentence_bert_config.json"]
+    assert hub_files("o/m", repo, allow_pickle=True) == expected
+    with pytest.raises(SourceError, match="2_Dense/pytorch_model.bin is a pickle.*--allow-pickle"):
+        hub_files("o/m", repo, allow_pickle=False)
+    assert "2_Dense/pytorch_model.bin" not in hub_files("o/m", repo + ["2_Dense/model.safetensors"], allow_pickle=True)
+
+
+def test_a_hub_source_is_pinned_to_its_revision_and_refused_without_safetensors(tiny_model_dir, monkeypatch):
+    """No network: the Hub client is replaced by one that records what it was asked."""
+    import huggingface_hub
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files",
+                        lambda self, repo_id, revision=None: asked.append(revision) or sorted(
+                            p.name for p in tiny_model_dir.iterdir()))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, revision=None, allow_patterns=(): asked.append(allow_patterns) or tiny_model_dir)
+    source = resolve_source("owner/model", revision="0123abc")
+    assert source.model_dir == tiny_model_dir and asked[0] == "0123abc" and "model.safetensors" in asked[1]
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files",
+                        lambda self, repo_id, revision=None: ["config.json", "pytorch_model.bin"])
+    refused("owner/model", "owner/model: pytorch_model.bin is a pickle", "--allow-pickle")
 
 
 def test_prefixes_follow_encode_query_and_encode_document():
