@@ -108,9 +108,14 @@ def test_health_info_and_metrics(client):
 
 
 def test_openapi_and_page(client):
-    paths = client.get("/openapi.json").json()["paths"]
+    described = client.get("/openapi.json").json()
+    paths = described["paths"]
     assert set(paths) == {"/search", "/health", "/info", "/metrics"}
-    assert "requestBody" in paths["/search"]["post"]
+    body = paths["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    # The description follows the server's limits and the index's languages, so a fuzzer can trust it.
+    assert (body["k"]["maximum"], body["queries"]["maxItems"], body["query"]["maxLength"]) == (20, 4, 100)
+    assert body["langs"]["items"]["enum"] == ["ar", "de", "en", "ru", "zh"]
+    assert "security" not in described
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html") and 'id="query"' in page.text
     for asset in ("app.js", "style.css"):
@@ -156,6 +161,8 @@ def test_token_guards_everything_but_health_and_the_page(searcher):
         for path in ("/info", "/metrics", "/openapi.json"):
             assert client.get(path).status_code == 401
             assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        described = client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()
+        assert described["security"] == [{"bearer": []}] and described["paths"]["/health"]["get"]["security"] == []
         assert search(client, {"query": "cat"}).status_code == 401
         assert search(client, {"query": "cat"}, Authorization="Bearer wrong").status_code == 401
         assert search(client, {"query": "cat"}, Authorization="Bearer s3cret").status_code == 200

@@ -31,12 +31,12 @@ def server_url(default_bundle, tmp_path_factory):
     from hbt.index import build_index
     from hbt.search import Searcher
     from hbt.serve.app import create_app
+    from hbt.serve.server import server_config
 
     index_dir = tmp_path_factory.mktemp("serve-browser") / "index"
     docs = [*read_corpus(DEMO_CORPUS), Document("hostile-en", HOSTILE, "<b>not bold</b>", "en")]
     build_index(docs, Encoder(default_bundle), index_dir)
-    server = uvicorn.Server(uvicorn.Config(create_app(Searcher.open(index_dir)), host="127.0.0.1", port=0,
-                                           log_level="warning"))
+    server = uvicorn.Server(server_config(create_app(Searcher.open(index_dir)), "127.0.0.1", 0))  # hbt-serve's limits
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(600):  # up to 30 s
