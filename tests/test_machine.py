@@ -71,6 +71,7 @@ def test_usable_cores_on_this_machine_is_within_the_affinity_mask():
 def test_thread_plan_gives_every_core_to_the_operators():
     assert thread_plan(2) == thread_plan(2) and thread_plan(2).intra_op == 2 and thread_plan(0).intra_op == 1
     assert thread_plan(16).inter_op == 1 and thread_plan(16).loader_workers == 0
+    assert thread_plan(16, processes=4).intra_op == 4 and thread_plan(2, processes=4).intra_op == 1  # torchrun on one host
 
 
 @pytest.mark.parametrize("requested, features, gpu, force, precision, warns", [

@@ -188,6 +188,16 @@ def test_training_writes_exportable_checkpoint(tiny_model_dir, tmp_path):
     assert info["config"]["batching"] == "hybrid" and info["config"]["batch_size"] == 4
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4] and "validation_loss" in metrics[1]
+    # Where it ran: the checkpoint and the first metrics line carry the machine; every line its precision and threads.
+    from hbt import machine
+
+    where = info["machine"]
+    assert where == metrics[0]["machine"] and all("machine" not in m for m in metrics[1:])
+    assert where["cpu"] == machine.cpu_model() and set(where["cpu_features"]) == machine.cpu_features()
+    assert where["precision"] == info["config"]["precision"] == summary["precision"] in ("fp32", "bf16")
+    assert where["precision_requested"] == "auto" and where["threads"]["intra_op"] == machine.usable_cores()
+    assert all(m["precision"] == where["precision"] and m["threads"] == machine.usable_cores()
+               and m["examples_per_second"] > 0 for m in metrics)
     from hbt.export.exporter import ExportConfig, export_bundle
 
     assert export_bundle(ExportConfig(source=str(best), out=tmp_path / "bundle", quantize="none")).dimension == 32
@@ -305,6 +315,45 @@ def test_sigterm_checkpoints_and_resume_continues(tiny_model_dir, tmp_path):
     assert json.loads(resumed.stdout)["steps"] == state["step"] + 2
 
 
+ZEN3_FLAGS = frozenset({"avx2", "fma", "sse4_2"})  # the issue's machine: bf16 only by emulation
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--precision", "bf16"], "fp32"),
+    (["--bf16"], "fp32"),  # the alias
+    (["--bf16", "--force-precision"], "bf16"),
+    ([], "fp32"),  # auto: silently fp32
+])
+def test_cli_says_when_bf16_would_be_emulated(tiny_model_dir, tmp_path, monkeypatch, flags, expected):
+    from hbt import machine
+
+    monkeypatch.setattr(machine, "cpu_features", lambda: ZEN3_FLAGS)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train_cli, ["--base", str(tiny_model_dir), "--data", str(write_pairs(tmp_path / "pairs.jsonl")),
+                                            "--out", str(out), "--steps", "1", "--batch-size", "4", "--eval-every", "0",
+                                            *flags])
+    assert result.exit_code == 0, result.output
+    lines = [line.rsplit("\r", 1)[-1] for line in result.stderr.split("\n")]  # as a terminal shows the progress bar's
+    assert lines[0].startswith("hbt-train on ") and f"{machine.usable_cores()} usable cores" in lines[0]
+    assert f"precision {expected}" in lines[0]
+    warnings = [line for line in lines[1:] if "emulated" in line]
+    if flags:
+        assert len(warnings) == 1 and machine.EMULATED_BF16_SLOWDOWN in warnings[0]
+        assert ("expect steps" in warnings[0]) == (expected == "bf16")  # forced: it runs, and says what it costs
+    else:
+        assert warnings == []
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["precision"] == expected
+
+
+def test_cli_help_names_no_machine_specific_flag_and_bf16_contradicting_fp32_is_refused(tmp_path):
+    runner = CliRunner()
+    help_text = runner.invoke(train_cli, ["--help"]).output
+    assert "--precision" in help_text and "--grad-cache-chunk" in help_text and "--bf16" not in help_text
+    result = runner.invoke(train_cli, ["--data", str(write_pairs(tmp_path / "pairs.jsonl")), "--out", str(tmp_path / "r"),
+                                       "--bf16", "--precision", "fp32"])
+    assert result.exit_code == 2 and "--bf16 contradicts --precision fp32" in result.output
+
+
 def test_cli_dry_run_and_errors(tiny_model_dir, tmp_path):
     runner = CliRunner()
     data = write_pairs(tmp_path / "pairs.jsonl")
@@ -382,3 +431,111 @@ def test_loss_falls_on_the_offline_default(tmp_path):
     losses = []
     train(config, log=lambda record: losses.append(record["loss"]))
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
+
+
+def batch_with_negatives_and_translations() -> list:
+    """8 cross-lingual pairs, five with a hard negative: every group of texts GradCache chunks is present."""
+    from hbt.sampler import Pair
+
+    batch = []
+    for i in range(8):
+        negatives = {"de": [f"{MULTILINGUAL[(i + 3) % len(MULTILINGUAL)]} {i}"]} if i % 3 else {}
+        record = Record(f"q{i}", {"en": f"en question {i}", "de": f"de question {i}"},
+                        {"en": f"{MULTILINGUAL[i % len(MULTILINGUAL)]} {i}", "de": f"{MULTILINGUAL[(i + 1) % len(MULTILINGUAL)]} {i}"},
+                        negatives)
+        batch.append(Pair(record, "en", "de"))
+    return batch
+
+
+def gradients(model) -> dict:
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_grad_cache_gives_the_whole_batchs_loss_and_gradients(tiny_model_dir, tmp_path, chunk):
+    from hbt.modeling import DualEncoder
+    from hbt.sources import resolve_source
+    from hbt.train import backward
+
+    model = DualEncoder(resolve_source(str(tiny_model_dir))).eval()  # no dropout: one function of the inputs
+    config = tiny_config(tiny_model_dir, tmp_path, batch_size=8, translation_weight=0.5)
+    batch = batch_with_negatives_and_translations()
+    whole_loss = backward(model, batch, config).item()
+    whole = gradients(model)
+    cached_loss = backward(model, batch, replace(config, grad_cache_chunk=chunk)).item()
+    cached = gradients(model)
+    assert cached_loss == pytest.approx(whole_loss, rel=1e-6)
+    assert cached.keys() == whole.keys() and len(whole) > 10
+    for name, grad in whole.items():
+        torch.testing.assert_close(cached[name], grad, rtol=1e-5, atol=1e-5)
+
+
+def test_grad_cache_replays_dropout(tiny_model_dir, tmp_path):
+    """In training mode each chunk's second pass draws the dropout masks of its first: the gradients are those of
+    one graph over the same chunks, and the RNG ends where that graph leaves it."""
+    from hbt.modeling import DualEncoder
+    from hbt.sources import resolve_source
+    from hbt.train import backward, compute_loss
+
+    model = DualEncoder(resolve_source(str(tiny_model_dir))).train()
+    config = tiny_config(tiny_model_dir, tmp_path, batch_size=8, translation_weight=0.5, grad_cache_chunk=3)
+    batch = batch_with_negatives_and_translations()
+    torch.manual_seed(5)
+    compute_loss(model, batch, config).backward()  # autograd through the chunked forward: the reference
+    reference, rng_after = gradients(model), torch.get_rng_state()
+    torch.manual_seed(5)
+    backward(model, batch, config)
+    assert torch.equal(torch.get_rng_state(), rng_after)
+    cached = gradients(model)
+    for name, grad in reference.items():
+        torch.testing.assert_close(cached[name], grad, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(6)
+    compute_loss(model, batch, config).backward()
+    other_masks = gradients(model)
+    assert any(not torch.allclose(other_masks[n], reference[n]) for n in reference)  # dropout is on: the test can fail
+
+
+GRAD_CACHE_WORLD = 2
+
+
+def grad_cache_rank(rank: int, model_dir: str, store: str, results) -> None:
+    """One of two gloo processes: its half of the batch through GradCache, negatives gathered from the other."""
+    import datetime
+
+    from hbt.modeling import DualEncoder
+    from hbt.sources import resolve_source
+    from hbt.train import backward
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=GRAD_CACHE_WORLD,
+                                         timeout=datetime.timedelta(seconds=60))  # a skipped collective fails, not hangs
+    try:
+        model = DualEncoder(resolve_source(model_dir)).eval()
+        config = TrainConfig(base=model_dir, data="", out="", batch_size=8, max_query_length=16, max_passage_length=32,
+                             translation_weight=0.5, grad_cache_chunk=3)
+        loss = backward(model, batch_with_negatives_and_translations(), config).item()
+        results[rank] = loss, gradients(model)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_grad_cache_across_two_gloo_processes_matches_one_whole_batch(tiny_model_dir, tmp_path):
+    import torch.multiprocessing as mp
+
+    from hbt.modeling import DualEncoder
+    from hbt.sources import resolve_source
+    from hbt.train import backward
+
+    model = DualEncoder(resolve_source(str(tiny_model_dir))).eval()
+    config = TrainConfig(base=str(tiny_model_dir), data="", out="", batch_size=8, max_query_length=16,
+                         max_passage_length=32, translation_weight=0.5)
+    single_loss = backward(model, batch_with_negatives_and_translations(), config).item()
+    single = gradients(model)
+    results = mp.Manager().dict()
+    mp.spawn(grad_cache_rank, args=(str(tiny_model_dir), str(tmp_path / "store"), results), nprocs=GRAD_CACHE_WORLD)
+    for rank in range(GRAD_CACHE_WORLD):
+        loss, grads = results[rank]
+        assert loss == pytest.approx(single_loss, rel=1e-5)
+        for name, grad in single.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)

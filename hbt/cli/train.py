@@ -47,7 +47,15 @@ def interrupt(signum, frame):
 @click.option("--patience", type=click.IntRange(0), default=0, help="Stop after this many validations without improvement.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--time-budget", type=click.FloatRange(0), default=0, help="Stop (with a checkpoint) after this many seconds.")
-@click.option("--bf16", is_flag=True, help="bf16 autocast (GPU, or CPUs with AMX/AVX-512 bf16).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast where the hardware computes it natively (a GPU with bf16, a CPU with AMX, "
+                   "AVX512-BF16 or Arm bf16), else fp32. An explicit bf16 that the CPU would emulate (~30x slower) "
+                   "runs fp32 and says so.")
+@click.option("--bf16", is_flag=True, hidden=True, help="Same as --precision bf16.")
+@click.option("--force-precision", is_flag=True, help="Use the --precision given even where it would be emulated.")
+@click.option("--grad-cache-chunk", type=click.IntRange(0), default=0, show_default=True,
+              help="GradCache: embed the batch N texts at a time, so a large batch (more in-batch negatives) trains "
+                   "with the same gradients in about the memory of batch N. 0: off.")
 @click.option("--gradient-checkpointing", is_flag=True, help="Trade compute for memory.")
 @click.option("--freeze-embeddings", is_flag=True,
               help="Keep the word embeddings fixed (on CPU, ~1.7x faster steps: their AdamW update dominates).")
@@ -57,13 +65,13 @@ def interrupt(signum, frame):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print an epoch's batch statistics; load no model.")
 @user_errors
-def main(languages, dry_run, resume, **options):
+def main(languages, dry_run, resume, bf16, **options):
     """Fine-tune a dual encoder with InfoNCE over in-batch negatives.
 
     \b
     Examples:
       hbt-train --data train.jsonl.gz --batching hybrid --alpha 0.5 --out runs/hybrid --steps 300
-      hbt-train --data parallel_qp.jsonl.gz --passage-unit sentence --steps 240 --batch-size 16 --max-passage-length 96 --bf16 --freeze-embeddings --out runs/recipe
+      hbt-train --data parallel_qp.jsonl.gz --passage-unit sentence --steps 240 --batch-size 16 --max-passage-length 96 --freeze-embeddings --out runs/recipe
       hbt-train --data train.jsonl.gz --batching mono --out runs/mono --dry-run
 
     The second is the study's recipe for LAReQA-style retrieval (about 10 minutes on 2 cores;
@@ -72,6 +80,10 @@ def main(languages, dry_run, resume, **options):
     """
     from hbt.train import TrainConfig
 
+    if bf16:
+        if options["precision"] not in ("auto", "bf16"):
+            raise click.UsageError(f"--bf16 contradicts --precision {options['precision']}; give one of them")
+        options["precision"] = "bf16"
     config = TrainConfig(languages=tuple(languages.split(",")) if languages else (), **options)
     if dry_run:
         from hbt.data import load_records, split_by_id
@@ -98,7 +110,7 @@ def main(languages, dry_run, resume, **options):
             if "validation_loss" in record and rank0:
                 bar.write(f"step {record['step']}: validation loss {record['validation_loss']:.4f}", file=sys.stderr)
 
-        summary = train(config, log, resume=resume)
+        summary = train(config, log, resume=resume, say=lambda line: bar.write(line, file=sys.stderr) if rank0 else None)
     if rank0:
         click.echo(json.dumps(summary, indent=2))
 
