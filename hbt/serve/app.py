@@ -329,9 +329,10 @@ class SearchService:
         encode_ms = (time.perf_counter() - start) * 1000
         runs = []
         for query, query_vectors in zip(queries, per_query):
+            if isinstance(query_vectors, Exception):
+                runs.append(query_vectors)
+                continue
             try:
-                if isinstance(query_vectors, Exception):
-                    raise query_vectors
                 run = self.searcher.run_vectors(query_vectors, query.k, query.ef, query.langs)
                 runs.append(dataclasses.replace(run, timings={"encode": encode_ms, **run.timings}))
             except Exception as e:
