@@ -353,7 +353,8 @@ def use_machine(config: TrainConfig, device: torch.device) -> tuple[TrainConfig,
     Returns the config with its precision resolved, the record of where the run ran
     (its checkpoints and first metrics line carry it) and the lines to tell the user.
     """
-    cores, processes = machine.usable_cores(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cpu, processes = machine.describe(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = cpu["usable_cores"]
     threads = machine.thread_plan(cores, processes)
     torch.set_num_threads(threads.intra_op)
     if torch.get_num_interop_threads() != threads.inter_op:
@@ -361,12 +362,10 @@ def use_machine(config: TrainConfig, device: torch.device) -> tuple[TrainConfig,
             torch.set_num_interop_threads(threads.inter_op)
         except RuntimeError:  # settable once per process, before any inter-op work: a later run keeps the first's
             pass
-    features = machine.cpu_features()
-    choice = machine.choose_precision(config.precision, features,
+    choice = machine.choose_precision(config.precision, frozenset(cpu["cpu_features"]),
                                       torch.cuda.is_bf16_supported() if device.type == "cuda" else None,
                                       config.force_precision)
-    record = {"cpu": machine.cpu_model(), "cpu_features": sorted(features), "usable_cores": cores,
-              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    record = {**cpu, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
                           "loader_workers": threads.loader_workers},
               "precision": choice.precision, "precision_requested": config.precision, "precision_reason": choice.reason}
