@@ -269,8 +269,8 @@ def test_a_fifo_and_a_process_substitution_stream_like_stdin(tmp_path):
 
 # The readers' property: any field, any line ending, a BOM or not. A row is read back exactly, or refused at its
 # line; nothing is silently dropped, merged or changed.
-HOSTILE = st.text(st.sampled_from(["a", "é", "语", "😀", " ", "\ufeff", "\x00", "\t", "\r", "\n", "\ud800", "\udc00"]),
-                  max_size=4)
+HOSTILE = st.text(st.sampled_from(["a", "é", "语", "😀", " ", "\ufeff", "\x00", "\t", "\r", "\n", "\ud800",
+                                   "\udc00"]), max_size=4)
 ENDINGS = st.sampled_from([b"\n", b"\r\n", b"\r"])
 NO_BREAKS = str.maketrans("", "", "\t\r\n")  # TSV cannot carry these in a field
 

@@ -63,8 +63,8 @@ def write_lock(directory: Path, timeout: float) -> Iterator[None]:
                     raise
                 if time.monotonic() >= deadline:
                     raise SearchIndexError(
-                        f"{directory}: another process{lock_holder(directory)} is writing to this index (waited {timeout:.0f} s); "
-                        "retry when it has finished"
+                        f"{directory}: another process{lock_holder(directory)} is writing to this index "
+                        f"(waited {timeout:.0f} s); retry when it has finished"
                     ) from None
                 if not announced:
                     log.warning("%s: waiting for another process%s, which is writing to this index "

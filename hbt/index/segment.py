@@ -203,8 +203,8 @@ def load_tombstones(directory: Path, entry: dict) -> np.ndarray:
     path = directory / entry["tombstones"]
     _check_size(path, entry["files"][entry["tombstones"]]["bytes"])
     deleted = load_array(path)
-    if not np.issubdtype(deleted.dtype, np.integer) or (deleted.ndim != 1 or len(deleted) != entry["deleted"] or np.any(np.diff(deleted) <= 0)
-            or (len(deleted) and not 0 <= deleted[0] <= deleted[-1] < entry["count"])):
+    if (not np.issubdtype(deleted.dtype, np.integer) or deleted.ndim != 1 or len(deleted) != entry["deleted"]
+            or np.any(np.diff(deleted) <= 0) or (len(deleted) and not 0 <= deleted[0] <= deleted[-1] < entry["count"])):
         raise SearchIndexError(f"{path}: not the {entry['deleted']} sorted labels the manifest says; "
                                "the index is damaged: restore it or rebuild with hbt-index build")
     return deleted.astype(np.int64)
