@@ -323,7 +323,7 @@ def test_a_crash_at_any_file_operation_leaves_one_commit(segmented, encoder, tmp
 
 def test_disk_errors_are_one_line_and_change_nothing(segmented, encoder, monkeypatch):
     directory, _ = segmented
-    before = index_state(directory, encoder)
+    before, files = index_state(directory, encoder), sorted(directory.rglob("*"))
     real_replace = os.replace
 
     def full_disk(*args, **kwargs):
@@ -332,6 +332,7 @@ def test_disk_errors_are_one_line_and_change_nothing(segmented, encoder, monkeyp
     monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(SearchIndexError, match="No space left on device.*unchanged"):
         add_documents(directory, docs(1000, 10), encoder)
+    assert sorted(directory.rglob("*")) == files  # the segment written for the failed commit is gone already
     monkeypatch.setattr(os, "replace", real_replace)
     assert index_state(directory, encoder) == before
 

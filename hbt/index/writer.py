@@ -190,7 +190,6 @@ def open_writer(directory: Path, create: dict | None = None, timeout: float = LO
                     writer.manifest = create | {key: current[key] for key in ("generation", "next_segment")}
                 yield writer
             except BaseException:
-                writer.close()
                 _discard_uncommitted(writer, create is not None)
                 raise
             finally:
