@@ -63,7 +63,13 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
-.PHONY: install lock browser qemu demo test
+# The README's install orders, as a user runs them without the lock, each in a throwaway
+# venv under /tmp with an export and a search (.ci/install-orders): too heavy for make test;
+# run it after changing pyproject.toml's dependencies.
+install-orders:
+	.ci/install-orders
+
+.PHONY: install lock browser qemu demo test install-orders
 
 # The benchmark suite (pytest-benchmark), outside make test: tokenize, encode, search and
 # end to end, with sentence-transformers and faiss beside them. Each run is saved under
