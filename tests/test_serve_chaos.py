@@ -40,8 +40,8 @@ GOOD = [json.dumps(body) for body in itertools.chain(
 
 
 def documents(prefix: str, count: int) -> list[Document]:
-    return [Document(f"{prefix}-{i}", f"{MULTILINGUAL[i % len(MULTILINGUAL)]} ({prefix} {i})", "", LANGS[i % len(LANGS)])
-            for i in range(count)]
+    return [Document(f"{prefix}-{i}", f"{MULTILINGUAL[i % len(MULTILINGUAL)]} ({prefix} {i})", "",
+                     LANGS[i % len(LANGS)]) for i in range(count)]
 
 
 def free_port() -> int:

@@ -31,7 +31,8 @@ def describe(version: str, *, max_k: int, max_ef: int, max_queries: int, max_que
             "properties": {
                 "query": text,
                 "queries": {"type": "array", "items": text, "minItems": 1, "maxItems": max_queries},
-                "k": {"type": "integer", "minimum": 1, "maximum": max_k, "default": 10, "description": "hits per query"},
+                "k": {"type": "integer", "minimum": 1, "maximum": max_k, "default": 10,
+                      "description": "hits per query"},
                 "ef": {"type": "integer", "minimum": 1, "maximum": max_ef,
                        "description": "HNSW search beam (default: the index's)"},
                 "langs": {"type": "array", "items": {"type": "string", "enum": languages} if languages else
