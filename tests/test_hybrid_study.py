@@ -18,10 +18,10 @@ from tests.test_tatoeba import write_pair
 
 def test_evaluate_scores_both_halves_and_tatoeba(tiny_bundle, tmp_path):
     data = tmp_path / "data"
-    dev = sorted(lareqa.split_titles("mlqa-r", "dev")["en"])[:2]
-    test = sorted(lareqa.split_titles("mlqa-r", "test")["en"])[:3]
-    for lang in ("en", "de"):  # the same titles in both files stand for the German articles: enough for loading
-        write_articles(data / "mlqa-r", lang, {title: [f"id{n}a", f"id{n}b"] for n, title in enumerate(dev + test)})
+    for lang in ("en", "de"):  # two dev and three test articles of each language's, from the frozen split
+        titles = [*sorted(lareqa.split_titles("mlqa-r", "dev")[lang])[:2], *sorted(lareqa.split_titles("mlqa-r", "test")[lang])[:3]]
+        write_articles(data / "mlqa-r", lang, {title: [f"id{n}a", f"id{n}b"] for n, title in enumerate(titles)})
+    write_articles(data / "mlqa-r", "zh", {"不在拆分中": ["id9a"]})  # an article in no half: no candidates in either
     write_pair(data / "tatoeba", "kab", ["azul", "tanemmirt"], ["hello", "thanks"])
     out = tmp_path / "eval"
     result = CliRunner().invoke(study_cli, ["evaluate", "--bundle", str(tiny_bundle), "--evaluation", "mlqa-r-test",
