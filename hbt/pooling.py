@@ -22,14 +22,19 @@ def prompt_mask(mask: np.ndarray, prompt_length: int) -> np.ndarray:
     return pooled
 
 
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Average the token vectors that the mask keeps: [B, T, H], [B, T] -> [B, H]."""
+    weights = mask[:, :, None].astype(hidden.dtype)  # [B, T, 1]
+    return (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+
+
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     """[B, T, H], [B, T] -> [B, H] by ``mode``, one of ``POOLINGS``."""
     if mode == "cls":  # the first pooled position: position 0 unless the prompt is left out
         first = mask.argmax(axis=1)  # [B]
         return hidden[np.arange(len(hidden)), first]
     if mode == "mean":
-        weights = mask[:, :, None].astype(hidden.dtype)  # [B, T, 1]
-        return (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        return mean_pool(hidden, mask)
     if mode == "max":
         return np.where(mask[:, :, None] > 0, hidden, -np.inf).max(axis=1).astype(hidden.dtype)
     if mode == "lasttoken":  # the last pooled position; a row with none gives zeros, as in sentence-transformers
