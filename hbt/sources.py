@@ -89,6 +89,7 @@ class Source:
     tokenizer_file: Path
     tokenizer: TokenizerSpec = TokenizerSpec()
     layout: Layout = Layout()
+    root: Path | None = None  # the directory resolved; a sentence-transformers model's holds modules.json
 
     @property
     def query_prefix(self) -> str:
@@ -186,7 +187,8 @@ def _from_directory(name: str, directory: Path, allow_pickle: bool = False) -> S
         layout = Layout()
         log.info("%s: no %s or %s: mean pooling, unit vectors and the prefixes %r / %r", name, ST_MODULES,
                  ENCODER_INFO, *E5_PREFIXES)
-    return Source(name=name, model_dir=model_dir, tokenizer_file=tokenizer_file, tokenizer=tokenizer, layout=layout)
+    return Source(name=name, model_dir=model_dir, tokenizer_file=tokenizer_file, tokenizer=tokenizer, layout=layout,
+                  root=directory)
 
 
 def _require_weights(folder: Path, what: str, allow_pickle: bool) -> Path:
