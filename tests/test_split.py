@@ -78,3 +78,20 @@ def test_a_half_keeps_only_its_articles(tmp_path):
     assert set(lareqa.load_dataset(tmp_path, "mlqa-r", split="test")["en"].questions) == {"t1"}
     assert set(lareqa.load_dataset(tmp_path, "mlqa-r", split="dev")["en"].questions) == {"d1", "d2"}
     assert len(lareqa.load_dataset(tmp_path, "mlqa-r")["en"].questions) == 3
+
+
+def test_bench_accuracy_reports_one_half(tiny_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from hbt.cli.bench import main as bench_cli
+
+    for lang in ("en", "de"):
+        titles = [sorted(lareqa.split_titles("mlqa-r", half)[lang])[0] for half in ("dev", "test")]
+        write_articles(tmp_path / "mlqa-r", lang, {titles[0]: ["d1", "d2"], titles[1]: ["t1", "t2", "t3"]})
+    out = tmp_path / "report"
+    result = CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "mlqa-r",
+                                            "--split", "test", "--data-dir", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["split"] == "test" and saved["settings"]["multi"]["mean"]["queries"] == 6
+    assert (out / "report.md").read_text().startswith("# mlqa-r test:")
