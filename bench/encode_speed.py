@@ -27,6 +27,12 @@ def sample_sentences(data_dir: Path, n: int = 512, seed: int = 0) -> list[str]:
     return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
 
 
+def sample_questions(data_dir: Path, n: int, seed: int = 0) -> list[str]:
+    _, pool = raw_texts(data_dir, ("xquad-r",))
+    rng = np.random.default_rng(seed)
+    return [pool[i] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
+
+
 def throughput(encode, texts: list[str], batch_size: int) -> tuple[float, np.ndarray]:
     encode(texts[:batch_size], batch_size)  # warm up
     start = time.perf_counter()
@@ -77,7 +83,6 @@ def sentence_transformers_int8(source: str, threads: int, work: Path | None = No
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
 def main(bundles, runtimes, torch_source, st_source, data_dir, threads, rounds):
-    from hbt.bench.latency import sample_questions
     from hbt.encoder import Encoder
     from hbt.errors import BundleError
 

@@ -15,19 +15,12 @@ from typing import Callable
 
 import numpy as np
 
-from hbt.bench.encode_speed import sample_sentences, throughput
+from hbt.bench.encode_speed import sample_questions, sample_sentences, throughput
 from hbt.corpus import Document, read_corpus
 from hbt.demo import DEMO_CORPUS, QUESTIONS
 from hbt.encoder import Encoder
 from hbt.index import Index, IndexConfig, build_index
-from hbt.lareqa import raw_texts
 from hbt.search import Searcher
-
-
-def sample_questions(data_dir: Path, n: int, seed: int = 0) -> list[str]:
-    _, pool = raw_texts(data_dir, ("xquad-r",))
-    rng = np.random.default_rng(seed)
-    return [pool[i] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
 
 
 def workload(data_dir: Path | None, num_queries: int, num_passages: int) -> tuple[str, list[Document], list[str]]:

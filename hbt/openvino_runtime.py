@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from hbt.bundle import Manifest
-from hbt.encoder import model_inputs
 from hbt.errors import BundleError
+from hbt.graph_inputs import model_inputs
 
 OPENVINO_MODEL = "openvino.xml"
 OPENVINO_WEIGHTS = "openvino.bin"

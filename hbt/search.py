@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
 from hbt.errors import DataError
-from hbt.index import Index
-from hbt.index.writer import check_bundle
+from hbt.index import Index, IndexSnapshot, check_bundle
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,15 @@ class SearchRun:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class SearchRequest(Protocol):
+    """One request of a batch: its query texts and how to search them (``hbt.serve``'s Query is one)."""
+
+    texts: list[str]
+    k: int
+    ef: int | None
+    langs: Iterable[str] | None
+
+
 def check_queries(queries: list[str]) -> None:
     """Refuse, in one line, a query the encoder cannot take: blank, or not valid Unicode."""
     for number, text in enumerate(queries, start=1):
@@ -53,7 +63,7 @@ class Searcher:
     commit, while calls already running finish on the snapshot they started with.
     """
 
-    def __init__(self, encoder, index: Index):
+    def __init__(self, encoder, index: IndexSnapshot):
         check_bundle(index.manifest, encoder, index.directory)
         self.encoder = encoder
         self.index = index
@@ -65,7 +75,7 @@ class Searcher:
         from hbt.encoder import Encoder
 
         index = Index(index_dir)
-        return cls(Encoder(bundle or index.manifest["bundle"]["path"], threads=threads), index)
+        return cls(Encoder(bundle or index.bundle["path"], threads=threads), index)
 
     def refresh(self) -> bool:
         """Open the newest commit if the index changed since; True if it did."""
@@ -87,6 +97,39 @@ class Searcher:
         run = self.run_vectors(vectors, k, ef, langs)
         return SearchRun(run.hits, run.plan, {"encode": (encoded - start) * 1e3} | run.timings)
 
+    def run_batch(self, requests: Sequence[SearchRequest]) -> list[SearchRun | Exception]:
+        """Answer several requests with one encoder call for all their texts: a run per request, in order.
+
+        A failure stays with its request: if the batch's encoding fails, each request is
+        encoded alone, and an error while searching is that request's result, not a raise.
+        """
+        start = time.perf_counter()
+        try:
+            vectors = self.encoder.encode_queries([text for request in requests for text in request.texts])
+            rows = itertools.accumulate((len(request.texts) for request in requests), initial=0)
+            encoded: list = [vectors[a:b] for a, b in itertools.pairwise(rows)]
+        except Exception:
+            encoded = [self._encode_alone(request.texts) for request in requests]
+        encode_ms = (time.perf_counter() - start) * 1000
+        runs: list[SearchRun | Exception] = []
+        for request, request_vectors in zip(requests, encoded):
+            if isinstance(request_vectors, Exception):
+                runs.append(request_vectors)
+                continue
+            try:
+                run = self.run_vectors(request_vectors, request.k, request.ef, request.langs)
+                runs.append(dataclasses.replace(run, timings={"encode": encode_ms, **run.timings}))
+            except Exception as e:
+                runs.append(e)
+        return runs
+
+    def _encode_alone(self, texts: list[str]) -> np.ndarray | Exception:
+        """One request's vectors, or the exception encoding them raised."""
+        try:
+            return self.encoder.encode_queries(texts)
+        except Exception as e:
+            return e
+
     def run_vectors(self, vectors: np.ndarray, k: int = 10, ef: int | None = None,
                     langs: Iterable[str] | None = None) -> SearchRun:
         """Search already-encoded queries [Q, d]."""
@@ -94,7 +137,7 @@ class Searcher:
         start = time.perf_counter()
         ranking = index.search(vectors, k, ef, langs)
         searched = time.perf_counter()
-        documents = index.documents(np.unique(ranking.keys))
+        documents = ranking.documents or index.documents(np.unique(ranking.keys))
         hits = []
         for keys, scores in zip(ranking.keys, ranking.scores):
             # Deterministic order: score, then document id.

@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import math
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -33,13 +32,11 @@ from hbt.distributed.cluster import cluster_cpus, connect
 from hbt.distributed.corpus import CorpusSource, batch_documents
 from hbt.encoder import Encoder
 from hbt.errors import DataError, SearchIndexError
-from hbt.index import IndexConfig, durable, passage_text
-from hbt.index.segment import SegmentWriter, chunked
-from hbt.index.writer import ENCODE_CHUNK, bundle_identity, check_build_target, new_manifest, open_writer
+from hbt.index import (ENCODE_CHUNK, IndexConfig, check_build_target, commit_staged, discard_unfinished, is_staged,
+                       passage_text, remove, stage_segment, write_atomically)
 
 BUCKETS = 1 << 16
 PLAN_FILE = "plan.json"
-ENTRY_FILE = "entry.json"
 ACTOR_THREADS = 2  # onnxruntime threads per encoder actor unless --threads says otherwise
 
 
@@ -95,8 +92,7 @@ def build_index_on_ray(corpus: str | list[str], bundle: Path | str, out: Path | 
         actors, threads, reserve = encoder_pool(actors, config.threads, cluster_cpus())
         make_encoder = make_encoder or functools.partial(Encoder, str(Path(bundle).resolve()), threads=threads)
         build_parts(source, plan, staging, encoder.dimension, config, make_encoder, actors, reserve)
-    return commit_parts(out, staging, plan, new_manifest(bundle_identity(encoder), encoder.dimension, config),
-                        force)
+    return commit_parts(out, staging, plan, encoder, config, force)
 
 
 def read_or_make_plan(staging: Path, source: CorpusSource, bundle_fingerprint: str, config: IndexConfig,
@@ -126,7 +122,7 @@ def read_or_make_plan(staging: Path, source: CorpusSource, bundle_fingerprint: s
     plan = wanted | {"documents": int(counts.sum()), "routing": "blake2b-16 bucket of the UTF-8 id",
                      "first_bucket": first_bucket, "part_documents": part_documents}
     staging.mkdir(parents=True, exist_ok=True)
-    durable.write_atomically(path, json.dumps(plan).encode("utf-8"))
+    write_atomically(path, json.dumps(plan).encode("utf-8"))
     return plan
 
 
@@ -150,10 +146,8 @@ def _count_buckets(block: pa.Table) -> dict[str, np.ndarray]:
 def build_parts(source: CorpusSource, plan: dict, staging: Path, dimension: int, config: IndexConfig,
                 make_encoder: Callable, actors: int, reserve: float) -> None:
     """Write every planned part that is not finished yet: read, embed on the actor pool, group, write."""
-    for leftover in staging.glob("part-*.tmp-*"):
-        durable.remove(leftover)  # a part whose writer died
-    missing = [n for n, count in enumerate(plan["part_documents"])
-               if count and not (staging / part_name(n) / ENTRY_FILE).is_file()]
+    discard_unfinished(staging)  # parts whose writers died
+    missing = [n for n, count in enumerate(plan["part_documents"]) if count and not is_staged(staging / part_name(n))]
     if not missing:
         return
     (ray.data.read_datasource(source)
@@ -164,7 +158,7 @@ def build_parts(source: CorpusSource, plan: dict, staging: Path, dimension: int,
      .map_groups(write_part, fn_args=(str(staging), plan["part_documents"], dimension, config),
                  batch_format="numpy")
      .materialize())
-    unwritten = [n for n in missing if not (staging / part_name(n) / ENTRY_FILE).is_file()]
+    unwritten = [n for n in missing if not is_staged(staging / part_name(n))]
     if unwritten:
         raise DataError(f"{part_name(unwritten[0])}: no documents reached it; the corpus changed since the build "
                         f"was planned: remove {staging} and rerun")
@@ -196,37 +190,19 @@ def write_part(group: dict[str, np.ndarray], staging: str, part_documents: list[
         raise DataError(f"{final}: {len(group['id'])} documents, the plan counted {part_documents[number]}; the "
                         f"corpus changed since the build was planned: remove {staging} and rerun")
     order = np.argsort(group["id"], kind="stable")  # labels follow ids, so a rerun writes the same part
-    temporary = final.with_name(f"{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    writer = SegmentWriter(temporary, dimension, config)
-    try:
-        for rows in chunked(order, ENCODE_CHUNK):
-            writer.add(batch_documents(group, rows), group["vector"][rows])
-        entry = writer.finish()
-        durable.write_atomically(temporary / ENTRY_FILE, json.dumps(entry).encode("utf-8"))
-        temporary.rename(final)
-        durable.fsync_dir(final.parent)
-    except BaseException:
-        writer.close()
-        durable.remove(temporary)
-        raise
+    chunks = (order[start : start + ENCODE_CHUNK] for start in range(0, len(order), ENCODE_CHUNK))
+    entry = stage_segment(final, dimension, config,
+                          ((batch_documents(group, rows), group["vector"][rows]) for rows in chunks))
     return {"part": [number], "documents": [entry["count"]]}
 
 
-def commit_parts(out: Path, staging: Path, plan: dict, manifest: dict, force: bool = False) -> dict:
-    """Rename the finished parts into the index as new segments and commit them, under the write lock.
+def commit_parts(out: Path, staging: Path, plan: dict, encoder, config: IndexConfig, force: bool = False) -> dict:
+    """Commit the finished parts into the index as new segments (``hbt.index.commit_staged``), then drop the staging.
 
     An index that appeared at ``out`` while the cluster worked is refused (unless ``force``)
-    under that lock; the parts stay staged, so a rerun with --force commits them at once.
+    under the write lock; the parts stay staged, so a rerun with --force commits them at once.
     """
-    with open_writer(out, create=manifest, force=force) as writer:
-        added = []
-        for number, count in enumerate(plan["part_documents"]):
-            if count:
-                entry = json.loads((staging / part_name(number) / ENTRY_FILE).read_text(encoding="utf-8"))
-                name = writer.next_name()
-                (staging / part_name(number)).rename(out / name)
-                durable.remove(out / name / ENTRY_FILE)
-                added.append(entry | {"name": name})
-        committed = writer.commit(add=added)
-    durable.remove(staging)
+    parts = [staging / part_name(number) for number, count in enumerate(plan["part_documents"]) if count]
+    committed = commit_staged(out, parts, encoder, config, force)
+    remove(staging)
     return committed

@@ -1,10 +1,10 @@
 """Search across a Ray cluster: actors each hold a group of an index's segments, the driver merges exactly.
 
-``RayIndex`` answers ``search`` and ``documents`` as ``hbt.index.Index`` does, with the
-same document keys (segment position << 40 | label), so ``Searcher(encoder, RayIndex(...))``
-returns what a local search of the same index returns. Each actor returns its group's top
-k with their documents, and the driver keeps the k best by score, then id (the order in
-which a local search breaks ties), in one round trip. The index must be on storage every
+``RayIndex`` is an ``hbt.index.IndexSnapshot`` as ``hbt.index.Index`` is, with the same
+document keys and the same merge (``hbt.index.merge_rankings``), so
+``Searcher(encoder, RayIndex(...))`` returns what a local search of the same index returns.
+Each actor returns its group's top k with their documents, and the driver keeps the k best
+by score, then id, in one round trip: the ranking carries those documents along. The index must be on storage every
 node reads.
 """
 
@@ -20,12 +20,9 @@ from hbt.corpus import Document
 from hbt.distributed.cluster import connect
 from hbt.encoder import Encoder
 from hbt.errors import DataError, SearchIndexError
-from hbt.index import Index, Ranking, read_manifest
-from hbt.index.format import GRAPH_FILE
-from hbt.index.reader import LABEL_BITS
+from hbt.index import (Index, Ranking, document_key, graph_bytes, key_label, key_position, merge_rankings,
+                       read_manifest, summary)
 from hbt.search import Searcher, SearchRun
-
-LABELS = (1 << LABEL_BITS) - 1
 
 
 class SegmentGroup:
@@ -44,13 +41,13 @@ class SegmentGroup:
                exact: bool) -> tuple[np.ndarray, np.ndarray, dict[int, Document], list[str]]:
         """The group's top k: keys in the whole commit and scores [Q, k'], their documents, and the plans."""
         ranking = self.index.search(vectors, k, ef, langs, exact)
-        keys = (self.positions[ranking.keys >> LABEL_BITS] << LABEL_BITS) | (ranking.keys & LABELS)
+        keys = document_key(self.positions[key_position(ranking.keys)], key_label(ranking.keys))
         documents = self.index.documents(np.unique(ranking.keys))
         pairs = zip(keys.ravel().tolist(), ranking.keys.ravel().tolist())
         return keys, ranking.scores, {key: documents[local] for key, local in pairs}, ranking.plans
 
     def documents(self, keys: list[int]) -> dict[int, Document]:
-        local = {(self.local[key >> LABEL_BITS] << LABEL_BITS) | (key & LABELS): key for key in keys}
+        local = {document_key(self.local[key_position(key)], key_label(key)): key for key in keys}
         return {local[key]: doc for key, doc in self.index.documents(local).items()}
 
 
@@ -58,10 +55,10 @@ def deal_segments(entries: list[dict], groups: int) -> list[list[dict]]:
     """Segments dealt into ``groups`` groups of about equal graph bytes: largest first, to the lightest group."""
     dealt: list[list[dict]] = [[] for _ in range(min(groups, len(entries)))]
     weight = [0] * len(dealt)
-    for entry in sorted(entries, key=lambda e: -e["files"][GRAPH_FILE]["bytes"]):
+    for entry in sorted(entries, key=lambda e: -graph_bytes(e)):
         lightest = weight.index(min(weight))
         dealt[lightest].append(entry)
-        weight[lightest] += entry["files"][GRAPH_FILE]["bytes"]
+        weight[lightest] += graph_bytes(entry)
     return dealt
 
 
@@ -83,14 +80,28 @@ class RayIndex:
         for group in deal_segments(self.manifest["segments"], groups):
             self.holder.update({self.position[entry["name"]]: len(self.groups) for entry in group})
             self.groups.append(ray.remote(SegmentGroup).options(
-                num_cpus=0, scheduling_strategy="SPREAD", memory=sum(e["files"][GRAPH_FILE]["bytes"] for e in group),
+                num_cpus=0, scheduling_strategy="SPREAD", memory=sum(graph_bytes(e) for e in group),
             ).remote(str(self.directory), [entry["name"] for entry in group], self.generation))
         ray.get([group.__ray_ready__.remote() for group in self.groups])
-        self._fetched: dict[int, Document] = {}
 
     @property
     def generation(self) -> int:
         return self.manifest["generation"]
+
+    @property
+    def count(self) -> int:
+        return self.manifest["count"]
+
+    @property
+    def languages(self) -> dict[str, int]:
+        return self.manifest["languages"]
+
+    @property
+    def bundle(self) -> dict:
+        return self.manifest["bundle"]
+
+    def info(self) -> dict:
+        return summary(self.manifest)
 
     def reopen(self) -> "RayIndex":
         """The newest commit, on new actors (this index itself if nothing changed)."""
@@ -107,25 +118,17 @@ class RayIndex:
         allowed = frozenset(langs) if langs else None
         answers = ray.get([group.search.remote(vectors, k, ef, allowed, exact) for group in self.groups])
         found = {key: doc for _, _, documents, _ in answers for key, doc in documents.items()}
-        rows = []
-        for query in range(len(vectors)):
-            candidates = [(-score, found[key].id, key) for keys, scores, _, _ in answers
-                          for score, key in zip(scores[query].tolist(), keys[query].tolist())]
-            rows.append(sorted(candidates)[:k])
-        keys = np.array([[key for _, _, key in row] for row in rows], dtype=np.int64).reshape(len(vectors), -1)
-        scores = np.array([[-score for score, _, _ in row] for row in rows], dtype=np.float32).reshape(keys.shape)
+        keys, scores = merge_rankings([scores for _, scores, *_ in answers], [keys for keys, *_ in answers], k,
+                                      lambda tied: {key: found[key].id for key in tied.tolist()})
         plans = sorted((plan for *_, group_plans in answers for plan in group_plans),
                        key=lambda plan: self.position[plan.split(":")[0]])  # "seg-000003: hnsw ..."
-        self._fetched = found  # the documents() call that follows a search needs no second round trip
-        return Ranking(keys, scores, plans)
+        return Ranking(keys, scores, plans, {key: found[key] for key in np.unique(keys).tolist()})
 
     def documents(self, keys: Iterable[int]) -> dict[int, Document]:
-        fetched, found, wanted = self._fetched, {}, {}
+        wanted: dict[int, list[int]] = {}
         for key in map(int, keys):
-            if key in fetched:
-                found[key] = fetched[key]
-            else:
-                wanted.setdefault(self.holder[key >> LABEL_BITS], []).append(key)
+            wanted.setdefault(self.holder[key_position(key)], []).append(key)
+        found = {}
         for part in ray.get([self.groups[group].documents.remote(group_keys) for group, group_keys in wanted.items()]):
             found.update(part)
         return found
@@ -143,6 +146,6 @@ def search_on_ray(index_dir: Path | str, queries: list[str], k: int = 10, ef: in
     with connect(address):
         index = RayIndex(index_dir, groups)
         try:
-            return Searcher(Encoder(bundle or index.manifest["bundle"]["path"]), index).run(queries, k, ef, langs)
+            return Searcher(Encoder(bundle or index.bundle["path"]), index).run(queries, k, ef, langs)
         finally:
             index.close()

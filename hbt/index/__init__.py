@@ -1,20 +1,29 @@
 """The index: immutable segments (HNSW graph, SQLite documents, languages) listed by a commit manifest.
 
-``format`` (the files and the manifest's rules), ``durable`` (fsync, atomic rename, the
-writers' lock), ``graph`` (hnswlib), ``segment`` (one segment written and searched),
-``planner`` (exact scan or HNSW per filter), ``reader`` (a commit's snapshot, merged
-search), ``writer`` (build, add, delete), ``merge`` (merge policy, compaction),
-``upgrade`` (format 1) and ``verify``. Importing this package loads neither hnswlib nor an encoder.
+This package is the index's one public face: other packages import from ``hbt.index``,
+never from its inner modules (a test checks). Inside: ``format`` (the files and the
+manifest's rules), ``durable`` (fsync, atomic rename, the writers' lock), ``graph``
+(hnswlib), ``segment`` (one segment written and searched), ``planner`` (exact scan or
+HNSW per filter), ``snapshot`` (what every snapshot answers, document keys, the merge),
+``reader`` (a commit's snapshot), ``writer`` (the lock, names, commits), ``merge`` (the
+merge policy), ``ops`` (build, add, delete, compact, staged segments), ``upgrade``
+(format 1) and ``verify``. Importing this package loads neither hnswlib nor an encoder.
 """
 
-from hbt.index.format import IndexConfig, passage_text, read_manifest
+from hbt.index.durable import remove, write_atomically
+from hbt.index.format import IndexConfig, graph_bytes, passage_text, read_manifest
 from hbt.index.graph import INSERT_BATCH, add_in_batches, add_shuffled, new_graph
-from hbt.index.merge import compact_index
-from hbt.index.reader import Index, Ranking
+from hbt.index.ops import (add_documents, build_index, commit_staged, compact_index, delete_documents,
+                           discard_unfinished, is_staged, stage_segment)
+from hbt.index.reader import Index, check_bundle
+from hbt.index.snapshot import (IndexSnapshot, Ranking, document_key, key_label, key_position, merge_rankings,
+                                summary)
 from hbt.index.upgrade import upgrade_index
 from hbt.index.verify import verify_index
-from hbt.index.writer import add_documents, build_index, delete_documents
+from hbt.index.writer import ENCODE_CHUNK, check_build_target
 
-__all__ = ["INSERT_BATCH", "Index", "IndexConfig", "Ranking", "add_documents", "add_in_batches", "add_shuffled",
-           "build_index", "compact_index", "delete_documents", "new_graph", "passage_text", "read_manifest",
-           "upgrade_index", "verify_index"]
+__all__ = ["ENCODE_CHUNK", "INSERT_BATCH", "Index", "IndexConfig", "IndexSnapshot", "Ranking", "add_documents",
+           "add_in_batches", "add_shuffled", "build_index", "check_build_target", "check_bundle", "commit_staged",
+           "compact_index", "delete_documents", "discard_unfinished", "document_key", "graph_bytes", "is_staged", "key_label",
+           "key_position", "merge_rankings", "new_graph", "passage_text", "read_manifest", "remove",
+           "stage_segment", "summary", "upgrade_index", "verify_index", "write_atomically"]

@@ -61,6 +61,11 @@ def live_count(entry: dict) -> int:
     return entry["count"] - entry["deleted"]
 
 
+def graph_bytes(entry: dict) -> int:
+    """The size of a segment's graph file: about the memory the segment takes when open."""
+    return entry["files"][GRAPH_FILE]["bytes"]
+
+
 def read_manifest(directory: Path) -> dict:
     """The index's current commit, checked against the format's rules."""
     path = Path(directory) / MANIFEST

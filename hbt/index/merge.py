@@ -3,22 +3,21 @@
 ``merge_small_segments`` is the policy that runs after each add (Lucene's log merge
 policy): segments are grouped into tiers by size (1-9, 10-99, 100-999 documents, ...)
 and ten in one tier merge into one of the next, so a run of small adds costs a bounded
-number of segments and each document is rewritten about once per tier. ``compact_index``
-packs the small segments and rewrites those whose tombstones reach DELETED_SHARE: a few
-tombstones cost a search nothing, while rewriting a million-document graph takes minutes
+number of segments and each document is rewritten about once per tier. Compaction
+(``hbt.index.ops``) packs the small segments and rewrites those whose tombstones reach
+DELETED_SHARE: a few tombstones cost a search nothing, while rewriting a million-document graph takes minutes
 (``expunge_deletes`` rewrites every segment that has any, Lucene's forceMergeDeletes).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from hbt.index.format import live_count
-from hbt.index.writer import IndexWriter, open_writer
+from hbt.index.writer import IndexWriter
 
 MERGE_FACTOR = 10
 DELETED_SHARE = 0.1  # compact rewrites a full-size segment once this share of it is deleted
@@ -61,17 +60,3 @@ def merge_segments(writer: IndexWriter, entries: list[dict], progress: Callable[
     if target:
         new.append(target.finish())
     return writer.commit(add=new, remove=[entry["name"] for entry in entries])
-
-
-def compact_index(directory: Path, progress: Callable[[int], None] = lambda n: None, threads: int = 0,
-                  expunge_deletes: bool = False) -> dict:
-    """Pack the small segments (below segment_size / MERGE_FACTOR) together and rewrite those with
-    many tombstones (with ``expunge_deletes``, any), as one commit."""
-    with open_writer(Path(directory)) as writer:
-        size = writer.manifest["segment_size"]
-        threshold = 0 if expunge_deletes else DELETED_SHARE
-        chosen = [e for e in writer.manifest["segments"] if live_count(e) < size // MERGE_FACTOR
-                  or (e["deleted"] and e["deleted"] >= threshold * e["count"])]
-        if len(chosen) > 1 or any(e["deleted"] for e in chosen):
-            merge_segments(writer, chosen, progress, threads)
-        return writer.manifest

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Iterable
 
 import numpy as np
 
+from hbt.bundle import check_fingerprint
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index.format import read_manifest
 from hbt.index.segment import Segment, SegmentView, load_tombstones
+from hbt.index.snapshot import Ranking, document_key, key_label, key_position, merge_rankings, summary
 
-LABEL_BITS = 40  # a document key is (segment position in the commit) << 40 | label
 OPEN_RETRIES = 5
 
 
-@dataclass(frozen=True)
-class Ranking:
-    """Document keys and similarities [Q, k'] best first (ties by document id), and the plans that ran."""
-
-    keys: np.ndarray
-    scores: np.ndarray
-    plans: list[str]
+def check_bundle(manifest: dict, encoder, directory: Path) -> None:
+    """Refuse an encoder whose bundle is not the one the index was built with."""
+    check_fingerprint(manifest["bundle"]["fingerprint"], encoder.manifest, encoder.bundle_dir, directory)
 
 
 class Index:
@@ -75,13 +71,13 @@ class Index:
         """Live documents per language ("" for documents without one)."""
         return self.manifest["languages"]
 
+    @property
+    def bundle(self) -> dict:
+        """The bundle the index was built with: its path and fingerprint."""
+        return self.manifest["bundle"]
+
     def info(self) -> dict:
-        """A JSON-able summary: documents, languages, segments and tombstones, bundle, HNSW settings."""
-        keys = ("count", "languages", "generation", "bundle", "dimension", "M", "ef_construction", "ef",
-                "segment_size", "created", "updated", "hbt_version")
-        return {key: self.manifest[key] for key in keys} | {"segments": [
-            {"name": e["name"], "documents": e["count"] - e["deleted"], "deleted": e["deleted"],
-             "languages": e["languages"]} for e in self.manifest["segments"]]}
+        return summary(self.manifest)
 
     def search(self, vectors: np.ndarray, k: int, ef: int | None = None, langs: Iterable[str] | None = None,
                exact: bool = False) -> Ranking:
@@ -94,36 +90,24 @@ class Index:
             raise DataError(f"k = {k}: must be at least 1")
         allowed = frozenset(langs) if langs else None
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.manifest["dimension"])
-        scores, keys, plans = [], [], []
+        scores, keys, plans = [np.zeros((len(vectors), 0), np.float32)], [np.zeros((len(vectors), 0), np.int64)], []
         for position, view in enumerate(self.segments):
             segment_scores, labels, plan = view.search(vectors, k, ef or self.manifest["ef"], allowed, exact)
             scores.append(segment_scores)
-            keys.append((position << LABEL_BITS) | labels)
+            keys.append(document_key(position, labels))
             plans.append(f"{view.segment.name}: {plan.describe()}")
-        scores = np.hstack(scores).astype(np.float32) if scores else np.zeros((len(vectors), 0), np.float32)
-        keys = np.hstack(keys) if keys else np.zeros((len(vectors), 0), np.int64)
-        order = np.lexsort((keys, -scores), axis=1)
-        scores, keys = np.take_along_axis(scores, order, 1), np.take_along_axis(keys, order, 1)
-        k = min(k, scores.shape[1])
-        if 0 < k < scores.shape[1]:
-            for row in np.flatnonzero(scores[:, k - 1] == scores[:, k]):
-                self._break_tie(scores[row], keys[row], k)
-        return Ranking(keys[:, :k], scores[:, :k], plans)
-
-    def _break_tie(self, scores: np.ndarray, keys: np.ndarray, k: int) -> None:
-        """Order the candidates tied with the k-th by document id, in place, so the cut is deterministic."""
-        tied = np.flatnonzero(scores == scores[k - 1])
-        ids = self.documents(keys[tied])
-        keys[tied] = sorted(keys[tied], key=lambda key: ids[key].id)
+        keys, scores = merge_rankings(scores, keys, k, lambda tied: {
+            key: doc.id for key, doc in self.documents(tied).items()})
+        return Ranking(keys, scores, plans)
 
     def documents(self, keys: Iterable[int]) -> dict[int, Document]:
         by_segment: dict[int, list[int]] = {}
         for key in keys:
-            by_segment.setdefault(int(key) >> LABEL_BITS, []).append(int(key) & ((1 << LABEL_BITS) - 1))
+            by_segment.setdefault(key_position(int(key)), []).append(key_label(int(key)))
         found = {}
         for position, labels in by_segment.items():
             documents = self.segments[position].segment.documents(labels)
-            found.update({(position << LABEL_BITS) | label: doc for label, doc in documents.items()})
+            found.update({document_key(position, label): doc for label, doc in documents.items()})
         return found
 
     def close(self) -> None:

@@ -16,14 +16,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from hbt import __version__
-from hbt.bundle import check_fingerprint
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import durable
 from hbt.index.format import (FORMAT, FORMAT_1_FILES, FORMAT_VERSION, MANIFEST, SEGMENT_FILES, SEGMENT_NAME, SPACE,
-                              IndexConfig, dump_manifest, live_count, passage_text, read_manifest, segment_name,
-                              tombstone_name)
-from hbt.index.segment import Segment, SegmentWriter, file_record, load_tombstones
+                              IndexConfig, dump_manifest, live_count, passage_text, read_manifest, segment_name)
+from hbt.index.segment import Segment, SegmentWriter, load_tombstones
 
 ENCODE_CHUNK = 256  # documents embedded and written per step while streaming
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another to finish
@@ -243,11 +241,6 @@ def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
         yield chunk
 
 
-def check_bundle(manifest: dict, encoder, directory: Path) -> None:
-    """Refuse an encoder whose bundle is not the one the index was built with."""
-    check_fingerprint(manifest["bundle"]["fingerprint"], encoder.manifest, encoder.bundle_dir, directory)
-
-
 def check_build_target(out: Path, force: bool) -> None:
     """Refuse to build over an index (unless ``force``) or over a directory that is not one."""
     if out.exists() and not force and (out / MANIFEST).exists():
@@ -257,69 +250,6 @@ def check_build_target(out: Path, force: bool) -> None:
         raise SearchIndexError(f"{out}: exists and is not an index; choose another --index")
 
 
-def build_index(docs: Iterable[Document], encoder, out: Path, config: IndexConfig = IndexConfig(),
-                progress: Callable[[int], None] = lambda n: None, force: bool = False) -> dict:
-    """Embed a stream of documents into a new index at ``out`` (with ``force``, replacing one)."""
-    out = Path(out)
-    check_build_target(out, force)  # early, before the lock: open_writer decides again under it
-    with open_writer(out, new_manifest(bundle_identity(encoder), encoder.dimension, config), force=force) as writer:
-        segments = writer.write_documents(docs, encoder, progress, config.threads)
-        if not segments:
-            raise DataError("the corpus has no documents; give a JSONL or TSV file with at least one")
-        return writer.commit(add=segments)
-
-
 def _is_leftover(path: Path) -> bool:
     """What an interrupted first build leaves: its lock and unfinished segments."""
     return path.name == durable.LOCK_FILE or bool(SEGMENT_NAME.fullmatch(path.name))
-
-
-def add_documents(directory: Path, docs: Iterable[Document], encoder,
-                  progress: Callable[[int], None] = lambda n: None, threads: int = 0) -> dict:
-    """Add documents as new segments, one commit; small segments are then merged by the merge policy."""
-    from hbt.index.merge import merge_small_segments
-
-    directory = Path(directory)
-    with open_writer(directory) as writer:
-        check_bundle(writer.manifest, encoder, directory)
-        segments = writer.write_documents(docs, encoder, progress, threads)
-        if segments:
-            writer.commit(add=segments)
-            merge_small_segments(writer)
-        return writer.manifest
-
-
-def delete_documents(directory: Path, ids: list[str]) -> tuple[dict, list[str]]:
-    """Tombstone documents by id, one commit; returns the manifest and the ids that were not live."""
-    directory = Path(directory)
-    with open_writer(directory) as writer:
-        generation = writer.manifest["generation"] + 1
-        replaced, found = {}, set()
-        for entry in writer.manifest["segments"]:
-            deleted = writer.tombstones(entry)
-            rows = writer.segment(entry).find(ids)
-            alive = ~np.isin([label for _, label, _ in rows], deleted)
-            hits = [row for row, keep in zip(rows, alive) if keep]
-            if not hits:
-                continue
-            found.update(doc_id for doc_id, _, _ in hits)
-            replaced[entry["name"]] = _with_tombstones(directory / entry["name"], entry, deleted, hits, generation)
-        if replaced:
-            writer.commit(updated=replaced)
-        return writer.manifest, [i for i in dict.fromkeys(ids) if i not in found]
-
-
-def _with_tombstones(directory: Path, entry: dict, deleted: np.ndarray, hits: list[tuple[str, int, str]],
-                     generation: int) -> dict:
-    """The entry of a segment with ``hits`` deleted too: a new tombstone file, counts updated."""
-    labels = np.union1d(deleted, [label for _, label, _ in hits]).astype(np.int64)
-    name = tombstone_name(generation)
-    np.save(directory / name, labels)
-    languages = dict(entry["languages"])
-    for _, _, lang in hits:
-        languages[lang] -= 1
-    files = {n: record for n, record in entry["files"].items() if n in SEGMENT_FILES}
-    files[name] = file_record(directory / name)
-    durable.fsync_dir(directory)
-    return entry | {"deleted": len(labels), "tombstones": name, "files": files,
-                    "languages": {lang: n for lang, n in languages.items() if n}}

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
-import itertools
 import json
 import logging
 import secrets
@@ -314,37 +313,8 @@ class SearchService:
         return bytes(body)
 
     def _search_batch(self, queries: list[Query]) -> list:
-        """On the batch thread: encode every query of the batch in one call, then search each request.
-
-        A failure stays with its request: if the batch's encoding fails, each request is
-        encoded alone, and an error while searching is that request's result.
-        """
-        start = time.perf_counter()
-        try:
-            vectors = self.searcher.encoder.encode_queries([text for query in queries for text in query.texts])
-            rows = itertools.accumulate((len(query.texts) for query in queries), initial=0)
-            per_query = [vectors[a:b] for a, b in itertools.pairwise(rows)]
-        except Exception:
-            per_query = [self._encode_alone(query) for query in queries]
-        encode_ms = (time.perf_counter() - start) * 1000
-        runs = []
-        for query, query_vectors in zip(queries, per_query):
-            if isinstance(query_vectors, Exception):
-                runs.append(query_vectors)
-                continue
-            try:
-                run = self.searcher.run_vectors(query_vectors, query.k, query.ef, query.langs)
-                runs.append(dataclasses.replace(run, timings={"encode": encode_ms, **run.timings}))
-            except Exception as e:
-                runs.append(e)
-        return runs
-
-    def _encode_alone(self, query: Query):
-        """One request's vectors, or the exception encoding them raised."""
-        try:
-            return self.searcher.encoder.encode_queries(query.texts)
-        except Exception as e:
-            return e
+        """On the batch thread: the Searcher's batch entry point (one encoder call, failures per request)."""
+        return self.searcher.run_batch(queries)
 
     async def _follow_commits(self) -> None:
         """Open each new commit of the index; requests in flight finish on the snapshot they started with.
