@@ -39,11 +39,10 @@ ARRAYS = {"terms": np.int32, "offsets": np.int64, "rows": np.int32, "weights": n
 
 
 def text_pieces(tokenizer, texts: list[str]) -> list[np.ndarray]:
-    """Each text's piece ids (int32), untruncated, without bos, eos, pad or unk: the lexical terms."""
-    spec = tokenizer.spec
-    special = np.array([spec.bos_id, spec.pad_id, spec.eos_id, spec.unk_id])
+    """Each text's piece ids (int32), untruncated, without bos, eos or unk: the lexical terms."""
+    unk = tokenizer.spec.unk_id  # stands for any unknown character: it would match unrelated texts
     ids, _ = tokenizer.encode(texts, max_length=1 << 62)
-    return [inner[~np.isin(inner, special)].astype(np.int32) for inner in (i[1:-1] for i in ids)]
+    return [inner[inner != unk].astype(np.int32) for inner in (i[1:-1] for i in ids)]
 
 
 def idf(frequencies: np.ndarray, documents: int) -> np.ndarray:
@@ -205,10 +204,14 @@ class LexicalIndex:
             keep = admitted[rows]
             rows, contributions = rows[keep], contributions[keep]
         scores = np.bincount(rows, weights=contributions, minlength=self.documents)  # [documents] float64
-        candidates = np.flatnonzero(scores)
-        if len(candidates) > k:
-            # Everything tied with the k-th score stays, so the row decides ties below.
-            kth = -np.partition(-scores[candidates], k - 1)[k - 1]
-            candidates = candidates[scores[candidates] >= kth]
+        # The k-th best score from the postings alone (no pass over every document): a row occurs at
+        # most once per term, so the best k * terms postings hold at least k distinct rows, the best ones.
+        values, enough = scores[rows], k * len(spans)  # [P]
+        if len(values) > enough:
+            best = np.unique(rows[np.argpartition(-values, enough - 1)[:enough]])
+            kth = -np.partition(-scores[best], min(k, len(best)) - 1)[min(k, len(best)) - 1]
+            candidates = np.unique(rows[values >= kth])  # all tied with the k-th: the row decides below
+        else:
+            candidates = np.unique(rows)
         order = np.lexsort((candidates, -scores[candidates]))[:k]
         return candidates[order], scores[candidates[order]]
