@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hbt.encoder import model_inputs
+from hbt.graph_inputs import model_inputs
 from hbt.openvino_runtime import OPENVINO_MODEL, OPENVINO_WEIGHTS, import_openvino
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from hbt.bundle import MODEL_FILE, Manifest, read_manifest
 from hbt.errors import BundleError
+from hbt.graph_inputs import model_inputs
 from hbt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,6 @@ def pad_batch(ids: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarra
         input_ids[i, : len(row)] = row
         mask[i, : len(row)] = 1
     return input_ids, mask
-
-
-def model_inputs(input_ids: np.ndarray, mask: np.ndarray, names: set[str]) -> dict[str, np.ndarray]:
-    """The feed for a graph with these input names. BERT graphs also take token_type_ids, all zero for XLM-R."""
-    feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-    return {name: value for name, value in feed.items() if name in names}
 
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -80,10 +75,12 @@ class Encoder:
     cut at the bundle's maximum length since the encoder was made. ``runtime`` runs
     the bundle's model.onnx with onnxruntime (the default), or the OpenVINO int8 model
     that ``hbt-export --openvino`` adds (the ``openvino`` extra; faster in batches).
+    An int8 bundle is checked on this CPU at first use (``hbt.int8_check``); the
+    verdict is ``int8_check``, and one below the gate is refused.
     """
 
     def __init__(self, bundle_dir: Path | str, threads: int | None = None, verify: bool = True,
-                 runtime: str = "onnxruntime"):
+                 runtime: str = "onnxruntime", check_int8: bool = True):
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = read_manifest(self.bundle_dir, verify=verify)
         self.tokenizer = Tokenizer(self.bundle_dir / self.manifest.tokenizer.file, self.manifest.tokenizer)
@@ -98,6 +95,21 @@ class Encoder:
         else:
             raise BundleError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
         self.truncated = 0
+        self.int8_check = self._check_int8() if check_int8 else None
+
+    def _check_int8(self):
+        """An int8 bundle's verdict on this CPU (see ``hbt.int8_check``); refuses one below its gate."""
+        gate = self.manifest.fidelity.get("gate") if self.runtime == "onnxruntime" else \
+            self.manifest.fidelity.get("openvino", {}).get("gate")
+        if self.manifest.quantization != "int8" or not gate:
+            return None
+        from hbt.int8_check import check_int8, require_passed
+
+        check = check_int8(self, gate)
+        if check is not None:
+            log.info("%s", check.summary())
+            require_passed(check, self.bundle_dir)
+        return check
 
     @property
     def dimension(self) -> int:

@@ -16,7 +16,7 @@ from hbt.bundle import FINGERPRINT_SCHEME, FORMAT_VERSION, MANIFEST, MODEL_FILE,
 from hbt.cli.export import main as export_cli
 from hbt.encoder import Encoder, pad_batch
 from hbt.errors import BundleError
-from hbt.export.exporter import fp32_counts
+from hbt.export.exporter import ladder_counts
 from hbt.export.fidelity import GateSet, reference_texts
 from hbt.export.quantize import fake_dynamic_int8, fake_per_channel_int8, matmul_sensitivities, relative_token_error
 from tests.conftest import MULTILINGUAL
@@ -35,7 +35,7 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-INT8_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QAttention"}
+INT8_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QAttention"}
 
 
 def graph_ops(bundle) -> set[str]:
@@ -127,8 +127,8 @@ def test_planted_outlier_matmul_alone_stays_fp32(tiny_model_dir, tmp_path):
 
     result = run_export(model, "--out", tmp_path / "b", "--max-length", 64)
     assert result.exit_code == 0, result.output
-    kept = read_manifest(tmp_path / "b").details["fp32_matmuls"]
-    assert list(kept) == ["/encoder/layer.1/output/dense/MatMul"], kept
+    plan = read_manifest(tmp_path / "b").details["int8_plan"]
+    assert plan == {"per_token": [], "fp32": ["/encoder/layer.1/output/dense/MatMul"]}, plan  # a loud channel: fp32
     assert (Encoder(tmp_path / "b").encode(texts) * expected).sum(axis=1).min() > 0.95
 
 
@@ -137,16 +137,16 @@ def test_sensitivity_ranks_the_planted_matmul_first(tiny_model_dir, tmp_path):
     assert run_export(model, "--out", tmp_path / "b", "--quantize", "none", "--max-length", 64).exit_code == 0
     encoder = Encoder(tmp_path / "b")
     batch = pad_batch(encoder.tokenizer.encode(MULTILINGUAL, 64)[0], encoder.manifest.tokenizer.pad_id)
-    errors = matmul_sensitivities(tmp_path / "b" / MODEL_FILE, batch)
+    errors = matmul_sensitivities(tmp_path / "b" / MODEL_FILE, batch).per_tensor
     first, second = list(errors.values())[:2]
     assert list(errors)[0] == "/encoder/layer.0/output/dense/MatMul" and first > 10 * second, errors
     assert len(errors) == 2 * 4  # 2 layers x (Attention, attention output, FFN in, FFN out)
 
 
-def test_fp32_counts_grow_to_the_limit():
-    assert fp32_counts(0) == [0]
+def test_ladder_counts_grow_to_the_limit():
+    assert ladder_counts(0) == [0]
     for limit in range(1, 60):
-        counts = fp32_counts(limit)
+        counts = ladder_counts(limit)
         assert counts[:2] == [0, 1] and counts[-1] == limit and all(b > a for a, b in zip(counts, counts[1:]))
         assert len(counts) <= 4 + 2 * np.log2(limit + 1)
 
@@ -230,23 +230,28 @@ def test_fp32_graph_that_drifts_is_refused_and_nothing_written(tiny_model_dir, t
     assert list(tmp_path.iterdir()) == []
 
 
-def broken_int8(fp32_model, out, keep_fp32):
+class BrokenInt8Writer:
     """What a broken int8 kernel gives (onnxruntime issue 9599): every weight matrix replaced by noise."""
-    from onnx import numpy_helper
 
-    graph = onnx.load(str(fp32_model))
-    rng = np.random.default_rng(0)
-    for init in graph.graph.initializer:
-        weight = numpy_helper.to_array(init)
-        if weight.ndim == 2 and weight.dtype == np.float32:
-            init.CopyFrom(numpy_helper.from_array(rng.normal(size=weight.shape).astype(np.float32), init.name))
-    onnx.save(graph, str(out))
+    def __init__(self, fp32_model):
+        self.fp32_model = fp32_model
+
+    def write(self, plan, out):
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(self.fp32_model))
+        rng = np.random.default_rng(0)
+        for init in graph.graph.initializer:
+            weight = numpy_helper.to_array(init)
+            if weight.ndim == 2 and weight.dtype == np.float32:
+                init.CopyFrom(numpy_helper.from_array(rng.normal(size=weight.shape).astype(np.float32), init.name))
+        onnx.save(graph, str(out))
 
 
 def test_broken_int8_is_refused_and_nothing_written(tiny_model_dir, tmp_path, monkeypatch):
     from hbt.export import exporter
 
-    monkeypatch.setattr(exporter, "quantize_int8", broken_int8)
+    monkeypatch.setattr(exporter, "Int8Writer", BrokenInt8Writer)
     result = run_export(tiny_model_dir, "--out", tmp_path / "b", "--max-length", 64)
     assert_one_line_error(result, "gate-set mAP", "--quantize none", "nothing was written")
     assert list(tmp_path.iterdir()) == []

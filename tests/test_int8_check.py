@@ -1,0 +1,123 @@
+"""An int8 bundle checks itself on the CPU it runs on: cached verdicts, re-measured gates, one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hbt.bundle import MANIFEST, read_manifest, sha256_file
+from hbt.encoder import Encoder
+from hbt.errors import FidelityError
+from hbt.int8_check import REFERENCE_FILE, SAME_ARITHMETIC, int8_features
+
+
+@pytest.fixture(scope="module")
+def tiny_int8_bundle(tiny_model_dir, tmp_path_factory):
+    from hbt.export.exporter import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-int8"
+    export_bundle(ExportConfig(source=str(tiny_model_dir), out=out, max_length=64))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def tamper_reference(bundle, out, **replace):
+    """A copy of ``bundle`` whose int8 reference arrays are replaced, with the manifest's checksum updated."""
+    shutil.copytree(bundle, out)
+    with np.load(out / REFERENCE_FILE) as reference:
+        arrays = dict(reference) | replace
+    np.savez(out / REFERENCE_FILE, **arrays)
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["files"][REFERENCE_FILE] = sha256_file(out / REFERENCE_FILE)
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    return out
+
+
+def test_export_records_where_its_figures_were_measured(tiny_int8_bundle):
+    manifest = read_manifest(tiny_int8_bundle)
+    gate = manifest.fidelity["gate"]
+    assert gate["measured_on"]["int8_features"] == int8_features()
+    # The export met half of each limit, the room left for other CPUs.
+    assert gate["map_loss"] <= gate["export_max_map_loss"] == gate["max_map_loss"] / 2
+    assert 1 - gate["top10_overlap"] <= 1 - gate["export_min_top10_overlap"] == pytest.approx((1 - gate["min_top10_overlap"]) / 2)
+    assert REFERENCE_FILE in manifest.files
+
+
+def test_first_use_checks_the_probe_then_the_verdict_is_cached(tiny_int8_bundle):
+    first = Encoder(tiny_int8_bundle).int8_check
+    assert first.passed and first.same_arithmetic and not first.cached
+    assert first.probe_min_cosine >= SAME_ARITHMETIC
+    again = Encoder(tiny_int8_bundle).int8_check
+    assert again.cached and again.map_loss == first.map_loss
+    assert "passed" in again.summary() and "cached" in again.summary()
+
+
+def test_other_arithmetic_re_measures_the_gate_here(tiny_int8_bundle, tmp_path):
+    with np.load(tiny_int8_bundle / REFERENCE_FILE) as reference:
+        probe = reference["probe_onnxruntime"]
+    rng = np.random.default_rng(0)
+    moved = probe + 0.05 * rng.normal(size=probe.shape).astype(np.float32)  # as if another CPU had exported it
+    bundle = tamper_reference(tiny_int8_bundle, tmp_path / "b", probe_onnxruntime=moved)
+    check = Encoder(bundle).int8_check
+    assert not check.same_arithmetic and check.probe_min_cosine < SAME_ARITHMETIC
+    assert check.passed  # the int8 graph itself is fine: re-measured against its fp32 vectors, it passes
+    assert check.map_loss == pytest.approx(read_manifest(tiny_int8_bundle).fidelity["gate"]["map_loss"], abs=1e-6)
+
+
+def test_a_bundle_below_its_gate_here_is_refused_in_one_line(tiny_int8_bundle, tmp_path):
+    with np.load(tiny_int8_bundle / REFERENCE_FILE) as reference:
+        shape = reference["fp32_queries"].shape
+    rng = np.random.default_rng(1)
+    noise = lambda: rng.normal(size=shape).astype(np.float32)  # noqa: E731 - fp32 vectors this graph cannot match
+    bundle = tamper_reference(tiny_int8_bundle, tmp_path / "b", probe_onnxruntime=noise()[:8], fp32_queries=noise(),
+                              fp32_passages=noise())
+    with pytest.raises(FidelityError, match="falls below its gate on this CPU.*Re-export it on this machine") as error:
+        Encoder(bundle)
+    assert "\n" not in str(error.value)
+
+    from hbt.cli.index import main as index_cli
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "1", "text": "hello", "lang": "en"}\n')
+    result = CliRunner().invoke(index_cli, ["build", str(corpus), "--index", str(tmp_path / "i"), "--bundle", str(bundle)])
+    assert result.exit_code == 2 and "falls below its gate" in result.output and "Traceback" not in result.output
+
+
+def test_fp32_bundles_are_not_checked(tiny_bundle):
+    assert Encoder(tiny_bundle).int8_check is None
+
+
+HASWELL_CHECK = """
+import json, sys
+from hbt.encoder import Encoder
+check = Encoder(sys.argv[1], threads=1).int8_check
+print(json.dumps(check.to_json()))
+"""
+
+
+@pytest.mark.slow
+def test_the_default_bundle_passes_on_an_avx2_cpu_without_vnni(default_bundle, tmp_path):
+    """Under qemu's Haswell (AVX2, no AVX-512, no VNNI), the int8 kernels that saturate elsewhere compute the same."""
+    if platform.machine() != "x86_64":
+        pytest.skip("qemu's Haswell emulates an x86-64 CPU; this machine is not one")
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-x86_64 not installed (Debian: apt-get install qemu-user; make install does it as root)")
+    run = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, "-c", HASWELL_CHECK, str(default_bundle)],
+                         capture_output=True, text=True, timeout=1800,
+                         env=os.environ | {"XDG_CACHE_HOME": str(tmp_path / "haswell-cache")})
+    assert run.returncode == 0, run.stderr[-2000:]
+    check = json.loads(run.stdout.strip().splitlines()[-1])
+    assert check["same_arithmetic"] and check["passed"], check
