@@ -6,6 +6,7 @@ place only once every check has passed, so a failure never leaves a half-written
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -88,18 +89,27 @@ def export_bundle(config: ExportConfig, step: Callable[[str], None] = log.info) 
 
 def _build(config: ExportConfig, source: Source, staging: Path, step: Callable[[str], None]) -> Manifest:
     """Write the bundle into ``staging``: the fp32 graph first, checked against PyTorch, then its int8 form."""
+    from transformers import AutoConfig
+
     from hbt.modeling import DualEncoder
 
-    torch_model = DualEncoder(source, config.max_length)
     step(f"exporting and fusing the ONNX graph (opset {config.opset})")
     work = staging / "fp32"
     unfused_model = onnx_export(source.model_dir, work, config.opset)
-    fp32_model = fuse(unfused_model, work / "fused.onnx", torch_model.backbone.config)
+    model_config = AutoConfig.from_pretrained(source.model_dir)
+    fp32_model = fuse(unfused_model, work / "fused.onnx", model_config)
+    step("embedding the reference texts with the PyTorch model")
+    texts = reference_texts()
+    # One model in memory at a time: PyTorch's is done once its reference vectors exist.
+    torch_model = DualEncoder(source, config.max_length)
+    torch_vectors, max_length = torch_model.embed(texts), torch_model.max_length
+    del torch_model
+    gc.collect()
     tokenizer = TokenizerSpec()
     shutil.copyfile(source.tokenizer_file, staging / tokenizer.file)
     manifest = Manifest(
         source=config.source, source_fingerprint=source.fingerprint(),
-        dimension=torch_model.backbone.config.hidden_size, max_length=torch_model.max_length,
+        dimension=model_config.hidden_size, max_length=max_length,
         opset=config.opset, quantization=config.quantize, tokenizer=tokenizer,
         query_prefix=source.query_prefix, passage_prefix=source.passage_prefix, details=_versions(),
     )
@@ -107,14 +117,13 @@ def _build(config: ExportConfig, source: Source, staging: Path, step: Callable[[
     manifest = _write_manifest(staging, manifest)
 
     step("checking the ONNX graph against the PyTorch model")
-    texts = reference_texts()
-    torch_vectors = torch_model.embed(texts)
     encoder = Encoder(staging)
     _require_cosine(config, "the ONNX graph", cosine_summary(encoder.encode(texts), torch_vectors), MIN_FP32_COSINE)
     gate = GateSet.builtin()
     fp32_gate = gate.embed(encoder.encode_queries, encoder.encode_passages)
     reference_ids = encoder.tokenizer.encode(texts, manifest.max_length)[0]
     calibration = pad_batch(reference_ids, tokenizer.pad_id)
+    del encoder  # the fp32 session: the quantization below holds the graph once more
     fidelity = {"reference_texts": len(texts)}
     if config.quantize == "int8":
         step("quantizing to int8 for onnxruntime: 7-bit weights (the same integers on every CPU), "
@@ -143,7 +152,6 @@ def _build(config: ExportConfig, source: Source, staging: Path, step: Callable[[
             step("converting to OpenVINO")
             to_openvino(None)
         fidelity["openvino"] = openvino | _check_cosine(config, staging, "openvino", texts, torch_vectors)
-    del torch_model  # the PyTorch weights are not needed past this point
     shutil.rmtree(work)
     if config.quantize == "int8":
         _write_int8_reference(staging, gate, fp32_gate, ["onnxruntime"] + (["openvino"] if config.openvino else []))

@@ -296,11 +296,14 @@ def matmul_sensitivities(model: Path, batch: tuple[np.ndarray, np.ndarray]) -> S
     from onnx import helper, numpy_helper
 
     graph = onnx.load(str(model))
-    weights = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer}
-    nodes = [node for node in graph.graph.node if node.op_type in WEIGHT_OPS and node.input[1] in weights]
+    initializers = {init.name for init in graph.graph.initializer}
+    nodes = [node for node in graph.graph.node if node.op_type in WEIGHT_OPS and node.input[1] in initializers]
+    # Only the weights these nodes read (not the embedding tables, most of the model's bytes).
+    read = {name for node in nodes for name in node.input}
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer if init.name in read}
     graph_inputs = {i.name for i in graph.graph.input}
     probed = sorted({name for node in nodes for name in node.input
-                     if name and name not in weights and name not in graph_inputs})
+                     if name and name not in initializers and name not in graph_inputs})
     known_outputs = {output.name for output in graph.graph.output}
     graph.graph.output.extend(onnx.ValueInfoProto(name=name) for name in probed if name not in known_outputs)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
