@@ -15,17 +15,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from hbt import __version__
 from hbt.atomic import replace_directory
-from hbt.bundle import MANIFEST, MODEL_FILE, Manifest, sha256_file
+from hbt.bundle import MANIFEST, MODEL_FILE, DenseFile, Manifest, sha256_file
 from hbt.encoder import Encoder, pad_batch
 from hbt.errors import BundleError, FidelityError, SourceError
 from hbt.export.fidelity import GateSet, compare_retrieval, cosine_summary, reference_texts
 from hbt.export.openvino import export_openvino
 from hbt.export.quantize import Int8Plan, Int8Writer, matmul_sensitivities, plan_at
 from hbt.int8_check import REFERENCE_FILE, measured_on, probe_indices, write_reference
+from hbt.pooling import l2_normalize
 from hbt.sources import Source, resolve_source
-from hbt.tokenizer import TokenizerSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,18 @@ class ExportConfig:
     min_top10_overlap: float = MIN_TOP10_OVERLAP  # int8: share of the gate set's top-10 neighbours it must keep
     min_cosine: float | None = None  # an extra floor on the cosine to PyTorch (fp32: MIN_FP32_COSINE)
     openvino: bool = False  # also an OpenVINO model (static int8 when quantize is int8), for --runtime openvino
+    revision: str | None = None  # a Hub source's branch, tag or commit
+    allow_pickle: bool = False  # accept pickled weights (pytorch_model.bin), which can run code when loaded
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the exported model must reproduce: the reference texts, embedded with ``prompt`` by ``name``."""
+
+    texts: list[str]
+    prompt: str
+    vectors: np.ndarray  # [N, dimension]
+    name: str  # "PyTorch", or "sentence-transformers' encode()" for a sentence-transformers model
 
 
 def export_bundle(config: ExportConfig, step: Callable[[str], None] = log.info) -> Manifest:
@@ -77,7 +91,7 @@ def export_bundle(config: ExportConfig, step: Callable[[str], None] = log.info) 
         raise BundleError(f"{out.parent}: not writable; choose another --out")
 
     step(f"resolving source {config.source}")
-    source = resolve_source(config.source)
+    source = resolve_source(config.source, config.revision, config.allow_pickle)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         manifest = _build(config, source, staging, step)
@@ -98,33 +112,36 @@ def _build(config: ExportConfig, source: Source, staging: Path, step: Callable[[
     unfused_model = onnx_export(source.model_dir, work, config.opset)
     model_config = AutoConfig.from_pretrained(source.model_dir)
     fp32_model = fuse(unfused_model, work / "fused.onnx", model_config)
-    step("embedding the reference texts with the PyTorch model")
-    texts = reference_texts()
-    # One model in memory at a time: PyTorch's is done once its reference vectors exist.
+    # One model in memory at a time: PyTorch's is done once its dense layers and reference vectors exist.
     torch_model = DualEncoder(source, config.max_length)
-    torch_vectors, max_length = torch_model.embed(texts), torch_model.max_length
+    max_length, dimension, layout = torch_model.max_length, torch_model.dimension, source.layout
+    dense = _write_dense(torch_model, staging)
+    reference = _reference(source, torch_model, step)
     del torch_model
     gc.collect()
-    tokenizer = TokenizerSpec()
+    tokenizer = source.tokenizer
     shutil.copyfile(source.tokenizer_file, staging / tokenizer.file)
     manifest = Manifest(
         source=config.source, source_fingerprint=source.fingerprint(),
-        dimension=model_config.hidden_size, max_length=max_length,
+        dimension=dimension, max_length=max_length,
         opset=config.opset, quantization=config.quantize, tokenizer=tokenizer,
-        query_prefix=source.query_prefix, passage_prefix=source.passage_prefix, details=_versions(),
+        query_prefix=layout.query_prefix, passage_prefix=layout.passage_prefix, pooling=layout.pooling,
+        normalize=layout.normalize, include_prompt=layout.include_prompt, dense=dense, details=_versions(),
     )
     shutil.copyfile(fp32_model, staging / MODEL_FILE)
     manifest = _write_manifest(staging, manifest)
 
-    step("checking the ONNX graph against the PyTorch model")
+    step(f"checking the ONNX graph against {reference.name}")
     encoder = Encoder(staging)
-    _require_cosine(config, "the ONNX graph", cosine_summary(encoder.encode(texts), torch_vectors), MIN_FP32_COSINE)
+    texts = reference.texts
+    _require_cosine(config, "the ONNX graph", cosine_to(reference, encoder), MIN_FP32_COSINE, reference)
     gate = GateSet.builtin()
     fp32_gate = gate.embed(encoder.encode_queries, encoder.encode_passages)
     reference_ids = encoder.tokenizer.encode(texts, manifest.max_length)[0]
     calibration = pad_batch(reference_ids, tokenizer.pad_id)
     del encoder  # the fp32 session: the quantization below holds the graph once more
-    fidelity = {"reference_texts": len(texts)}
+    fidelity = {"reference_texts": len(texts),
+                "reference": "sentence-transformers" if reference.name != "PyTorch" else "pytorch"}
     if config.quantize == "int8":
         step("quantizing to int8 for onnxruntime: 7-bit weights (the same integers on every CPU), "
              "per-token activations and fp32 where the gate needs them")
@@ -151,7 +168,7 @@ def _build(config: ExportConfig, source: Source, staging: Path, step: Callable[[
         else:
             step("converting to OpenVINO")
             to_openvino(None)
-        fidelity["openvino"] = openvino | _check_cosine(config, staging, "openvino", texts, torch_vectors)
+        fidelity["openvino"] = openvino | _check_cosine(config, staging, "openvino", reference)
     shutil.rmtree(work)
     if config.quantize == "int8":
         _write_int8_reference(staging, gate, fp32_gate, ["onnxruntime"] + (["openvino"] if config.openvino else []))
@@ -159,7 +176,7 @@ def _build(config: ExportConfig, source: Source, staging: Path, step: Callable[[
             if figures:
                 figures["measured_on"] = measured_on()
     manifest = _write_manifest(staging, manifest)
-    fidelity |= _check_cosine(config, staging, "onnxruntime", texts, torch_vectors)
+    fidelity |= _check_cosine(config, staging, "onnxruntime", reference)
     return _write_manifest(staging, replace(manifest, fidelity=fidelity))
 
 
@@ -172,20 +189,67 @@ def _write_int8_reference(staging: Path, gate: GateSet, fp32_gate, runtimes: lis
                     probe, probes)
 
 
-def _check_cosine(config: ExportConfig, staging: Path, runtime: str, texts: list[str], torch_vectors) -> dict:
-    """The finished model of ``runtime`` against PyTorch on the reference texts."""
-    figures = cosine_summary(Encoder(staging, verify=False, runtime=runtime).encode(texts), torch_vectors)
+def _reference(source: Source, torch_model, step: Callable[[str], None]) -> Reference:
+    """The vectors the export must reproduce on the reference texts.
+
+    A sentence-transformers model is embedded by sentence-transformers itself, with its
+    query prompt: its own ``encode()`` reads the layout, so a wrong reading by hbt (CLS
+    taken for mean pooling, a prompt left in the pooling) cannot pass. Other sources are
+    embedded by hbt's PyTorch model.
+    """
+    texts = reference_texts()
+    if source.layout.origin != "sentence-transformers":
+        step("embedding the reference texts with the PyTorch model")
+        return Reference(texts, "", torch_model.embed(texts), "PyTorch")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise SourceError(f"{source.name}: a sentence-transformers model is checked against sentence-transformers' "
+                          "own encode(), which is not installed; pip install 'hbt[train]'") from e
+    step("embedding the reference texts with sentence-transformers")
+    model = SentenceTransformer(str(source.root), device="cpu")
+    model.max_seq_length = torch_model.max_length  # --max-length may truncate sooner than the model does
+    prompt = source.layout.query_prefix
+    vectors = model.encode(texts, prompt=prompt, convert_to_numpy=True, show_progress_bar=False)
+    return Reference(texts, prompt, np.asarray(vectors, dtype=np.float32), "sentence-transformers' encode()")
+
+
+def cosine_to(reference: Reference, encoder: Encoder) -> dict:
+    """The encoder's cosine to the reference vectors, which need not be unit vectors (dot-product models)."""
+    return cosine_summary(l2_normalize(encoder.encode(reference.texts, prompt=reference.prompt)),
+                          l2_normalize(reference.vectors))
+
+
+def _write_dense(torch_model, staging: Path) -> tuple[DenseFile, ...]:
+    """The model's dense layers as dense_<i>.npz (weight [out, in], bias [out]), which the runtime reads with numpy."""
+    layers = []
+    for i, (spec, module) in enumerate(zip(torch_model.layout.dense, torch_model.dense)):
+        name, linear = f"dense_{i}.npz", module[0]
+        arrays = {"weight": linear.weight.detach().float().cpu().numpy()}
+        if spec.bias:
+            arrays["bias"] = linear.bias.detach().float().cpu().numpy()
+        with open(staging / name, "wb") as f:  # a file object: np.savez adds no suffix
+            np.savez(f, **arrays)
+        layers.append(DenseFile(name, spec.in_features, spec.out_features, spec.bias, spec.activation))
+    return tuple(layers)
+
+
+def _check_cosine(config: ExportConfig, staging: Path, runtime: str, reference: Reference) -> dict:
+    """The finished model of ``runtime`` against the reference vectors."""
+    figures = cosine_to(reference, Encoder(staging, verify=False, runtime=runtime))
     if config.min_cosine is not None:
         figures["threshold_min_cosine"] = config.min_cosine
-    _require_cosine(config, f"the {runtime} model", figures, MIN_FP32_COSINE if config.quantize == "none" else None)
+    _require_cosine(config, f"the {runtime} model", figures, MIN_FP32_COSINE if config.quantize == "none" else None,
+                    reference)
     return figures
 
 
-def _require_cosine(config: ExportConfig, what: str, figures: dict, default: float | None) -> None:
+def _require_cosine(config: ExportConfig, what: str, figures: dict, default: float | None,
+                    reference: Reference) -> None:
     floor = default if config.min_cosine is None else max(config.min_cosine, default or -1.0)
     if floor is not None and figures["min_cosine"] < floor:
         raise FidelityError(
-            f"{config.source}: {what} drifts from PyTorch (min cosine {figures['min_cosine']:.6f} < {floor}); "
+            f"{config.source}: {what} drifts from {reference.name} (min cosine {figures['min_cosine']:.6f} < {floor}); "
             "nothing was written. " + ("Lower --min-cosine, or leave it out to gate int8 on retrieval alone."
                                        if config.min_cosine is not None else "Try another --opset.")
         )

@@ -1,7 +1,8 @@
 """The bundle: an exported encoder as a directory of model.onnx, tokenizer and manifest.json.
 
-The manifest describes everything the runtime needs (pooling, prefixes, tokenizer
-layout, dimension, maximum length) so that nothing is guessed from a model name,
+The manifest describes everything the runtime needs (the head: pooling, dense layers
+and normalization; prefixes, tokenizer, dimension, maximum length) so that nothing is
+guessed from a model name,
 and the sha256 of every file so that a damaged bundle is refused, not used.
 """
 
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hbt.errors import BundleError
-from hbt.tokenizer import TokenizerSpec
+from hbt.pooling import ACTIVATIONS, POOLINGS
+from hbt.tokenizer import TOKENIZER_KINDS, TokenizerSpec
 
 FORMAT = "hbt-bundle"
 FORMAT_VERSION = 1
@@ -22,10 +24,23 @@ MODEL_FILE = "model.onnx"
 # Prefixes what ``Manifest.fingerprint`` covers; indexes recorded before it carry a bare
 # sha256 of model.onnx, which ``check_fingerprint`` recognizes to say "rebuild".
 FINGERPRINT_SCHEME = "manifest-sha256:"
-POOLINGS = ("mean",)
 # Bounds on what a manifest may ask the runtime to allocate.
 MAX_DIMENSION = 1 << 16
 MAX_LENGTH = 1 << 16
+
+
+@dataclass(frozen=True)
+class DenseFile:
+    """A dense layer after pooling, run in numpy: ``file`` holds weight [out, in] (and bias [out])."""
+
+    file: str  # dense_0.npz
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str  # one of hbt.pooling.ACTIVATIONS
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,8 @@ class Manifest:
     passage_prefix: str = "passage: "
     pooling: str = "mean"
     normalize: bool = True
+    include_prompt: bool = True  # False: the prefix's tokens are left out of pooling
+    dense: tuple[DenseFile, ...] = ()
     files: dict = field(default_factory=dict)  # name -> sha256
     fidelity: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)  # how it was made: versions, optimizations
@@ -56,13 +73,20 @@ class Manifest:
         return FINGERPRINT_SCHEME + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def _runtime_fields(self) -> dict:
-        return {
+        fields = {
             "format_version": FORMAT_VERSION,
             "model": {"file": MODEL_FILE, "dimension": self.dimension, "max_length": self.max_length},
             "pooling": self.pooling, "normalize": self.normalize,
             "prefixes": {"query": self.query_prefix, "passage": self.passage_prefix},
             "tokenizer": self.tokenizer.to_dict(),
         }
+        # Written only when they differ from what every earlier bundle did, so that earlier
+        # manifests (and the index fingerprints recorded from them) read and compare as before.
+        if not self.include_prompt:
+            fields["include_prompt"] = False
+        if self.dense:
+            fields["dense"] = [layer.to_dict() for layer in self.dense]
+        return fields
 
     def to_json(self) -> str:
         fields = self._runtime_fields()
@@ -95,7 +119,8 @@ class Manifest:
                 opset=raw["model"]["opset"], quantization=raw["quantization"],
                 tokenizer=TokenizerSpec(**raw["tokenizer"]),
                 query_prefix=raw["prefixes"]["query"], passage_prefix=raw["prefixes"]["passage"],
-                pooling=raw["pooling"], normalize=raw["normalize"], files=raw["files"],
+                pooling=raw["pooling"], normalize=raw["normalize"], include_prompt=raw.get("include_prompt", True),
+                dense=tuple(DenseFile(**layer) for layer in raw.get("dense", [])), files=raw["files"],
                 fidelity=raw.get("fidelity", {}), details=raw.get("details", {}),
             )
         except (KeyError, TypeError) as e:
@@ -115,10 +140,11 @@ class Manifest:
 
         if not isinstance(self.files, dict) or not all(isinstance(v, str) for v in self.files.values()):
             refuse("'files' must map file names to sha256 digests")
-        for name in (*self.files, self.tokenizer.file):
+        dense_files = [layer.file for layer in self.dense]
+        for name in (*self.files, self.tokenizer.file, *dense_files):
             if not is_plain_file_name(name):
                 refuse(f"file name {name!r} is not a plain file name inside the bundle")
-        for name in (MODEL_FILE, self.tokenizer.file):
+        for name in (MODEL_FILE, self.tokenizer.file, *dense_files):
             if name not in self.files:
                 refuse(f"{name} is not listed in 'files' with its sha256")
         for field_name, value, limit in (("dimension", self.dimension, MAX_DIMENSION),
@@ -127,11 +153,26 @@ class Manifest:
                 refuse(f"model {field_name} {value!r} is not an integer in 1..{limit}")
         if self.max_length < 3:
             refuse(f"model max_length {self.max_length} leaves no room for a token between <s> and </s>")
-        if self.pooling not in POOLINGS or self.normalize is not True:
-            refuse(f"pooling {self.pooling!r} with normalize {self.normalize!r} is not what this hbt runs "
-                   f"({', '.join(POOLINGS)} pooling, normalized)")
+        if self.pooling not in POOLINGS:
+            refuse(f"pooling {self.pooling!r} is not one this hbt runs ({', '.join(POOLINGS)})")
+        if not isinstance(self.normalize, bool) or not isinstance(self.include_prompt, bool):
+            refuse("normalize and include_prompt must be true or false")
+        width = None
+        for layer in self.dense:
+            sizes = (layer.in_features, layer.out_features)
+            if not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_DIMENSION for n in sizes):
+                refuse(f"dense layer {layer.file} sizes {sizes} are not integers in 1..{MAX_DIMENSION}")
+            if layer.activation not in ACTIVATIONS or not isinstance(layer.bias, bool):
+                refuse(f"dense layer {layer.file}: activation {layer.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+            if width is not None and layer.in_features != width:
+                refuse(f"dense layer {layer.file} takes {layer.in_features} values, the layer before gives {width}")
+            width = layer.out_features
+        if self.dense and width != self.dimension:
+            refuse(f"the last dense layer gives {width} values, the dimension is {self.dimension}")
         if not isinstance(self.query_prefix, str) or not isinstance(self.passage_prefix, str):
             refuse("prefixes must be strings")
+        if self.tokenizer.kind not in TOKENIZER_KINDS:
+            refuse(f"tokenizer kind {self.tokenizer.kind!r} is not one this hbt runs ({', '.join(TOKENIZER_KINDS)})")
         ids = [self.tokenizer.id_offset, self.tokenizer.bos_id, self.tokenizer.pad_id, self.tokenizer.eos_id,
                self.tokenizer.unk_id]
         if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 20 for i in ids):

@@ -8,23 +8,28 @@ from pathlib import Path
 
 import numpy as np
 
-from hbt.bundle import MODEL_FILE, Manifest, read_manifest
+from hbt.bundle import MODEL_FILE, DenseFile, Manifest, read_manifest
 from hbt.errors import BundleError
+from hbt.pooling import dense, l2_normalize, mean_pool, pool, prompt_mask  # noqa: F401 (mean_pool: hbt.encoder's API)
 from hbt.graph_inputs import model_inputs
 from hbt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 
-def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Average the token vectors that the mask keeps: [B, T, H], [B, T] -> [B, H]."""
-    weights = mask[:, :, None].astype(hidden.dtype)  # [B, T, 1]
-    return (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+def load_dense(bundle_dir: Path, layer: DenseFile) -> tuple[np.ndarray, np.ndarray | None]:
+    """A dense layer's weight [out, in] and bias [out] (None without one), checked against the manifest."""
+    try:
+        with np.load(bundle_dir / layer.file, allow_pickle=False) as arrays:
+            weight = arrays["weight"].astype(np.float32)
+            bias = arrays["bias"].astype(np.float32) if layer.bias else None
+    except (OSError, KeyError, ValueError) as e:
+        raise BundleError(f"{bundle_dir / layer.file}: not a dense layer's weights ({e}); "
+                          "re-export the bundle with hbt-export") from e
+    if weight.shape != (layer.out_features, layer.in_features) or (bias is not None and bias.shape != weight.shape[:1]):
+        raise BundleError(f"{bundle_dir / layer.file}: weights of shape {weight.shape}, the manifest says "
+                          f"{layer.out_features}x{layer.in_features}; re-export the bundle with hbt-export")
+    return weight, bias
 
 
 def pad_batch(ids: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +89,7 @@ class Encoder:
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = read_manifest(self.bundle_dir, verify=verify)
         self.tokenizer = Tokenizer(self.bundle_dir / self.manifest.tokenizer.file, self.manifest.tokenizer)
+        self._dense = [load_dense(self.bundle_dir, layer) for layer in self.manifest.dense]
         self.threads = threads or min(os.cpu_count() or 1, 8)
         self.runtime = runtime
         if runtime == "onnxruntime":
@@ -116,14 +122,19 @@ class Encoder:
         return self.manifest.dimension
 
     def encode_queries(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        return self.encode([self.manifest.query_prefix + t for t in texts], batch_size)
+        return self.encode(texts, batch_size, self.manifest.query_prefix)
 
     def encode_passages(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        return self.encode([self.manifest.passage_prefix + t for t in texts], batch_size)
+        return self.encode(texts, batch_size, self.manifest.passage_prefix)
 
-    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Embed texts as they are (prefixes already applied): [N, dimension] float32."""
-        ids, truncated = self.tokenizer.encode(texts, self.manifest.max_length)
+    def encode(self, texts: list[str], batch_size: int = 32, prompt: str = "") -> np.ndarray:
+        """Embed ``prompt`` + each text: [N, dimension] float32.
+
+        A prompt given here is left out of pooling when the bundle says so
+        (``include_prompt: false``); one already inside the texts never is.
+        """
+        ids, truncated = self.tokenizer.encode([prompt + t for t in texts], self.manifest.max_length)
+        skip = 0 if self.manifest.include_prompt else self.tokenizer.prompt_length(prompt)
         if truncated:
             log.warning("%d of %d texts were longer than %d tokens and were truncated",
                         truncated, len(texts), self.manifest.max_length)
@@ -133,5 +144,12 @@ class Encoder:
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
             input_ids, mask = pad_batch([ids[i] for i in chosen], self.manifest.tokenizer.pad_id)
-            out[chosen] = l2_normalize(mean_pool(self._graph(input_ids, mask), mask))
+            out[chosen] = self.head(self._graph(input_ids, mask), prompt_mask(mask, skip))
         return out
+
+    def head(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Token vectors [B, T, H] and the mask of those to pool -> the bundle's text vectors [B, dimension]."""
+        vectors = pool(hidden, mask, self.manifest.pooling)
+        for layer, (weight, bias) in zip(self.manifest.dense, self._dense):
+            vectors = dense(vectors, weight, bias, layer.activation)
+        return l2_normalize(vectors) if self.manifest.normalize else vectors.astype(np.float32)
