@@ -93,8 +93,8 @@ def measure(size: int, vectors_file: Path, dimension: int, queries: np.ndarray, 
     results["open_ms"], index = timed(lambda: Index(directory))
     results["open_ms"] *= 1e3
     read_ms, _ = timed(lambda: [p.read_bytes() for p in directory.glob("seg-*/graph.hnsw")])
-    load_ms, _ = timed(lambda: [load_graph(p, dimension, e["count"]) for p, e in (
-        (directory / e["name"] / "graph.hnsw", e) for e in index.manifest["segments"])])
+    load_ms, _ = timed(lambda: [load_graph(p, dimension, e.count) for p, e in (
+        (directory / e.name / "graph.hnsw", e) for e in index.manifest.segments)])
     results["read_graphs_ms"], results["load_graphs_ms"] = read_ms * 1e3, load_ms * 1e3
     probe = queries[:200]
     results["unfiltered"] = latencies(lambda q: index.search(q, K), queries)

@@ -65,8 +65,8 @@ def measure(bundle: Path, index_dir: Path | None = None, data_dir: Path | None =
             progress("building an index")
             start = time.perf_counter()
             manifest = build_index(docs, encoder, Path(scratch) / "index", IndexConfig(threads=threads or 0))
-            results["index_build"] = {"documents": manifest["count"],
-                                      "passages_per_second": manifest["count"] / (time.perf_counter() - start)}
+            results["index_build"] = {"documents": manifest.count,
+                                      "passages_per_second": manifest.count / (time.perf_counter() - start)}
             index_dir = Path(scratch) / "index"
         index = Index(index_dir)
         searcher = Searcher(encoder, index)

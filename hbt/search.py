@@ -75,7 +75,7 @@ class Searcher:
         from hbt.encoder import Encoder
 
         index = Index(index_dir)
-        return cls(Encoder(bundle or index.bundle["path"], threads=threads), index)
+        return cls(Encoder(bundle or index.bundle.path, threads=threads), index)
 
     def refresh(self) -> bool:
         """Open the newest commit if the index changed since; True if it did."""

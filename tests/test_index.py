@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import (Index, IndexConfig, add_documents, build_index, compact_index, delete_documents,
-                       upgrade_index, verify_index)
-from hbt.index.planner import choose_plan, widen
+                       read_manifest, upgrade_index, verify_index)
+from hbt.index.planner import ZEN4, choose_plan, widen
 from hbt.search import Searcher
 from tests.fakes import HashEncoder
 
@@ -111,7 +111,7 @@ def test_graph_plans_agree_with_exact_search(tmp_path, encoder):
     """A segment large enough for the planner to walk its graph, filtered and not."""
     corpus = docs(0, 12_000)
     build_index(corpus, encoder, tmp_path / "index", IndexConfig(M=16, ef_construction=100))
-    index = Index(tmp_path / "index")
+    index = Index(tmp_path / "index", costs=ZEN4)  # fixed costs: each filter's plan is known
     queries = encoder.encode_queries([f"query {i}" for i in range(20)])
     for langs, kind in ((None, "hnsw"), (["en"], "filtered-hnsw"), (["sw"], "exact")):
         ranking = index.search(queries, 10, ef=40, langs=langs)
@@ -138,7 +138,7 @@ def test_add_writes_a_segment_and_a_snapshot_keeps_its_answers(segmented, encode
 def test_delete_then_readd_the_same_id(segmented, encoder):
     directory, _ = segmented
     manifest, missing = delete_documents(directory, ["d5", "nope"])
-    assert missing == ["nope"] and manifest["count"] == 299
+    assert missing == ["nope"] and manifest.count == 299
     assert "d5" not in result_ids(Searcher(encoder, Index(directory)), "text number 5 of d", 300)
     add_documents(directory, [Document("d5", "a different text")], encoder)
     assert result_ids(Searcher(encoder, Index(directory)), "a different text", 1) == ["d5"]
@@ -158,7 +158,7 @@ def test_many_ids_beyond_sqlite_variable_limit(tmp_path, encoder):
     corpus = docs(0, 2500)
     build_index(corpus, encoder, tmp_path / "index", IndexConfig(M=8, ef_construction=32))
     manifest, missing = delete_documents(tmp_path / "index", [d.id for d in corpus[:2100]] + ["x"])
-    assert manifest["count"] == 400 and missing == ["x"]
+    assert manifest.count == 400 and missing == ["x"]
     hits = Searcher(encoder, Index(tmp_path / "index")).search([f"q{i}" for i in range(200)], k=10)
     assert {h.id for row in hits for h in row} <= {d.id for d in corpus[2100:]}
 
@@ -213,12 +213,12 @@ def test_compact_rewrites_segments_with_many_tombstones_and_packs_small_ones(seg
     delete_documents(directory, ["d1"] + [f"d{i}" for i in range(64, 128, 3)])  # 1 of the first 64, a third of the next
     add_documents(directory, docs(1000, 2), encoder)
     manifest = compact_index(directory)
-    names = [e["name"] for e in manifest["segments"]]
-    assert manifest["count"] == 279 and len(names) == 5 and [e["deleted"] for e in manifest["segments"]] == [1, 0, 0, 0, 0]
+    names = [e.name for e in manifest.segments]
+    assert manifest.count == 279 and len(names) == 5 and [e.deleted for e in manifest.segments] == [1, 0, 0, 0, 0]
     manifest = compact_index(directory, expunge_deletes=True)
-    assert manifest["count"] == 279 and all(not e["deleted"] for e in manifest["segments"])
+    assert manifest.count == 279 and all(not e.deleted for e in manifest.segments)
     assert sorted(p.name for p in directory.iterdir()) == sorted(
-        [e["name"] for e in manifest["segments"]] + ["manifest.json", "write.lock"])
+        [e.name for e in manifest.segments] + ["manifest.json", "write.lock"])
 
 
 # Concurrency and crashes -----------------------------------------------------------------------------
@@ -361,6 +361,28 @@ def test_hostile_manifests_are_refused(segmented, field, value):
         Index(directory)
 
 
+@pytest.mark.parametrize("field", ["generation", "M", "segments", "languages", "segments.0.files.graph.hnsw.bytes",
+                                   "segments.0.language_codes", "bundle.fingerprint"])
+def test_a_manifest_missing_any_field_is_refused_in_one_line(segmented, field):
+    directory, _ = segmented
+    manifest = json.loads((directory / "manifest.json").read_text())
+    *parents, last = field.replace("graph.hnsw", "graph_hnsw").split(".")
+    record = manifest
+    for key in parents:
+        record = record[int(key)] if key.isdigit() else record[key.replace("graph_hnsw", "graph.hnsw")]
+    del record[last]
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SearchIndexError, match=f"invalid manifest .*{last}") as error:
+        Index(directory)
+    assert "\n" not in str(error.value)
+
+
+def test_a_manifest_reads_back_as_it_was_written(segmented):
+    directory, _ = segmented
+    written = json.loads((directory / "manifest.json").read_text())
+    assert read_manifest(directory).to_json() == written
+
+
 def write_format_1(directory: Path, corpus: list[Document], encoder, deleted: set[str]) -> None:
     """An index as hbt wrote it before segments: one graph, one store, deletes marked in the graph."""
     import hnswlib
@@ -394,7 +416,7 @@ def test_format_1_is_upgraded_in_place(tmp_path, encoder):
     with pytest.raises(SearchIndexError, match="hbt-index upgrade"):
         Index(tmp_path / "old")
     manifest = upgrade_index(tmp_path / "old")
-    assert manifest["count"] == 58 and not (tmp_path / "old" / "hnsw.bin").exists()
+    assert manifest.count == 58 and not (tmp_path / "old" / "hnsw.bin").exists()
     live = [d for d in corpus if d.id not in ("d3", "d4")]
     searcher = Searcher(encoder, Index(tmp_path / "old"))
     assert result_ids(searcher, "text number 3 of d", 10) == brute_force(live, encoder.encode_queries(
@@ -492,7 +514,7 @@ def test_a_build_that_waited_for_the_lock_refuses_the_index_built_meanwhile(tmp_
 
     def build(name: str, corpus: list[Document], encoder) -> None:
         try:
-            outcome[name] = build_index(corpus, encoder, directory, IndexConfig(M=8, ef_construction=32))["count"]
+            outcome[name] = build_index(corpus, encoder, directory, IndexConfig(M=8, ef_construction=32)).count
         except SearchIndexError as e:
             outcome[name] = e
 

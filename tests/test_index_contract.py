@@ -88,10 +88,9 @@ def test_a_snapshot_states_its_commit(open_snapshot, directory):
     manifest = read_manifest(directory)
     assert isinstance(snapshot, IndexSnapshot)
     assert (snapshot.generation, snapshot.count, snapshot.languages) == (
-        manifest["generation"], 397, {"de": 50, "en": 50, "fr": 50, "sw": 247})  # d0007, d0100, d0399: sw
-    assert snapshot.info()["segments"] == [{"name": e["name"], "documents": e["count"] - e["deleted"],
-                                            "deleted": e["deleted"], "languages": e["languages"]}
-                                           for e in manifest["segments"]]
+        manifest.generation, 397, {"de": 50, "en": 50, "fr": 50, "sw": 247})  # d0007, d0100, d0399: sw
+    assert snapshot.info()["segments"] == [{"name": e.name, "documents": e.count - e.deleted, "deleted": e.deleted,
+                                            "languages": e.languages} for e in manifest.segments]
 
 
 @pytest.mark.parametrize("langs", [None, ["fr"], ["de", "en"]])

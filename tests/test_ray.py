@@ -139,7 +139,7 @@ def test_a_killed_encoder_actor_loses_and_duplicates_nothing(cluster, tiny_bundl
                                             make_encoder=CountingEncoder(tiny_bundle, tmp_path / "log", die))
     assert not die.exists()  # an actor died
     ids = [row[0] for row in stored(tmp_path / "index")]
-    assert manifest["count"] == len(ids) == len(set(ids)) == 2000
+    assert manifest.count == len(ids) == len(set(ids)) == 2000
 
 
 def test_a_rerun_rebuilds_only_the_missing_part(cluster, tiny_bundle, tmp_path, monkeypatch):
@@ -164,9 +164,9 @@ def test_a_rerun_rebuilds_only_the_missing_part(cluster, tiny_bundle, tmp_path, 
     manifest = ray_build.build_index_on_ray(str(corpus), tiny_bundle, tmp_path / "index", CONFIG,
                                             make_encoder=CountingEncoder(tiny_bundle, log))
     assert embedded(log) == plan["part_documents"][2]
-    kept = {(tmp_path / "index" / entry["name"] / "graph.hnsw").stat().st_ino for entry in manifest["segments"]}
+    kept = {(tmp_path / "index" / entry.name / "graph.hnsw").stat().st_ino for entry in manifest.segments}
     assert kept & set(graphs.values()) == {graphs[0], graphs[1], graphs[3]}  # renamed into the index, not rewritten
-    assert manifest["count"] == 2000 and not staging.exists()
+    assert manifest.count == 2000 and not staging.exists()
 
 
 def test_a_changed_corpus_or_bundle_is_refused_on_resume(cluster, tiny_bundle, tmp_path):

@@ -35,5 +35,5 @@ def test_a_ray_build_refuses_an_index_built_while_the_cluster_worked(tmp_path):
     assert "\n" not in str(error.value)
     assert Index(out).count == 300
     assert is_staged(staging / ray_build.part_name(0))  # kept for a rerun with --force
-    assert ray_build.commit_parts(out, staging, plan, encoder, CONFIG, force=True)["count"] == 5
+    assert ray_build.commit_parts(out, staging, plan, encoder, CONFIG, force=True).count == 5
     assert Index(out).count == 5 and not staging.exists()

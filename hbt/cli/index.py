@@ -64,7 +64,7 @@ def _read(corpus: str, skip_invalid: bool):
 
 
 def _report(index_dir, manifest, stats, encoder):
-    click.echo(f"{index_dir}: {manifest['count']} documents in {len(manifest['segments'])} segment(s)"
+    click.echo(f"{index_dir}: {manifest.count} documents in {len(manifest.segments)} segment(s)"
                + (f", {stats.skipped} invalid lines skipped" if stats.skipped else "")
                + (f", {encoder.truncated} texts truncated to {encoder.manifest.max_length} tokens"
                   if encoder.truncated else ""))
@@ -108,7 +108,7 @@ def build(corpus, bundle, index_dir, legacy_out, m, ef_construction, ef, segment
         from hbt.distributed.build import build_index_on_ray
 
         manifest = build_index_on_ray(corpus, bundle, index_dir, config, actors, ray_address, force, skip_invalid)
-        click.echo(f"{index_dir}: {manifest['count']} documents in {len(manifest['segments'])} segment(s), on Ray")
+        click.echo(f"{index_dir}: {manifest.count} documents in {len(manifest.segments)} segment(s), on Ray")
         return
     if actors:
         raise click.UsageError("--actors needs --ray")
@@ -139,7 +139,7 @@ def add(paths, index_dir, skip_invalid, threads):
         index_dir, paths = Path(paths[0]), paths[1:]
     if index_dir is None or len(paths) != 1:
         raise click.UsageError("usage: hbt-index add CORPUS --index DIR")
-    encoder = Encoder(read_manifest(index_dir)["bundle"]["path"], threads=threads or None)
+    encoder = Encoder(read_manifest(index_dir).bundle.path, threads=threads or None)
     docs, stats = _read(paths[0], skip_invalid)
     with _progress("adding") as bar:
         manifest = add_documents(index_dir, docs, encoder, bar.update, threads)
@@ -160,7 +160,7 @@ def delete(index_dir, ids, ids_file):
     if not wanted:
         raise click.UsageError("give --ids or --ids-file")
     manifest, missing = delete_documents(index_dir, wanted)
-    click.echo(f"{index_dir}: deleted {len(set(wanted)) - len(missing)}, {manifest['count']} documents left"
+    click.echo(f"{index_dir}: deleted {len(set(wanted)) - len(missing)}, {manifest.count} documents left"
                + (f"; not found: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")
                   if missing else ""))
 
@@ -179,9 +179,9 @@ def compact(index_dir, threads, expunge_deletes):
     before = read_manifest(index_dir)
     with _progress("compacting") as bar:
         manifest = compact_index(index_dir, bar.update, threads, expunge_deletes)
-    dropped = sum(e["deleted"] for e in before["segments"]) - sum(e["deleted"] for e in manifest["segments"])
-    click.echo(f"{index_dir}: {len(before['segments'])} -> {len(manifest['segments'])} segment(s), "
-               f"{dropped} tombstones dropped, {manifest['count']} documents")
+    dropped = sum(e.deleted for e in before.segments) - sum(e.deleted for e in manifest.segments)
+    click.echo(f"{index_dir}: {len(before.segments)} -> {len(manifest.segments)} segment(s), "
+               f"{dropped} tombstones dropped, {manifest.count} documents")
 
 
 @main.command()
@@ -189,11 +189,11 @@ def compact(index_dir, threads, expunge_deletes):
 @user_errors
 def upgrade(index_dir):
     """Convert an index of an older format in place (format 1: one graph and store become a segment)."""
-    from hbt.index import upgrade_index
+    from hbt.index import FORMAT_VERSION, upgrade_index
 
     setup_logging(False)  # a writer waiting on another's lock says so
     manifest = upgrade_index(index_dir)
-    click.echo(f"{index_dir}: format {manifest['format_version']}, {manifest['count']} documents")
+    click.echo(f"{index_dir}: format {FORMAT_VERSION}, {manifest.count} documents")
 
 
 @main.command()

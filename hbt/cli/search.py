@@ -65,7 +65,10 @@ def query(texts, index_dir, k, ef, langs, as_json, verbose, queries, out, bundle
     elif actors:
         raise click.UsageError("--actors needs --ray")
     else:
-        run = Searcher.open(index_dir, bundle).run(list(texts), k=k, ef=ef, langs=langs)
+        searcher = Searcher.open(index_dir, bundle)
+        run = searcher.run(list(texts), k=k, ef=ef, langs=langs)
+        if verbose:
+            click.echo(f"planner costs: {searcher.index.costs.describe()}", err=True)
     results = run.hits
     if verbose:
         timings = ", ".join(f"{stage} {ms:.2f} ms" for stage, ms in run.timings.items())

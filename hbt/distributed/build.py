@@ -32,8 +32,8 @@ from hbt.distributed.cluster import cluster_cpus, connect
 from hbt.distributed.corpus import CorpusSource, batch_documents
 from hbt.encoder import Encoder
 from hbt.errors import DataError, SearchIndexError
-from hbt.index import (ENCODE_CHUNK, IndexConfig, check_build_target, commit_staged, discard_unfinished, is_staged,
-                       passage_text, remove, stage_segment, write_atomically)
+from hbt.index import (ENCODE_CHUNK, IndexConfig, Manifest, check_build_target, commit_staged, discard_unfinished,
+                       is_staged, passage_text, remove, stage_segment, write_atomically)
 
 BUCKETS = 1 << 16
 PLAN_FILE = "plan.json"
@@ -73,7 +73,7 @@ def encoder_pool(actors: int | None, threads: int, cpus: float) -> tuple[int, in
 def build_index_on_ray(corpus: str | list[str], bundle: Path | str, out: Path | str,
                        config: IndexConfig = IndexConfig(), actors: int | None = None, address: str | None = None,
                        force: bool = False, skip_invalid: bool = False,
-                       make_encoder: Callable | None = None) -> dict:
+                       make_encoder: Callable | None = None) -> Manifest:
     """Build an index at ``out`` from ``corpus`` (files or directories, local paths or URLs) on a Ray cluster.
 
     ``actors`` encoder actors (default: as many as the cluster's CPUs allow with
@@ -193,10 +193,11 @@ def write_part(group: dict[str, np.ndarray], staging: str, part_documents: list[
     chunks = (order[start : start + ENCODE_CHUNK] for start in range(0, len(order), ENCODE_CHUNK))
     entry = stage_segment(final, dimension, config,
                           ((batch_documents(group, rows), group["vector"][rows]) for rows in chunks))
-    return {"part": [number], "documents": [entry["count"]]}
+    return {"part": [number], "documents": [entry.count]}
 
 
-def commit_parts(out: Path, staging: Path, plan: dict, encoder, config: IndexConfig, force: bool = False) -> dict:
+def commit_parts(out: Path, staging: Path, plan: dict, encoder, config: IndexConfig,
+                 force: bool = False) -> Manifest:
     """Commit the finished parts into the index as new segments (``hbt.index.commit_staged``), then drop the staging.
 
     An index that appeared at ``out`` while the cluster worked is refused (unless ``force``)

@@ -20,8 +20,8 @@ from hbt.corpus import Document
 from hbt.distributed.cluster import connect
 from hbt.encoder import Encoder
 from hbt.errors import DataError, SearchIndexError
-from hbt.index import (Index, Ranking, document_key, graph_bytes, key_label, key_position, merge_rankings,
-                       read_manifest, summary)
+from hbt.index import (Index, IndexBundle, Manifest, Ranking, SegmentEntry, document_key, key_label, key_position,
+                       merge_rankings, read_manifest, summary)
 from hbt.search import Searcher, SearchRun
 
 
@@ -33,7 +33,7 @@ class SegmentGroup:
         if self.index.generation != generation:
             raise SearchIndexError(f"{directory}: a commit was made while the search actors opened the index; "
                                    "open it again")
-        positions = {entry["name"]: p for p, entry in enumerate(self.index.manifest["segments"])}
+        positions = {entry.name: p for p, entry in enumerate(self.index.manifest.segments)}
         self.positions = np.array([positions[view.segment.name] for view in self.index.segments], dtype=np.int64)
         self.local = {int(p): i for i, p in enumerate(self.positions)}
 
@@ -51,14 +51,14 @@ class SegmentGroup:
         return {local[key]: doc for key, doc in self.index.documents(local).items()}
 
 
-def deal_segments(entries: list[dict], groups: int) -> list[list[dict]]:
+def deal_segments(entries: tuple[SegmentEntry, ...], groups: int) -> list[list[SegmentEntry]]:
     """Segments dealt into ``groups`` groups of about equal graph bytes: largest first, to the lightest group."""
-    dealt: list[list[dict]] = [[] for _ in range(min(groups, len(entries)))]
+    dealt: list[list[SegmentEntry]] = [[] for _ in range(min(groups, len(entries)))]
     weight = [0] * len(dealt)
-    for entry in sorted(entries, key=lambda e: -graph_bytes(e)):
+    for entry in sorted(entries, key=lambda e: -e.graph_bytes):
         lightest = weight.index(min(weight))
         dealt[lightest].append(entry)
-        weight[lightest] += graph_bytes(entry)
+        weight[lightest] += entry.graph_bytes
     return dealt
 
 
@@ -71,41 +71,41 @@ class RayIndex:
 
     def __init__(self, directory: Path | str, groups: int | None = None):
         self.directory = Path(directory)
-        self.manifest = read_manifest(self.directory)
-        if not self.manifest["segments"]:
+        self.manifest: Manifest = read_manifest(self.directory)
+        if not self.manifest.segments:
             raise SearchIndexError(f"{self.directory}: no segments to search")
         groups = groups or sum(1 for node in ray.nodes() if node["Alive"])
-        self.position = {entry["name"]: p for p, entry in enumerate(self.manifest["segments"])}
+        self.position = {entry.name: p for p, entry in enumerate(self.manifest.segments)}
         self.groups, self.holder = [], {}  # the actors, and which one holds each segment position
-        for group in deal_segments(self.manifest["segments"], groups):
-            self.holder.update({self.position[entry["name"]]: len(self.groups) for entry in group})
+        for group in deal_segments(self.manifest.segments, groups):
+            self.holder.update({self.position[entry.name]: len(self.groups) for entry in group})
             self.groups.append(ray.remote(SegmentGroup).options(
-                num_cpus=0, scheduling_strategy="SPREAD", memory=sum(graph_bytes(e) for e in group),
-            ).remote(str(self.directory), [entry["name"] for entry in group], self.generation))
+                num_cpus=0, scheduling_strategy="SPREAD", memory=sum(e.graph_bytes for e in group),
+            ).remote(str(self.directory), [entry.name for entry in group], self.generation))
         ray.get([group.__ray_ready__.remote() for group in self.groups])
 
     @property
     def generation(self) -> int:
-        return self.manifest["generation"]
+        return self.manifest.generation
 
     @property
     def count(self) -> int:
-        return self.manifest["count"]
+        return self.manifest.count
 
     @property
     def languages(self) -> dict[str, int]:
-        return self.manifest["languages"]
+        return self.manifest.languages
 
     @property
-    def bundle(self) -> dict:
-        return self.manifest["bundle"]
+    def bundle(self) -> IndexBundle:
+        return self.manifest.bundle
 
     def info(self) -> dict:
         return summary(self.manifest)
 
     def reopen(self) -> "RayIndex":
         """The newest commit, on new actors (this index itself if nothing changed)."""
-        if read_manifest(self.directory)["generation"] == self.generation:
+        if read_manifest(self.directory).generation == self.generation:
             return self
         return RayIndex(self.directory, len(self.groups))
 
@@ -114,7 +114,7 @@ class RayIndex:
         """The k documents nearest each query vector [Q, d], as ``Index.search`` finds them."""
         if k <= 0:
             raise DataError(f"k = {k}: must be at least 1")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.manifest["dimension"])
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.manifest.dimension)
         allowed = frozenset(langs) if langs else None
         answers = ray.get([group.search.remote(vectors, k, ef, allowed, exact) for group in self.groups])
         found = {key: doc for _, _, documents, _ in answers for key, doc in documents.items()}
@@ -146,6 +146,6 @@ def search_on_ray(index_dir: Path | str, queries: list[str], k: int = 10, ef: in
     with connect(address):
         index = RayIndex(index_dir, groups)
         try:
-            return Searcher(Encoder(bundle or index.bundle["path"]), index).run(queries, k, ef, langs)
+            return Searcher(Encoder(bundle or index.bundle.path), index).run(queries, k, ef, langs)
         finally:
             index.close()

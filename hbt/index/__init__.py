@@ -4,14 +4,17 @@ This package is the index's one public face: other packages import from ``hbt.in
 never from its inner modules (a test checks). Inside: ``format`` (the files and the
 manifest's rules), ``durable`` (fsync, atomic rename, the writers' lock), ``graph``
 (hnswlib), ``segment`` (one segment written and searched), ``planner`` (exact scan or
-HNSW per filter), ``snapshot`` (what every snapshot answers, document keys, the merge),
-``reader`` (a commit's snapshot), ``writer`` (the lock, names, commits), ``merge`` (the
-merge policy), ``ops`` (build, add, delete, compact, staged segments), ``upgrade``
-(format 1) and ``verify``. Importing this package loads neither hnswlib nor an encoder.
+HNSW per filter), ``calibrate`` (the planner's costs measured on this machine),
+``snapshot`` (what every snapshot answers, document keys, the merge), ``reader`` (a
+commit's snapshot), ``writer`` (the lock, names, commits), ``merge`` (the merge policy),
+``ops`` (build, add, delete, compact, staged segments), ``upgrade`` (format 1) and
+``verify``. Importing this package loads neither hnswlib nor an encoder.
 """
 
 from hbt.index.durable import remove, write_atomically
-from hbt.index.format import IndexConfig, graph_bytes, passage_text, read_manifest
+from hbt.index.format import (FORMAT_VERSION, FileRecord, IndexBundle, IndexConfig, Manifest, SegmentEntry,
+                              passage_text, read_manifest)
+from hbt.index.planner import Costs
 from hbt.index.graph import INSERT_BATCH, add_in_batches, add_shuffled, new_graph
 from hbt.index.ops import (add_documents, build_index, commit_staged, compact_index, delete_documents,
                            discard_unfinished, is_staged, stage_segment)
@@ -22,8 +25,9 @@ from hbt.index.upgrade import upgrade_index
 from hbt.index.verify import verify_index
 from hbt.index.writer import ENCODE_CHUNK, check_build_target
 
-__all__ = ["ENCODE_CHUNK", "INSERT_BATCH", "Index", "IndexConfig", "IndexSnapshot", "Ranking", "add_documents",
-           "add_in_batches", "add_shuffled", "build_index", "check_build_target", "check_bundle", "commit_staged",
-           "compact_index", "delete_documents", "discard_unfinished", "document_key", "graph_bytes", "is_staged", "key_label",
-           "key_position", "merge_rankings", "new_graph", "passage_text", "read_manifest", "remove",
-           "stage_segment", "summary", "upgrade_index", "verify_index", "write_atomically"]
+__all__ = ["Costs", "ENCODE_CHUNK", "FORMAT_VERSION", "INSERT_BATCH", "FileRecord", "Index", "IndexBundle",
+           "IndexConfig", "IndexSnapshot", "Manifest", "Ranking", "SegmentEntry", "add_documents", "add_in_batches",
+           "add_shuffled", "build_index", "check_build_target", "check_bundle", "commit_staged", "compact_index",
+           "delete_documents", "discard_unfinished", "document_key", "is_staged", "key_label", "key_position",
+           "merge_rankings", "new_graph", "passage_text", "read_manifest", "remove", "stage_segment", "summary",
+           "upgrade_index", "verify_index", "write_atomically"]

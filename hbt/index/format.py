@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hbt.corpus import Document
@@ -57,16 +57,99 @@ def tombstone_name(generation: int) -> str:
     return f"deletes-{generation:06d}.npy"
 
 
+@dataclass(frozen=True)
+class FileRecord:
+    """A segment file's checksum and size, as the commit records them."""
+
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """One segment as a commit lists it: its documents, tombstones, languages and files."""
+
+    name: str
+    count: int  # labels 0 .. count-1, deleted ones included
+    deleted: int
+    tombstones: str | None  # the tombstone file, or None before the first delete
+    language_codes: tuple[str, ...]  # langs.npy holds indices into these
+    languages: dict[str, int]  # live documents per language
+    files: dict[str, FileRecord]
+
+    @property
+    def live(self) -> int:
+        return self.count - self.deleted
+
+    @property
+    def graph_bytes(self) -> int:
+        """The size of the graph file: about the memory the segment takes when open."""
+        return self.files[GRAPH_FILE].bytes
+
+    @classmethod
+    def from_json(cls, record: dict, where: str = "segment") -> "SegmentEntry":
+        """An entry from its JSON object; one that breaks the format's rules raises ValueError."""
+        _check_entry(record, where)
+        return cls(record["name"], record["count"], record["deleted"], record["tombstones"],
+                   tuple(record["language_codes"]), dict(record["languages"]),
+                   {name: FileRecord(**file) for name, file in record["files"].items()})
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"language_codes": list(self.language_codes)}
+
+
+@dataclass(frozen=True)
+class IndexBundle:
+    """The bundle an index was built with: searches and updates with another are refused."""
+
+    path: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A commit: its generation, the index's settings and the live segments (``manifest.json``)."""
+
+    generation: int
+    hbt_version: str
+    bundle: IndexBundle
+    dimension: int
+    M: int
+    ef_construction: int
+    ef: int
+    segment_size: int
+    next_segment: int  # above every segment number used, so a name is never reused
+    segments: tuple[SegmentEntry, ...]
+    count: int  # live documents
+    languages: dict[str, int]  # live documents per language
+    created: str
+    updated: str
+
+    @property
+    def config(self) -> IndexConfig:
+        return IndexConfig(M=self.M, ef_construction=self.ef_construction, ef=self.ef,
+                           segment_size=self.segment_size)
+
+    @classmethod
+    def from_json(cls, record: dict, path: Path) -> "Manifest":
+        """A commit from its JSON object; one that breaks the format's rules is refused in one line."""
+        _check_manifest(record, path)
+        fields = {name: record[name] for name in MANIFEST_FIELDS if name not in ("bundle", "segments", "space")}
+        return cls(**fields, bundle=IndexBundle(**{name: record["bundle"][name] for name in BUNDLE_FIELDS}),
+                   segments=tuple(SegmentEntry.from_json(e) for e in record["segments"]))
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "space": SPACE} | {
+            name: getattr(self, name) for name in MANIFEST_FIELDS if name not in ("bundle", "segments", "space")} | {
+            "bundle": asdict(self.bundle), "segments": [entry.to_json() for entry in self.segments]}
+
+
 def live_count(entry: dict) -> int:
+    """Live documents of an entry's JSON object (before it is a SegmentEntry)."""
     return entry["count"] - entry["deleted"]
 
 
-def graph_bytes(entry: dict) -> int:
-    """The size of a segment's graph file: about the memory the segment takes when open."""
-    return entry["files"][GRAPH_FILE]["bytes"]
-
-
-def read_manifest(directory: Path) -> dict:
+def read_manifest(directory: Path) -> Manifest:
     """The index's current commit, checked against the format's rules."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
@@ -83,8 +166,7 @@ def read_manifest(directory: Path) -> dict:
     if version != FORMAT_VERSION:
         raise SearchIndexError(f"{path}: index format {version} is not one this hbt reads ({FORMAT_VERSION}); "
                                "upgrade hbt")
-    _check_manifest(manifest, path)
-    return manifest
+    return Manifest.from_json(manifest, path)
 
 
 # Every field a reader or writer reads, with its type: a manifest lacking one is refused at open, in one line.
@@ -102,6 +184,9 @@ def _fields(record, fields: dict, where: str) -> None:
     """``record`` is an object holding ``fields`` of their types; integers are never negative (nor bools)."""
     if not isinstance(record, dict):
         raise ValueError(f"{where} is not an object")
+    unknown = set(record) - set(fields) - {"format", "format_version"}
+    if unknown:  # a newer hbt's: rewriting the commit would drop them
+        raise ValueError(f"{where} holds fields this hbt does not know: {sorted(unknown)}")
     for key, kind in fields.items():
         if key not in record:
             raise ValueError(f"{where}.{key} missing")
@@ -166,5 +251,5 @@ def _check_entry(entry: dict, where: str) -> None:
         raise ValueError(f"segment {entry['name']} counts disagree")
 
 
-def dump_manifest(manifest: dict) -> bytes:
-    return json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
+def dump_manifest(manifest: Manifest) -> bytes:
+    return json.dumps(manifest.to_json(), indent=1, ensure_ascii=False).encode("utf-8")

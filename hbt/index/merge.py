@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from hbt.index.format import live_count
+from hbt.index.format import Manifest, SegmentEntry
 from hbt.index.writer import IndexWriter
 
 MERGE_FACTOR = 10
@@ -31,32 +31,32 @@ def _tier(documents: int) -> int:
 def merge_small_segments(writer: IndexWriter) -> None:
     """Merge any tier that has reached MERGE_FACTOR segments, until none has (each merge is a commit)."""
     while True:
-        tiers: dict[int, list[dict]] = {}
-        for entry in writer.manifest["segments"]:
-            if live_count(entry) < writer.manifest["segment_size"] // MERGE_FACTOR:
-                tiers.setdefault(_tier(live_count(entry)), []).append(entry)
+        tiers: dict[int, list[SegmentEntry]] = {}
+        for entry in writer.manifest.segments:
+            if entry.live < writer.manifest.segment_size // MERGE_FACTOR:
+                tiers.setdefault(_tier(entry.live), []).append(entry)
         full = next((group for _, group in sorted(tiers.items()) if len(group) >= MERGE_FACTOR), None)
         if full is None:
             return
         merge_segments(writer, full)
 
 
-def merge_segments(writer: IndexWriter, entries: list[dict], progress: Callable[[int], None] = lambda n: None,
-                   threads: int = 0) -> dict:
+def merge_segments(writer: IndexWriter, entries: list[SegmentEntry], progress: Callable[[int], None] = lambda n: None,
+                   threads: int = 0) -> Manifest:
     """Rewrite the live documents of ``entries`` as new segments (at most segment_size each), one commit."""
     new, target = [], None
     for entry in entries:
         segment = writer.segment(entry)
-        live = np.setdiff1d(np.arange(entry["count"]), writer.tombstones(entry))
+        live = np.setdiff1d(np.arange(entry.count), writer.tombstones(entry))
         for start in range(0, len(live), READ_CHUNK):
             labels = live[start : start + READ_CHUNK]
             documents = segment.documents(labels)
             target = target or writer.new_segment(threads)
             target.add([documents[int(label)] for label in labels], segment.vectors(labels))
             progress(len(labels))
-            if target.count >= writer.manifest["segment_size"]:
+            if target.count >= writer.manifest.segment_size:
                 new.append(target.finish())
                 target = None
     if target:
         new.append(target.finish())
-    return writer.commit(add=new, remove=[entry["name"] for entry in entries])
+    return writer.commit(add=new, remove=[entry.name for entry in entries])

@@ -5,7 +5,8 @@ search costs a dot product per admitted vector; an HNSW search costs roughly a c
 per unit of beam width. HNSW finds about k·size/pool neighbours to keep k admitted ones,
 so a rare language makes its beam wide while its exact scan stays short: the plan is the
 cheaper of the two. No plan calls Python per visited node (hnswlib's filter callback did,
-and cost a rare language 1.9 s a query at 100k documents).
+and cost a rare language 1.9 s a query at 100k documents). The two costs are measured on
+the machine when an index opens (``hbt.index.calibrate``); ``ZEN4`` is the fallback.
 """
 
 from __future__ import annotations
@@ -13,11 +14,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+OVERFETCH = 1.5  # margin over the expected k·size/pool, so that a short answer is rare
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Microseconds per query: per admitted vector of an exact scan, and per unit of HNSW beam width."""
+
+    exact: float
+    beam: float
+    source: str = "measured"
+
+    def describe(self) -> str:
+        return f"exact {self.exact:.4f} µs/vector, beam {self.beam:.3f} µs/unit ({self.source})"
+
+
 # Measured on a 2-core Zen 4 at 384-d: ~0.1 µs per vector for a matrix-vector product over
 # cached vectors, ~5 µs per unit of HNSW beam at M 32 (0.6 ms at ef 128, 1M vectors).
-EXACT_COST = 0.1
-BEAM_COST = 5.0
-OVERFETCH = 1.5  # margin over the expected k·size/pool, so that a short answer is rare
+ZEN4 = Costs(0.1, 5.0, "Zen 4 defaults")
 
 
 @dataclass(frozen=True)
@@ -32,21 +46,21 @@ class Plan:
         return f"{self.kind} ({self.fetch} vectors)" if self.kind == "exact" else self.kind
 
 
-def choose_plan(pool: int, size: int, k: int, ef: int, exact: bool = False) -> Plan:
+def choose_plan(pool: int, size: int, k: int, ef: int, exact: bool = False, costs: Costs = ZEN4) -> Plan:
     """The plan for k neighbours among ``pool`` admitted of ``size`` vectors, at beam ``ef``."""
     if pool <= 0:
         return Plan("skip")
     k = min(k, pool)
     fetch = k if pool == size else min(size, math.ceil(k * size / pool * OVERFETCH))
     beam = max(ef, fetch)
-    if exact or pool * EXACT_COST <= beam * BEAM_COST:
+    if exact or pool * costs.exact <= beam * costs.beam:
         return Plan("exact", pool)
     return Plan("hnsw" if pool == size else "filtered-hnsw", fetch, beam)
 
 
-def widen(plan: Plan, size: int, pool: int) -> Plan:
+def widen(plan: Plan, size: int, pool: int, costs: Costs = ZEN4) -> Plan:
     """The next try after a filtered search came back short: four times the fetch, exact at the end."""
     fetch = min(size, plan.fetch * 4)
-    if fetch >= size or pool * EXACT_COST <= fetch * BEAM_COST:
+    if fetch >= size or pool * costs.exact <= fetch * costs.beam:
         return Plan("exact", pool)
     return Plan(plan.kind, fetch, max(plan.ef, fetch))

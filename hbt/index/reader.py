@@ -10,71 +10,82 @@ import numpy as np
 from hbt.bundle import check_fingerprint
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
-from hbt.index.format import read_manifest
+from hbt.index.calibrate import measure_costs
+from hbt.index.format import IndexBundle, Manifest, SegmentEntry, read_manifest
+from hbt.index.planner import ZEN4, Costs
 from hbt.index.segment import Segment, SegmentView, load_tombstones
 from hbt.index.snapshot import Ranking, document_key, key_label, key_position, merge_rankings, summary
 
 OPEN_RETRIES = 5
 
 
-def check_bundle(manifest: dict, encoder, directory: Path) -> None:
+def check_bundle(manifest: Manifest, encoder, directory: Path) -> None:
     """Refuse an encoder whose bundle is not the one the index was built with."""
-    check_fingerprint(manifest["bundle"]["fingerprint"], encoder.manifest, encoder.bundle_dir, directory)
+    check_fingerprint(manifest.bundle.fingerprint, encoder.manifest, encoder.bundle_dir, directory)
 
 
 class Index:
     """An open commit of an index: a snapshot that later commits do not change.
 
     ``reopen()`` returns a snapshot of the newest commit, sharing the segments both
-    commits hold, so it costs only what changed.
+    commits hold, so it costs only what changed. ``costs`` are the planner's, measured
+    on the largest segment's graph when the first snapshot opens, unless given.
     """
 
     def __init__(self, directory: Path | str, _shared: dict[str, Segment] | None = None,
-                 only: Collection[str] | None = None):
+                 only: Collection[str] | None = None, costs: Costs | None = None):
         """Open the newest commit; ``only`` opens just the segments of those names (a Ray actor's group)."""
         self.directory = Path(directory)
         for attempt in range(OPEN_RETRIES):
             self.manifest = read_manifest(self.directory)
             try:
-                self.segments = [self._view(entry, _shared or {}) for entry in self.manifest["segments"]
-                                 if only is None or entry["name"] in only]
+                self.segments = [self._view(entry, _shared or {}) for entry in self.manifest.segments
+                                 if only is None or entry.name in only]
                 break
             except FileNotFoundError as e:  # a writer removed an older commit's files as we opened them
                 if attempt == OPEN_RETRIES - 1:
                     raise SearchIndexError(f"{e.filename}: missing; the index is damaged: restore it or "
                                            "rebuild with hbt-index build") from e
+        self.costs = costs or self._measure_costs()
 
-    def _view(self, entry: dict, shared: dict[str, Segment]) -> SegmentView:
-        directory = self.directory / entry["name"]
-        segment = shared.get(entry["name"])
+    def _measure_costs(self) -> Costs:
+        if not self.segments:
+            return ZEN4
+        segment = max((view.segment for view in self.segments), key=lambda s: s.count)
+        with segment.lock:  # the graph's ef is shared with searches of other snapshots
+            return measure_costs(segment.graph, self.manifest.dimension)
+
+    def _view(self, entry: SegmentEntry, shared: dict[str, Segment]) -> SegmentView:
+        directory = self.directory / entry.name
+        segment = shared.get(entry.name)
         if segment is None:
-            segment = Segment(directory, entry, self.manifest["dimension"])
+            segment = Segment(directory, entry, self.manifest.dimension)
             segment.graph  # read now: opening is the time to pay for it, not the first query
         return SegmentView(segment, entry, load_tombstones(directory, entry))
 
     def reopen(self) -> "Index":
         """The newest commit (this snapshot itself if nothing changed)."""
-        if read_manifest(self.directory)["generation"] == self.generation:
+        if read_manifest(self.directory).generation == self.generation:
             return self
-        return Index(self.directory, {view.segment.name: view.segment for view in self.segments})
+        return Index(self.directory, {view.segment.name: view.segment for view in self.segments}, costs=self.costs)
 
     @property
     def generation(self) -> int:
-        return self.manifest["generation"]
+        return self.manifest.generation
 
     @property
     def count(self) -> int:
-        return self.manifest["count"]
+        return self.manifest.count
 
     @property
     def languages(self) -> dict[str, int]:
         """Live documents per language ("" for documents without one)."""
-        return self.manifest["languages"]
+        return self.manifest.languages
 
     @property
-    def bundle(self) -> dict:
+    def bundle(self) -> IndexBundle:
         """The bundle the index was built with: its path and fingerprint."""
-        return self.manifest["bundle"]
+        return self.manifest.bundle
 
     def info(self) -> dict:
         return summary(self.manifest)
@@ -89,10 +100,10 @@ class Index:
         if k <= 0:
             raise DataError(f"k = {k}: must be at least 1")
         allowed = frozenset(langs) if langs else None
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.manifest["dimension"])
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.manifest.dimension)
         scores, keys, plans = [np.zeros((len(vectors), 0), np.float32)], [np.zeros((len(vectors), 0), np.int64)], []
         for position, view in enumerate(self.segments):
-            segment_scores, labels, plan = view.search(vectors, k, ef or self.manifest["ef"], allowed, exact)
+            segment_scores, labels, plan = view.search(vectors, k, ef or self.manifest.ef, allowed, exact, self.costs)
             scores.append(segment_scores)
             keys.append(document_key(position, labels))
             plans.append(f"{view.segment.name}: {plan.describe()}")

@@ -20,9 +20,9 @@ from hbt.bundle import sha256_file
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import durable
-from hbt.index.format import DOCS_FILE, GRAPH_FILE, LANGS_FILE, IndexConfig, live_count
+from hbt.index.format import DOCS_FILE, GRAPH_FILE, LANGS_FILE, FileRecord, IndexConfig, SegmentEntry
 from hbt.index.graph import INSERT_BATCH, add_shuffled, load_graph, new_graph
-from hbt.index.planner import Plan, choose_plan, widen
+from hbt.index.planner import ZEN4, Costs, Plan, choose_plan, widen
 
 SQL_CHUNK = 900  # bound variables per statement: SQLite's limit is 999 in older builds
 EXACT_CHUNK = 65_536  # vectors scored at a time when an exact scan is too large to cache
@@ -33,9 +33,9 @@ def chunked(items: list, size: int = SQL_CHUNK) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def file_record(path: Path) -> dict:
+def file_record(path: Path) -> FileRecord:
     durable.fsync_file(path)
-    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return FileRecord(sha256_file(path), path.stat().st_size)
 
 
 class SegmentWriter:
@@ -82,7 +82,7 @@ class SegmentWriter:
                          np.concatenate([labels for _, labels in self._pending]), self.config.threads)
             self._pending = []
 
-    def finish(self) -> dict:
+    def finish(self) -> SegmentEntry:
         """Write and sync the segment's files; the entry a commit lists it by."""
         self._flush()
         self.db.commit()
@@ -93,9 +93,8 @@ class SegmentWriter:
         durable.fsync_dir(self.directory)
         counts = np.bincount(np.frombuffer(self.langs, dtype=np.uint16), minlength=len(self.language_codes))
         codes = sorted(self.language_codes, key=self.language_codes.get)
-        return {"name": self.directory.name, "count": self.count, "deleted": 0, "tombstones": None,
-                "language_codes": codes, "languages": {lang: int(n) for lang, n in zip(codes, counts) if n},
-                "files": files}
+        return SegmentEntry(self.directory.name, self.count, 0, None, tuple(codes),
+                            {lang: int(n) for lang, n in zip(codes, counts) if n}, files)
 
     def close(self) -> None:
         self.db.close()
@@ -119,12 +118,12 @@ class Segment:
     after a compaction or a merge removes the files (Linux keeps an open file's data).
     """
 
-    def __init__(self, directory: Path, entry: dict, dimension: int):
-        self.directory, self.name, self.count = directory, entry["name"], entry["count"]
+    def __init__(self, directory: Path, entry: SegmentEntry, dimension: int):
+        self.directory, self.name, self.count = directory, entry.name, entry.count
         self.dimension = dimension
-        self.language_codes: list[str] = entry["language_codes"]
+        self.language_codes = entry.language_codes
         for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE):
-            _check_size(directory / name, entry["files"][name]["bytes"])
+            _check_size(directory / name, entry.files[name].bytes)
         self.codes = load_array(directory / LANGS_FILE)  # [count] each label's language code
         if self.codes.shape != (self.count,) or self.codes.dtype != np.uint16 or (
                 self.count and self.codes.max() >= max(len(self.language_codes), 1)):
@@ -197,15 +196,15 @@ def load_array(path: Path) -> np.ndarray:
                                "with hbt-index build") from e
 
 
-def load_tombstones(directory: Path, entry: dict) -> np.ndarray:
-    if not entry["tombstones"]:
+def load_tombstones(directory: Path, entry: SegmentEntry) -> np.ndarray:
+    if not entry.tombstones:
         return np.zeros(0, dtype=np.int64)
-    path = directory / entry["tombstones"]
-    _check_size(path, entry["files"][entry["tombstones"]]["bytes"])
+    path = directory / entry.tombstones
+    _check_size(path, entry.files[entry.tombstones].bytes)
     deleted = load_array(path)
-    if (not np.issubdtype(deleted.dtype, np.integer) or deleted.ndim != 1 or len(deleted) != entry["deleted"]
-            or np.any(np.diff(deleted) <= 0) or (len(deleted) and not 0 <= deleted[0] <= deleted[-1] < entry["count"])):
-        raise SearchIndexError(f"{path}: not the {entry['deleted']} sorted labels the manifest says; "
+    if (not np.issubdtype(deleted.dtype, np.integer) or deleted.ndim != 1 or len(deleted) != entry.deleted
+            or np.any(np.diff(deleted) <= 0) or (len(deleted) and not 0 <= deleted[0] <= deleted[-1] < entry.count)):
+        raise SearchIndexError(f"{path}: not the {entry.deleted} sorted labels the manifest says; "
                                "the index is damaged: restore it or rebuild with hbt-index build")
     return deleted.astype(np.int64)
 
@@ -219,16 +218,16 @@ class SegmentView:
     subset would grow with 2^languages).
     """
 
-    def __init__(self, segment: Segment, entry: dict, deleted: np.ndarray):
+    def __init__(self, segment: Segment, entry: SegmentEntry, deleted: np.ndarray):
         self.segment, self.entry, self.deleted = segment, entry, deleted
-        self.languages: dict[str, int] = entry["languages"]  # live documents per language
+        self.languages = entry.languages  # live documents per language
         self.live_mask = np.ones(segment.count, dtype=bool)  # [count]
         self.live_mask[deleted] = False
         self._blocks: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # language -> live labels [n], vectors [n, d]
 
     @property
     def live(self) -> int:
-        return live_count(self.entry)
+        return self.entry.live
 
     def pool(self, langs: frozenset | None) -> int:
         return self.live if langs is None else sum(self.languages.get(lang, 0) for lang in langs)
@@ -248,10 +247,10 @@ class SegmentView:
         return self.live_mask[labels] & self._in_languages(langs)[self.segment.codes[labels]]
 
     def search(self, queries: np.ndarray, k: int, ef: int, langs: frozenset | None,
-               exact: bool = False) -> tuple[np.ndarray, np.ndarray, Plan]:
+               exact: bool = False, costs: Costs = ZEN4) -> tuple[np.ndarray, np.ndarray, Plan]:
         """Similarities and labels [Q, min(k, pool)] of the best admitted documents, best first."""
         pool = self.pool(langs)
-        plan = choose_plan(pool, self.segment.count, k, ef, exact)
+        plan = choose_plan(pool, self.segment.count, k, ef, exact, costs)
         k = min(k, pool)
         if plan.kind == "skip":
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), plan
@@ -264,7 +263,7 @@ class SegmentView:
             if (keep.sum(axis=1) >= k).all():
                 first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # admitted ones, in graph order
                 return np.take_along_axis(scores, first, 1), np.take_along_axis(labels, first, 1), plan
-            plan = widen(plan, self.segment.count, pool)
+            plan = widen(plan, self.segment.count, pool, costs)
         scores, labels = self._exact(queries, k, langs, cache=not exact)
         return scores, labels, plan
 

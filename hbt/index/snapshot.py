@@ -7,13 +7,14 @@ by Ray actors) both implement the protocol with the same keys and the same merge
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
 from hbt.corpus import Document
+from hbt.index.format import IndexBundle, Manifest
 
 LABEL_BITS = 40  # a document key is (segment position in the commit) << 40 | label
 LABELS = (1 << LABEL_BITS) - 1
@@ -53,10 +54,13 @@ class IndexSnapshot(Protocol):
     """One commit of an index, searched as a whole; later commits do not change it."""
 
     directory: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def generation(self) -> int: ...
+
+    @property
+    def bundle(self) -> IndexBundle: ...
 
     @property
     def count(self) -> int: ...
@@ -96,10 +100,10 @@ def merge_rankings(scores: list[np.ndarray], keys: list[np.ndarray], k: int,
     return keys[:, :k], scores[:, :k]
 
 
-def summary(manifest: dict) -> dict:
+def summary(manifest: Manifest) -> dict:
     """A JSON-able summary of a commit: documents, languages, segments and tombstones, bundle, HNSW settings."""
-    fields = ("count", "languages", "generation", "bundle", "dimension", "M", "ef_construction", "ef",
-              "segment_size", "created", "updated", "hbt_version")
-    return {name: manifest[name] for name in fields} | {"segments": [
-        {"name": e["name"], "documents": e["count"] - e["deleted"], "deleted": e["deleted"],
-         "languages": e["languages"]} for e in manifest["segments"]]}
+    fields = ("count", "languages", "generation", "dimension", "M", "ef_construction", "ef", "segment_size",
+              "created", "updated", "hbt_version")
+    return {name: getattr(manifest, name) for name in fields} | {"bundle": asdict(manifest.bundle), "segments": [
+        {"name": e.name, "documents": e.live, "deleted": e.deleted, "languages": e.languages}
+        for e in manifest.segments]}

@@ -7,19 +7,20 @@ import os
 import shutil
 import sqlite3
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from hbt.errors import SearchIndexError
 from hbt.index import durable
-from hbt.index.format import (DOCS_FILE, FORMAT, FORMAT_VERSION, GRAPH_FILE, LANGS_FILE, MANIFEST, IndexConfig,
-                              segment_name, tombstone_name)
+from hbt.index.format import (DOCS_FILE, FORMAT, FORMAT_VERSION, GRAPH_FILE, LANGS_FILE, MANIFEST, IndexBundle,
+                              IndexConfig, Manifest, SegmentEntry, read_manifest, tombstone_name)
 from hbt.index.segment import file_record
 from hbt.index.writer import new_manifest, open_writer
 
 
-def upgrade_index(directory: Path) -> dict:
+def upgrade_index(directory: Path) -> Manifest:
     """Convert a format-1 index to format 2 without re-embedding; a format-2 index is left as it is."""
     directory = Path(directory)
     path = directory / MANIFEST
@@ -30,12 +31,12 @@ def upgrade_index(directory: Path) -> dict:
     if old.get("format") != FORMAT or old.get("format_version") not in (1, FORMAT_VERSION):
         raise SearchIndexError(f"{path}: not an hbt index of format 1 or {FORMAT_VERSION}")
     if old["format_version"] == FORMAT_VERSION:
-        return old
+        return read_manifest(directory)
     config = IndexConfig(M=old["M"], ef_construction=old["ef_construction"], ef=old["ef"])
-    with open_writer(directory, new_manifest(old["bundle"], old["dimension"], config), force=True) as writer:
-        writer.manifest["created"] = old["created"]
-        segment = directory / segment_name(writer.manifest["next_segment"])
-        writer.manifest["next_segment"] += 1
+    bundle = IndexBundle(old["bundle"]["path"], old["bundle"]["fingerprint"])
+    with open_writer(directory, replace(new_manifest(bundle, old["dimension"], config), created=old["created"]),
+                     force=True) as writer:
+        segment = directory / writer.next_name()
         segment.mkdir()
         for source, target in (("hnsw.bin", GRAPH_FILE), ("docs.sqlite", DOCS_FILE)):
             _link_or_copy(directory / source, segment / target)
@@ -50,14 +51,14 @@ def upgrade_index(directory: Path) -> dict:
         for label, lang in rows:
             langs[label], live[label] = code_of[lang], True
         np.save(segment / LANGS_FILE, langs)
-        entry = {"name": segment.name, "count": count, "deleted": int(count - live.sum()), "tombstones": None,
-                 "language_codes": codes, "languages": dict(Counter(lang for _, lang in rows)), "files": {}}
-        if entry["deleted"]:  # format 1 removed deleted documents from the store and marked them in the graph
-            entry["tombstones"] = tombstone_name(writer.manifest["generation"] + 1)
-            np.save(segment / entry["tombstones"], np.flatnonzero(~live).astype(np.int64))
-        entry["files"] = {file.name: file_record(file) for file in segment.iterdir()}
+        deleted, tombstones = int(count - live.sum()), None
+        if deleted:  # format 1 removed deleted documents from the store and marked them in the graph
+            tombstones = tombstone_name(writer.manifest.generation + 1)
+            np.save(segment / tombstones, np.flatnonzero(~live).astype(np.int64))
+        files = {file.name: file_record(file) for file in segment.iterdir()}
         durable.fsync_dir(segment)
-        return writer.commit(add=[entry])
+        return writer.commit(add=[SegmentEntry(segment.name, count, deleted, tombstones, tuple(codes),
+                                               dict(Counter(lang for _, lang in rows)), files)])
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

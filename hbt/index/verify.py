@@ -17,12 +17,12 @@ def verify_index(directory: Path, sample: int = 200, k: int = 10) -> dict:
     index = Index(directory)
     for view in index.segments:
         segment, entry = view.segment, view.entry
-        for name, record in entry["files"].items():
-            if sha256_file(segment.directory / name) != record["sha256"]:
+        for name, record in entry.files.items():
+            if sha256_file(segment.directory / name) != record.sha256:
                 raise SearchIndexError(f"{segment.directory / name}: checksum mismatch; the index is damaged: "
                                        "restore it or rebuild with hbt-index build")
         labels = np.array([row[0] for row in segment.query("SELECT label FROM docs", [])], dtype=np.int64)
-        in_range = not len(labels) or 0 <= labels.min() <= labels.max() < entry["count"]
+        in_range = not len(labels) or 0 <= labels.min() <= labels.max() < entry.count
         stored_live = np.count_nonzero(view.admitted(None)[labels]) if in_range else -1
         if stored_live != view.live:
             raise SearchIndexError(f"{segment.directory}: the store does not hold the {view.live} live documents "

@@ -19,8 +19,8 @@ from hbt import __version__
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import durable
-from hbt.index.format import (FORMAT, FORMAT_1_FILES, FORMAT_VERSION, MANIFEST, SEGMENT_FILES, SEGMENT_NAME, SPACE,
-                              IndexConfig, dump_manifest, live_count, passage_text, read_manifest, segment_name)
+from hbt.index.format import (FORMAT_1_FILES, MANIFEST, SEGMENT_FILES, SEGMENT_NAME, IndexBundle, IndexConfig, Manifest,
+                              SegmentEntry, dump_manifest, passage_text, read_manifest, segment_name)
 from hbt.index.segment import Segment, SegmentWriter, load_tombstones
 
 ENCODE_CHUNK = 256  # documents embedded and written per step while streaming
@@ -44,54 +44,52 @@ def _now() -> str:
 class IndexWriter:
     """The one writer of an index directory: it holds the lock, names new segments and commits."""
 
-    def __init__(self, directory: Path, manifest: dict):
+    def __init__(self, directory: Path, manifest: Manifest):
         self.directory, self.manifest = directory, manifest
         self._segments: dict[str, Segment] = {}
         self._tombstones: dict[tuple[str, str | None], np.ndarray] = {}
 
     @property
     def config(self) -> IndexConfig:
-        return IndexConfig(M=self.manifest["M"], ef_construction=self.manifest["ef_construction"],
-                           ef=self.manifest["ef"], segment_size=self.manifest["segment_size"])
+        return self.manifest.config
 
-    def segment(self, entry: dict) -> Segment:
+    def segment(self, entry: SegmentEntry) -> Segment:
         """A committed segment, opened once per writer (duplicate checks, deletes and merges read it)."""
-        if entry["name"] not in self._segments:
+        if entry.name not in self._segments:
             with _missing_is_damage():
-                self._segments[entry["name"]] = Segment(self.directory / entry["name"], entry,
-                                                        self.manifest["dimension"])
-        return self._segments[entry["name"]]
+                self._segments[entry.name] = Segment(self.directory / entry.name, entry, self.manifest.dimension)
+        return self._segments[entry.name]
 
     def next_name(self) -> str:
         """A fresh segment name: the manifest's next_segment stays above every name used."""
-        name = segment_name(self.manifest["next_segment"])
-        self.manifest["next_segment"] += 1
+        name = segment_name(self.manifest.next_segment)
+        self.manifest = replace(self.manifest, next_segment=self.manifest.next_segment + 1)
         return name
 
     def new_segment(self, threads: int = 0) -> SegmentWriter:
-        return SegmentWriter(self.directory / self.next_name(), self.manifest["dimension"],
+        return SegmentWriter(self.directory / self.next_name(), self.manifest.dimension,
                              replace(self.config, threads=threads))
 
-    def tombstones(self, entry: dict) -> np.ndarray:
-        key = (entry["name"], entry["tombstones"])
+    def tombstones(self, entry: SegmentEntry) -> np.ndarray:
+        key = (entry.name, entry.tombstones)
         if key not in self._tombstones:
             with _missing_is_damage():
-                self._tombstones[key] = load_tombstones(self.directory / entry["name"], entry)
+                self._tombstones[key] = load_tombstones(self.directory / entry.name, entry)
         return self._tombstones[key]
 
-    def live_ids(self, ids: list[str], entries: list[dict] | None = None) -> list[str]:
+    def live_ids(self, ids: list[str], entries: list[SegmentEntry] | None = None) -> list[str]:
         """Which of ``ids`` are live documents of the committed segments (or of ``entries``)."""
         found = []
-        for entry in self.manifest["segments"] if entries is None else entries:
+        for entry in self.manifest.segments if entries is None else entries:
             rows = self.segment(entry).find(ids)
             alive = ~np.isin([label for _, label, _ in rows], self.tombstones(entry))
             found += [doc_id for (doc_id, _, _), keep in zip(rows, alive) if keep]
         return found
 
     def write_documents(self, docs: Iterable[Document], encoder, progress: Callable[[int], None],
-                        threads: int = 0) -> list[dict]:
+                        threads: int = 0) -> list[SegmentEntry]:
         """Embed and write a stream of documents as new segments of at most ``segment_size`` each."""
-        finished: list[dict] = []
+        finished: list[SegmentEntry] = []
         writer = None
         try:
             for chunk in _chunks(docs, ENCODE_CHUNK):
@@ -102,10 +100,10 @@ class IndexWriter:
                 progress(len(chunk))
                 while chunk:
                     writer = writer or self.new_segment(threads)
-                    room = self.manifest["segment_size"] - writer.count
+                    room = self.manifest.segment_size - writer.count
                     writer.add(chunk[:room], vectors[:room])
                     chunk, vectors = chunk[room:], vectors[room:]
-                    if writer.count == self.manifest["segment_size"]:
+                    if writer.count == self.manifest.segment_size:
                         finished.append(writer.finish())
                         writer = None
             if writer:
@@ -116,19 +114,20 @@ class IndexWriter:
                 writer.close()
         return finished
 
-    def commit(self, add: list[dict] = (), remove: Iterable[str] = (), updated: dict[str, dict] | None = None) -> dict:
+    def commit(self, add: Iterable[SegmentEntry] = (), remove: Iterable[str] = (),
+               updated: dict[str, SegmentEntry] | None = None) -> Manifest:
         """Make the changes one commit: new segments, removed segments, updated entries (by name)."""
         removed, updated = set(remove), updated or {}
-        segments = [updated.get(e["name"], e) for e in self.manifest["segments"] if e["name"] not in removed]
+        segments = [updated.get(e.name, e) for e in self.manifest.segments if e.name not in removed]
         segments += list(add)
         durable.fsync_dir(self.directory)  # the new segment directories' names
         languages: dict[str, int] = {}
         for entry in segments:
-            for lang, count in entry["languages"].items():
+            for lang, count in entry.languages.items():
                 languages[lang] = languages.get(lang, 0) + count
-        self.manifest.update(generation=self.manifest["generation"] + 1, segments=segments,
-                             count=sum(live_count(e) for e in segments), languages=dict(sorted(languages.items())),
-                             updated=_now())
+        self.manifest = replace(self.manifest, generation=self.manifest.generation + 1, segments=tuple(segments),
+                                count=sum(e.live for e in segments), languages=dict(sorted(languages.items())),
+                                updated=_now())
         durable.write_atomically(self.directory / MANIFEST, dump_manifest(self.manifest))
         for name in FORMAT_1_FILES:  # replaced by this commit's segments (an upgrade, a forced rebuild)
             if (self.directory / name).exists():
@@ -141,8 +140,7 @@ class IndexWriter:
 
         Only names that hbt writes are touched, so a mistaken path never loses a user's files.
         """
-        live = {e["name"]: {*SEGMENT_FILES, *([e["tombstones"]] if e["tombstones"] else [])}
-                for e in self.manifest.get("segments", [])}
+        live = {e.name: {*SEGMENT_FILES, *([e.tombstones] if e.tombstones else [])} for e in self.manifest.segments}
         for path in self.directory.iterdir():
             if SEGMENT_NAME.fullmatch(path.name):
                 if path.name not in live:
@@ -161,7 +159,7 @@ class IndexWriter:
 
 
 @contextlib.contextmanager
-def open_writer(directory: Path, create: dict | None = None, timeout: float = LOCK_TIMEOUT,
+def open_writer(directory: Path, create: Manifest | None = None, timeout: float = LOCK_TIMEOUT,
                 force: bool = False) -> Iterator[IndexWriter]:
     """Lock an index for writing and clean up what a crash left.
 
@@ -185,7 +183,7 @@ def open_writer(directory: Path, create: dict | None = None, timeout: float = LO
             try:
                 writer.collect_garbage()
                 if create is not None and current is not None:  # its commit lists only the new segments
-                    writer.manifest = create | {key: current[key] for key in ("generation", "next_segment")}
+                    writer.manifest = replace(create, generation=current.generation, next_segment=current.next_segment)
                 yield writer
             except BaseException:
                 _discard_uncommitted(writer, create is not None)
@@ -203,31 +201,29 @@ def _discard_uncommitted(writer: IndexWriter, creating: bool) -> None:
         if (writer.directory / MANIFEST).exists():
             writer.manifest = read_manifest(writer.directory)
         elif creating:
-            writer.manifest = {"segments": []}
+            writer.manifest = replace(writer.manifest, segments=())
         else:
             return  # no commit to go by: leave everything
         writer.collect_garbage()
 
 
-def _readable_manifest(directory: Path) -> dict | None:
+def _readable_manifest(directory: Path) -> Manifest | None:
     """The commit a forced rebuild replaces, if there is a readable one."""
     with contextlib.suppress(SearchIndexError):
         return read_manifest(directory)
     return None
 
 
-def bundle_identity(encoder) -> dict:
+def bundle_identity(encoder) -> IndexBundle:
     """What an index records of its bundle: searches and updates with another are refused."""
-    return {"path": str(encoder.bundle_dir.resolve()), "fingerprint": encoder.manifest.fingerprint}
+    return IndexBundle(str(encoder.bundle_dir.resolve()), encoder.manifest.fingerprint)
 
 
-def new_manifest(bundle: dict, dimension: int, config: IndexConfig) -> dict:
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "hbt_version": __version__, "generation": 0,
-        "bundle": bundle, "dimension": dimension, "space": SPACE, "M": config.M, "ef_construction": config.ef_construction,
-        "ef": config.ef, "segment_size": config.segment_size, "next_segment": 0, "segments": [], "count": 0,
-        "languages": {}, "created": _now(), "updated": _now(),
-    }
+def new_manifest(bundle: IndexBundle, dimension: int, config: IndexConfig) -> Manifest:
+    """The manifest of an index with no commit yet (generation 0, no segments)."""
+    return Manifest(generation=0, hbt_version=__version__, bundle=bundle, dimension=dimension, M=config.M,
+                    ef_construction=config.ef_construction, ef=config.ef, segment_size=config.segment_size,
+                    next_segment=0, segments=(), count=0, languages={}, created=_now(), updated=_now())
 
 
 def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
