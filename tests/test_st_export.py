@@ -108,3 +108,48 @@ def test_int8_passes_the_gate_or_is_refused_in_one_line(st_model_dirs, tmp_path)
             gate = manifest.fidelity["gate"]
             assert gate["map_loss"] <= gate["max_map_loss"] and gate["top10_overlap"] >= gate["min_top10_overlap"]
             assert np.isfinite(Encoder(out).encode_queries(TEXTS[:4])).all()
+
+
+def edited_manifest(bundle, tmp_path, edit):
+    import shutil
+
+    out = shutil.copytree(bundle, tmp_path / "edited")
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+HOSTILE_HEADS = {
+    "dense file outside": (lambda m: m["dense"][0].update(file="../outside.npz"), "not a plain file name"),
+    "dense file unlisted": (lambda m: m["files"].pop("dense_0.npz"), "dense_0.npz is not listed"),
+    "unknown activation": (lambda m: m["dense"][0].update(activation="exec"), "activation 'exec'"),
+    "dense sizes that do not chain": (lambda m: m["dense"][0].update(out_features=23), "the last dense layer gives 23"),
+    "huge dense layer": (lambda m: m["dense"][0].update(in_features=10**9), "dense layer dense_0.npz sizes"),
+    "unknown pooling": (lambda m: m.update(pooling="weightedmean"), "pooling 'weightedmean'"),
+    "unknown tokenizer kind": (lambda m: m["tokenizer"].update(kind="bpe"), "tokenizer kind 'bpe'"),
+    "string normalize": (lambda m: m.update(normalize="yes"), "normalize and include_prompt"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_HEADS))
+def test_a_hostile_head_is_refused(st_bundles, tmp_path, case):
+    from hbt.errors import BundleError
+
+    edit, fragment = HOSTILE_HEADS[case]
+    bundle = edited_manifest(st_bundles["labse"], tmp_path, edit)
+    with pytest.raises(BundleError, match=fragment):
+        read_manifest(bundle, verify=False)
+
+
+def test_dense_weights_of_another_shape_are_refused(st_bundles, tmp_path):
+    from hbt.bundle import sha256_file
+    from hbt.errors import BundleError
+
+    def swap(manifest):
+        with open(tmp_path / "edited" / "dense_0.npz", "wb") as f:
+            np.savez(f, weight=np.zeros((3, 3), np.float32), bias=np.zeros(3, np.float32))
+        manifest["files"]["dense_0.npz"] = sha256_file(tmp_path / "edited" / "dense_0.npz")
+
+    with pytest.raises(BundleError, match="weights of shape"):
+        Encoder(edited_manifest(st_bundles["labse"], tmp_path, swap))
