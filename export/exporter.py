@@ -268,29 +268,28 @@ def _quantize_gated(runtime: str, fp32_model: Path, quantize: Callable[[Int8Plan
     passes too: one that barely passes by chance is passed over.
     """
     sensitivities = matmul_sensitivities(fp32_model, calibration)
-    ladder = sensitivities.ladder() if per_token else sensitivities.fp32_ladder()
-    fp32_limit = int(len(sensitivities.op_types) * MAX_FP32_SHARE)
-    usable = max(s for s in range(len(ladder) + 1) if len(plan_at(ladder, s).fp32) <= fp32_limit)
+    ladder = sensitivities.ladder(per_token)
+    base = sensitivities.matmuls() if per_token else ()
+    usable = int(len(ladder) * MAX_FP32_SHARE)
     margin = with_margin(config)
     results: dict[int, dict] = {}
 
     def measure(steps: int) -> dict:
         if steps not in results:
-            plan = plan_at(ladder, steps)
+            plan = plan_at(ladder, steps, base)
             quantize(plan)
             encoder = Encoder(staging, verify=False, runtime=runtime, check_int8=False)
             results[steps] = figures = compare_retrieval(fp32_gate, gate.embed(encoder.encode_queries,
                                                                                encoder.encode_passages))
-            step(f"{runtime}: {len(plan.per_token)} MatMuls per-token int8, {len(plan.fp32)} of "
-                 f"{len(sensitivities.op_types)} nodes fp32: gate-set mAP {figures['map']:.4f} "
+            step(f"{runtime}: {len(plan.fp32)} of {len(sensitivities.op_types)} nodes fp32: gate-set mAP {figures['map']:.4f} "
                  f"(fp32 {figures['map_reference']:.4f}), top-10 overlap {figures['top10_overlap']:.3f}")
         return results[steps]
 
     counts = ladder_counts(usable)
     for here, after in zip(counts, counts[1:] + [None]):
         if passes_gate(measure(here), margin) and (after is None or passes_gate(measure(after), margin)):
-            quantize(plan_at(ladder, here))  # the model in staging may be the next point's
-            return plan_at(ladder, here), results[here] | gate_thresholds(config)
+            quantize(plan_at(ladder, here, base))  # the model in staging may be the next point's
+            return plan_at(ladder, here, base), results[here] | gate_thresholds(config)
     figures = results[counts[-1]]
     raise FidelityError(
         f"{config.source}: {runtime} int8 loses {figures['map_loss']:.4f} gate-set mAP to fp32 and keeps "
