@@ -152,7 +152,8 @@ def markdown(meta: dict, runs: list[dict]) -> str:
              f"{meta['tokenize_us_per_text']:.1f} us per sentence. Command: `{meta['command']}`.", "",
              f"## Candidates (max_df {meta['compare_at']} for both)", "",
              "| documents | build s hbt / FTS5 full / FTS5 none | disk bytes/doc hbt / FTS5 full / FTS5 none | "
-             "p50 ms hbt / FTS5 full / FTS5 none | p99 ms hbt / FTS5 full | FTS5 top-10 overlap with hbt (full / none) |",
+             "p50 ms hbt / FTS5 full / FTS5 none | p99 ms hbt / FTS5 full | "
+             "FTS5 top-10 overlap with hbt (full / none) |",
              "|---|---|---|---|---|---|"]
     for r in runs:
         h, f, n = r["hbt"], r["fts5"]["full"], r["fts5"]["none"]

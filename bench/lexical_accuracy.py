@@ -141,8 +141,9 @@ def main(bundle, data_dir, split, depth, max_df, methods, cache, out):
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = [f"# MLQA-R ({split} half): dense, lexical and hybrid", "",
              f"Bundle {bundle} ({meta['quantization']}), exact dense search; lexical max_df {max_df}; hybrid fuses "
-             f"each side's top {depth}. mAP, and language bias (multi: mean spread of a question's answers' ranks).", "",
-             "| method | mono mAP | cross mAP | multi mAP | multi R@10 | multi language bias |", "|---|---|---|---|---|---|"]
+             f"each side's top {depth}. mAP, and language bias (multi: mean spread of a question's answers' ranks).",
+             "", "| method | mono mAP | cross mAP | multi mAP | multi R@10 | multi language bias |",
+             "|---|---|---|---|---|---|"]
     for m in methods:
         lines.append(f"| {m} | {results['mono'][m]['map']:.3f} | {results['cross'][m]['map']:.3f} | "
                      f"{results['multi'][m]['map']:.3f} | {results['multi'][m]['recall@10']:.3f} | "
