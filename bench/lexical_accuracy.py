@@ -21,8 +21,6 @@ import numpy as np
 from hbt.fusion import convex_fusion, reciprocal_rank_fusion
 from hbt.metrics import summarize
 
-SETTINGS = ("mono", "cross", "multi")
-
 
 def lexical_scores(pool_pieces: list[np.ndarray], query_pieces: list[np.ndarray], scratch: Path,
                    max_df: float) -> np.ndarray:
