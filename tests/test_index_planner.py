@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from hbt.cli.search import main as search_main
 from hbt.corpus import Document
 from hbt.encoder import Encoder
 from hbt.index import Costs, Index, IndexConfig, build_index, new_graph
-from hbt.index.calibrate import measure_costs
+from hbt.index.calibrate import CACHE_FILE, machine_costs, measure_costs
 from hbt.index.planner import ZEN4, choose_plan
 from tests.fakes import HashEncoder
 
@@ -27,13 +28,24 @@ def test_the_plan_follows_the_costs():
 
 
 def test_costs_are_measured_on_a_graph():
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((2_000, 32)).astype(np.float32)
-    graph = new_graph(32, len(vectors), IndexConfig(M=8, ef_construction=64))
-    graph.add_items(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), np.arange(len(vectors)))
-    costs = measure_costs(graph, 32)
+    costs = measure_costs(small_graph(), 32)
     assert costs.source == "measured" and all(math.isfinite(c) and c > 0 for c in (costs.exact, costs.beam))
     assert measure_costs(new_graph(32, 1), 32).beam == ZEN4.beam  # nothing to time in an empty graph
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Each test's own cache directory, never the user's."""
+    monkeypatch.setenv("HBT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / CACHE_FILE
+
+
+def small_graph(count: int = 2_000):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((count, 32)).astype(np.float32)
+    graph = new_graph(32, count, IndexConfig(M=8, ef_construction=64))
+    graph.add_items(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), np.arange(count))
+    return graph
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +55,26 @@ def directory(tmp_path_factory):
     out = tmp_path_factory.mktemp("planner") / "index"
     build_index(docs, ENCODER, out, IndexConfig(M=8, ef_construction=64))
     return out
+
+
+def test_costs_are_measured_once_per_machine_then_read_from_the_cache(cache):
+    graph = small_graph()
+    first = machine_costs(graph, 32, 8)
+    assert first.source == "measured" and cache.is_file()
+    again = machine_costs(graph, 32, 8)
+    assert (again.exact, again.beam) == (first.exact, first.beam) and "cached" in again.source
+    assert machine_costs(graph, 32, 16).source == "measured"  # another M: another entry
+
+
+def test_an_index_plans_with_the_cached_costs(directory, cache):
+    """The plan changes when this machine's constants do."""
+    Index(directory)  # measures and caches
+    kinds = []
+    for exact, beam in ((0.01, 5.0), (10.0, 0.01)):
+        cache.write_text(json.dumps({key: {"exact": exact, "beam": beam} for key in json.loads(cache.read_text())}))
+        plan = Index(directory).search(ENCODER.encode_queries(["q"]), 10, langs=["sw"]).plans[0]
+        kinds.append(plan.split(": ")[1].split(" ")[0])
+    assert kinds == ["exact", "filtered-hnsw"]
 
 
 def test_an_index_plans_with_the_costs_it_measured_or_was_given(directory):

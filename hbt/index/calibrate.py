@@ -1,25 +1,34 @@
-"""The planner's two costs measured on this machine, on a segment's own graph, in a few milliseconds.
+"""The planner's two costs measured on this machine, on a segment's own graph, once per machine.
 
 An exact scan's cost per vector is a matrix-vector product and a top-k selection over a
 block of vectors; a graph search's cost per unit of beam is the difference between two
 beam widths on the graph itself (its size, M and memory layout included), one query at a
 time and on one thread, as the planner compares them. Each is the best of a few repeats,
-so a busy shared machine inflates it less.
+so a busy shared machine inflates it less. A measurement takes 50 ms to 1 s (more on a
+busy machine), so it is kept in the user's cache directory, per CPU model, dimension, M
+and size (a power of two: a larger graph misses the CPU caches more), and an index opens
+with the cached costs after the first time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from hbt.index.planner import ZEN4, Costs
+from hbt.machine import cpu_model
 
 PROBES = 8  # queries timed
 BLOCK = 4096  # vectors per timed exact scan
 LOW_EF, HIGH_EF = 16, 128
-REPEATS = 3
+REPEATS = 5
+CACHE_FILE = "planner-costs.json"
 
 
 def _best_seconds(work: Callable[[], object]) -> float:
@@ -56,3 +65,31 @@ def measure_costs(graph, dimension: int) -> Costs:
     if beam <= 0 or graph.get_current_count() < 4 * HIGH_EF:
         return Costs(exact, ZEN4.beam, "exact measured; beam: Zen 4 default (graph too small to time)")
     return Costs(exact, beam)
+
+
+def cache_dir() -> Path:
+    """``$HBT_CACHE_DIR``, else ``$XDG_CACHE_HOME/hbt``, else ``~/.cache/hbt``."""
+    if os.environ.get("HBT_CACHE_DIR"):
+        return Path(os.environ["HBT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hbt"
+
+
+def machine_costs(graph, dimension: int, M: int) -> Costs:
+    """This machine's costs for graphs like ``graph``: from the cache, or measured on it and cached."""
+    key = f"{cpu_model()} | d {dimension} | M {M} | 2^{max(graph.get_current_count(), 1).bit_length()}"
+    path = cache_dir() / CACHE_FILE
+    cached: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        exact, beam = float(cached[key]["exact"]), float(cached[key]["beam"])
+        if exact > 0 and beam > 0:
+            return Costs(exact, beam, f"measured on this machine, cached in {path}")
+    costs = measure_costs(graph, dimension)
+    if costs.source == "measured":
+        with contextlib.suppress(OSError):  # a read-only home still searches, measuring at each open
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f"{CACHE_FILE}.tmp-{os.getpid()}")
+            temporary.write_text(json.dumps(cached | {key: {"exact": costs.exact, "beam": costs.beam}}, indent=1))
+            os.replace(temporary, path)
+    return costs

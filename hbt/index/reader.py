@@ -10,7 +10,7 @@ import numpy as np
 from hbt.bundle import check_fingerprint
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
-from hbt.index.calibrate import measure_costs
+from hbt.index.calibrate import machine_costs
 from hbt.index.format import IndexBundle, Manifest, SegmentEntry, read_manifest
 from hbt.index.planner import ZEN4, Costs
 from hbt.index.segment import Segment, SegmentView, load_tombstones
@@ -28,8 +28,8 @@ class Index:
     """An open commit of an index: a snapshot that later commits do not change.
 
     ``reopen()`` returns a snapshot of the newest commit, sharing the segments both
-    commits hold, so it costs only what changed. ``costs`` are the planner's, measured
-    on the largest segment's graph when the first snapshot opens, unless given.
+    commits hold, so it costs only what changed. ``costs`` are the planner's: this
+    machine's for graphs like the largest segment's (``hbt.index.calibrate``), unless given.
     """
 
     def __init__(self, directory: Path | str, _shared: dict[str, Segment] | None = None,
@@ -53,7 +53,7 @@ class Index:
             return ZEN4
         segment = max((view.segment for view in self.segments), key=lambda s: s.count)
         with segment.lock:  # the graph's ef is shared with searches of other snapshots
-            return measure_costs(segment.graph, self.manifest.dimension)
+            return machine_costs(segment.graph, self.manifest.dimension, self.manifest.M)
 
     def _view(self, entry: SegmentEntry, shared: dict[str, Segment]) -> SegmentView:
         directory = self.directory / entry.name
