@@ -92,7 +92,7 @@ def main(bundle, data_dir, split, depth, max_df, methods, cache, out):
     for lang in langs:
         ids[lang] = sorted(dataset[lang].questions)
         questions = [dataset[lang].questions[i] for i in ids[lang]]
-        stored = cache / f"{encoder.manifest.fingerprint[:16]}-{split}-{lang}.npz"
+        stored = cache / f"{encoder.manifest.fingerprint.rpartition(':')[2][:16]}-{split}-{lang}.npz"
         if methods == ["lexical"]:  # no embeddings needed: dense scores stand in as zeros
             embedded[lang] = (np.zeros((len(questions), 1)), np.zeros((len(dataset[lang].candidates), 1)))
         elif not stored.exists():
