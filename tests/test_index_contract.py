@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hbt.corpus import Document
 from hbt.errors import DataError
-from hbt.index import (Index, IndexConfig, IndexSnapshot, add_documents, build_index, delete_documents, passage_text,
-                       read_manifest)
+from hbt.index import (Index, IndexConfig, IndexSnapshot, add_documents, build_index, delete_documents, document_key,
+                       merge_rankings, passage_text, read_manifest)
 from tests.fakes import HashEncoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,3 +136,19 @@ def test_reopen_sees_the_next_commit_and_is_itself_when_none(open_snapshot, dire
     finally:
         if newer is not snapshot:
             newer.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from([0.5, 0.25, 0.0, -0.25]), st.integers(0, 40)), max_size=8),
+                min_size=1, max_size=4), st.integers(1, 12))
+def test_merge_rankings_keeps_the_k_best_by_score_then_id(searches, k):
+    """For any searches' candidates (ties included), the merge is a full sort by score, then document id, cut at k."""
+    rows = [{document_key(position, label): score for score, label in candidates}
+            for position, candidates in enumerate(searches)]
+    ids = {key: f"id-{(key * 7919) % 101:03d}-{key}" for row in rows for key in row}  # id order is not key order
+    scores = [np.array([list(row.values())], np.float32).reshape(1, -1) for row in rows]
+    keys = [np.array([list(row)], np.int64).reshape(1, -1) for row in rows]
+    merged_keys, merged_scores = merge_rankings(scores, keys, k, lambda tied: {key: ids[key] for key in tied.tolist()})
+    expected = sorted(((score, key) for row in rows for key, score in row.items()), key=lambda p: (-p[0], ids[p[1]]))[:k]
+    assert merged_keys[0].tolist() == [key for _, key in expected]
+    assert merged_scores[0].tolist() == [score for score, _ in expected]

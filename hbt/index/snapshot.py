@@ -85,18 +85,20 @@ def merge_rankings(scores: list[np.ndarray], keys: list[np.ndarray], k: int,
     """The k best keys and scores [Q, k'] of several searches' candidates ([Q, n_i] each, at least one
     search), by score, then id.
 
-    ``ids`` names the document ids of keys; it is asked only for those tied with the k-th,
-    whose order decides which of them the cut keeps.
+    ``ids`` names the document ids of keys; it is asked only for keys tied in score within
+    the k best (ties are rare: equal vectors), whose order the ids decide.
     """
     scores, keys = np.hstack(scores).astype(np.float32), np.hstack(keys).astype(np.int64)
     order = np.lexsort((keys, -scores), axis=1)
     scores, keys = np.take_along_axis(scores, order, 1), np.take_along_axis(keys, order, 1)
     k = min(k, scores.shape[1])
-    if 0 < k < scores.shape[1]:
-        for row in np.flatnonzero(scores[:, k - 1] == scores[:, k]):
-            tied = np.flatnonzero(scores[row] == scores[row, k - 1])
-            named = ids(keys[row, tied])
-            keys[row, tied] = sorted(keys[row, tied], key=lambda key: named[key])
+    reach = min(k + 1, scores.shape[1])  # a tie at the cut reaches past it
+    for row in np.flatnonzero((scores[:, 1:reach] == scores[:, : reach - 1]).any(axis=1)):
+        for value in np.unique(scores[row, :k]):
+            tied = np.flatnonzero(scores[row] == value)  # contiguous: the row is sorted by score
+            if len(tied) > 1:
+                named = ids(keys[row, tied])
+                keys[row, tied] = sorted(keys[row, tied], key=lambda key: named[key])
     return keys[:, :k], scores[:, :k]
 
 
