@@ -48,10 +48,15 @@ MIN_TOP10_OVERLAP = 0.95
 # Int8 keeps at most this share of its weight nodes in fp32; a model that needs more is refused
 # (broken kernels, not quantization noise) rather than exported slow and mislabelled.
 MAX_FP32_SHARE = 0.5
-# Where it is exported, int8 must lose at most this share of each allowed loss (mAP, top-10
-# neighbours): the rest is room for other CPUs and runtimes (issue 20: a bundle that passed by
-# .001 on one CPU failed on the next).
-GATE_MARGIN = 0.5
+# Where it is exported, int8 must pass with room for other CPUs (issue 20: a bundle that passed
+# by .001 on one CPU failed on the next): half of the mAP it may lose, and top-10 overlap this
+# far above its floor. Int8 here computes the same integers on every CPU (probe vectors from
+# AMX and from qemu's Haswell agree to cosine .9999998), and vectors that differ by cosine
+# .99995 move the overlap by .008: so .01 is far more than another CPU's rounding can take.
+# Half of the overlap's allowance (.975) is beyond int8 itself: e5-small with every MatMul
+# per-token and every Attention fp32 keeps .971, isotropic noise of cosine .9992 .975.
+MAP_MARGIN = 0.5
+OVERLAP_MARGIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -303,9 +308,9 @@ def _quantize_gated(runtime: str, fp32_model: Path, quantize: Callable[[Int8Plan
 
 
 def with_margin(config: ExportConfig) -> ExportConfig:
-    """The limits an export must meet: half of each allowed loss, so another CPU's rounding cannot flip the verdict."""
-    return replace(config, max_map_loss=config.max_map_loss * GATE_MARGIN,
-                   min_top10_overlap=1 - (1 - config.min_top10_overlap) * GATE_MARGIN)
+    """The limits an export must meet, with room left for another CPU's rounding (see ``MAP_MARGIN``)."""
+    return replace(config, max_map_loss=config.max_map_loss * MAP_MARGIN,
+                   min_top10_overlap=min(1.0, config.min_top10_overlap + OVERLAP_MARGIN))
 
 
 def passes_gate(figures: dict, config: ExportConfig) -> bool:

@@ -49,9 +49,9 @@ def test_export_records_where_its_figures_were_measured(tiny_int8_bundle):
     manifest = read_manifest(tiny_int8_bundle)
     gate = manifest.fidelity["gate"]
     assert gate["measured_on"]["int8_features"] == int8_features()
-    # The export met half of each limit, the room left for other CPUs.
+    # The export met its limits with room left for other CPUs.
     assert gate["map_loss"] <= gate["export_max_map_loss"] == gate["max_map_loss"] / 2
-    assert 1 - gate["top10_overlap"] <= 1 - gate["export_min_top10_overlap"] == pytest.approx((1 - gate["min_top10_overlap"]) / 2)
+    assert gate["top10_overlap"] >= gate["export_min_top10_overlap"] == pytest.approx(gate["min_top10_overlap"] + 0.01)
     assert REFERENCE_FILE in manifest.files
 
 

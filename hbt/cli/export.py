@@ -23,8 +23,8 @@ from hbt.export.exporter import MAX_MAP_LOSS, MIN_TOP10_OVERLAP, ExportConfig, e
               help="int8 gate: retrieval mAP that int8 may lose to fp32 on the built-in gate set. The export "
                    "must lose at most half of it, so that another CPU stays within it.")
 @click.option("--min-top10-overlap", type=click.FloatRange(0, 1), default=MIN_TOP10_OVERLAP, show_default=True,
-              help="int8 gate: share of each gate-set text's 10 nearest neighbours that int8 must keep (the export: "
-                   "lose at most half of the rest).")
+              help="int8 gate: share of each gate-set text's 10 nearest neighbours that int8 must keep. The "
+                   "export must keep .01 more, so that another CPU stays within it.")
 @click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None,
               help="Also require this cosine to PyTorch on every reference text [default: 0.9999 for none; "
                    "none for int8, whose gate is retrieval].")
