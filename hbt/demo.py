@@ -60,7 +60,7 @@ def main(out: Path):
     encoder = demo_encoder(out)
     index_dir = out / "index-demo"
     manifest = build_index(read_corpus(DEMO_CORPUS), encoder, index_dir, force=True)
-    click.echo(f"indexed {manifest['count']} passages in 8 languages into {index_dir}")
+    click.echo(f"indexed {manifest.count} passages in 8 languages into {index_dir}")
     searcher = Searcher(encoder, Index(index_dir))
     for question, langs in QUESTIONS:
         hits = searcher.search([question], k=3, langs=langs)[0]

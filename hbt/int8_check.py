@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hbt.cache import cache_dir
 from hbt.errors import FidelityError
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def check_int8(encoder, gate: dict) -> Int8Check | None:
     import onnxruntime
 
     key = hashlib.sha256(json.dumps([manifest.fingerprint, encoder.runtime, cpu, onnxruntime.__version__]).encode()).hexdigest()
-    cache = _cache_dir() / f"{key[:32]}.json"
+    cache = cache_dir() / "int8-checks" / f"{key[:32]}.json"
     try:
         return Int8Check(**{k: v for k, v in json.loads(cache.read_text()).items() if k != "passed"} | {"cached": True})
     except (OSError, ValueError, TypeError):
@@ -156,10 +157,6 @@ def require_passed(check: Int8Check, bundle_dir: Path) -> None:
             "its vectors would not be the ones it was tested for. Re-export it on this machine with hbt-export "
             "(the gate then protects what this CPU needs), or use an fp32 bundle (hbt-export --quantize none)"
         )
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hbt" / "int8-checks"
 
 
 def _store(path: Path, check: Int8Check) -> None:

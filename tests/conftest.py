@@ -43,6 +43,12 @@ def write_tiny_tokenizer(path: Path, texts: list[str]) -> None:
     path.write_bytes(buffer.getvalue())
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """What hbt caches per machine (planner costs, int8 verdicts) stays out of the user's cache during tests."""
+    monkeypatch.setenv("HBT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "hbt-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random 2-layer, 32-wide BERT with an XLM-R-style tokenizer, saved as a Hub directory."""

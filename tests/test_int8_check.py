@@ -30,7 +30,7 @@ def tiny_int8_bundle(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def empty_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HBT_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def tamper_reference(bundle, out, **replace):
@@ -117,7 +117,7 @@ def test_the_default_bundle_passes_on_an_avx2_cpu_without_vnni(default_bundle, t
         pytest.skip("qemu-x86_64 not installed (Debian: apt-get install qemu-user; make install does it as root)")
     run = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, "-c", HASWELL_CHECK, str(default_bundle)],
                          capture_output=True, text=True, timeout=1800,
-                         env=os.environ | {"XDG_CACHE_HOME": str(tmp_path / "haswell-cache")})
+                         env=os.environ | {"HBT_CACHE_DIR": str(tmp_path / "haswell-cache")})
     assert run.returncode == 0, run.stderr[-2000:]
     check = json.loads(run.stdout.strip().splitlines()[-1])
     assert check["same_arithmetic"] and check["passed"], check

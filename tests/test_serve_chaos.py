@@ -172,14 +172,14 @@ def damage_and_repair(index_dir: Path, server: subprocess.Popen, port: int, ids:
     try:
         delete_documents(index_dir, ids)
         manifest = read_manifest(index_dir)
-        entry = max((entry for entry in manifest["segments"] if entry["tombstones"]), key=lambda e: e["tombstones"])
-        tombstones = index_dir / entry["name"] / entry["tombstones"]  # named by generation: the newest
+        entry = max((entry for entry in manifest.segments if entry.tombstones), key=lambda e: e.tombstones)
+        tombstones = index_dir / entry.name / entry.tombstones  # named by generation: the newest
         good = tombstones.read_bytes()
         tombstones.write_bytes(bytes(len(good)))
     finally:
         server.send_signal(signal.SIGCONT)
     wait_for(lambda: get(port, "/health")["refresh_failures"] >= 2)
     stale = get(port, "/health")
-    assert stale["generation"] < manifest["generation"]  # the last good commit serves
+    assert stale["generation"] < manifest.generation  # the last good commit serves
     tombstones.write_bytes(good)
     return stale

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from hbt.index.planner import ZEN4, Costs
+from hbt.cache import cache_dir
 from hbt.machine import cpu_model
 
 PROBES = 8  # queries timed
@@ -65,13 +66,6 @@ def measure_costs(graph, dimension: int) -> Costs:
     if beam <= 0 or graph.get_current_count() < 4 * HIGH_EF:
         return Costs(exact, ZEN4.beam, "exact measured; beam: Zen 4 default (graph too small to time)")
     return Costs(exact, beam)
-
-
-def cache_dir() -> Path:
-    """``$HBT_CACHE_DIR``, else ``$XDG_CACHE_HOME/hbt``, else ``~/.cache/hbt``."""
-    if os.environ.get("HBT_CACHE_DIR"):
-        return Path(os.environ["HBT_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hbt"
 
 
 def machine_costs(graph, dimension: int, M: int) -> Costs:
