@@ -338,10 +338,18 @@ def onnx_export(model_dir: Path, out_dir: Path, opset: int) -> Path:
     and what PyTorch's allocator keeps afterwards would otherwise stay in this process
     through the quantization (e5-small: 3.2 GB still resident after the export).
     """
-    import multiprocessing
+    import subprocess
+    import sys
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        pool.apply(_onnx_export_here, (model_dir, out_dir, opset))
+    child = ("import sys; from hbt.errors import HbtError; from hbt.export.exporter import _onnx_export_here\n"
+             "try: _onnx_export_here(sys.argv[1], sys.argv[2], int(sys.argv[3]))\n"
+             "except HbtError as e: sys.exit(str(e))")
+    run = subprocess.run([sys.executable, "-c", child, str(model_dir), str(out_dir), str(opset)],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        last = (run.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SourceError(last if last.startswith(str(model_dir)) else
+                          f"{model_dir}: optimum cannot export this model to ONNX ({last})")
     return out_dir / "model.onnx"
 
 

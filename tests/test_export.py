@@ -399,3 +399,15 @@ def test_default_int8_bundle_is_faithful_and_cross_lingual(default_bundle):
         "Bread is baked from flour, water, salt and yeast.",
     ])
     assert (np.argmax(queries @ passages.T, axis=1) == [1, 0]).all()
+
+
+def test_an_onnx_export_that_fails_in_its_child_process_is_one_line(tiny_model_dir, tmp_path):
+    from hbt.errors import SourceError
+    from hbt.export.exporter import onnx_export
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(SourceError, match="optimum cannot export this model to ONNX") as error:
+        onnx_export(broken, tmp_path / "out", 18)
+    assert "\n" not in str(error.value) and str(broken) in str(error.value)
