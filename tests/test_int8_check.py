@@ -121,3 +121,26 @@ def test_the_default_bundle_passes_on_an_avx2_cpu_without_vnni(default_bundle, t
     assert run.returncode == 0, run.stderr[-2000:]
     check = json.loads(run.stdout.strip().splitlines()[-1])
     assert check["same_arithmetic"] and check["passed"], check
+
+
+def test_index_build_verify_and_the_server_report_the_check(tiny_int8_bundle, tmp_path):
+    from hbt.cli.index import main as index_cli
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "1", "text": "The cat sleeps.", "lang": "en"}\n{"id": "2", "text": "Die Katze schläft.", "lang": "de"}\n')
+    index = tmp_path / "index"
+    for args in (["build", str(corpus), "--index", str(index), "--bundle", str(tiny_int8_bundle)], ["verify", str(index)]):
+        result = CliRunner().invoke(index_cli, args)
+        assert result.exit_code == 0, result.output
+        assert "int8 check (onnxruntime" in result.output and "passed" in result.output
+
+    pytest.importorskip("starlette", reason="the server needs the serve extra")
+    pytest.importorskip("httpx", reason="Starlette's test client needs httpx (the dev extra)")
+    from starlette.testclient import TestClient
+
+    from hbt.search import Searcher
+    from hbt.serve.app import create_app
+
+    with TestClient(create_app(Searcher.open(index)), base_url="http://localhost") as client:
+        check = client.get("/info").json()["int8_check"]
+    assert check["passed"] and check["runtime"] == "onnxruntime" and check["max_map_loss"] == 0.005

@@ -68,6 +68,8 @@ def _report(index_dir, manifest, stats, encoder):
                + (f", {stats.skipped} invalid lines skipped" if stats.skipped else "")
                + (f", {encoder.truncated} texts truncated to {encoder.manifest.max_length} tokens"
                   if encoder.truncated else ""))
+    if encoder.int8_check is not None:
+        click.echo(encoder.int8_check.summary())
 
 
 @main.command()
@@ -227,10 +229,16 @@ def info(index_dir, as_json):
 @index_directory
 @user_errors
 def verify(index_dir):
-    """Check checksums, counts, graph/store agreement and recall@10 against exact search."""
-    from hbt.index import verify_index
+    """Check checksums, counts, graph/store agreement and recall@10 against exact search, and that an int8
+    bundle holds its fidelity gate on this CPU."""
+    from hbt.encoder import Encoder
+    from hbt.index import read_manifest, verify_index
 
     report = verify_index(index_dir)
     recall = "n/a (empty)" if report["recall_at_k"] is None else f"{report['recall_at_k']:.3f}"
     click.echo(f"{index_dir}: ok, {report['documents']} documents in {report['segments']} segment(s), "
                f"checksums ok, recall@{report['k']} {recall} on {report['probes']} probes")
+    # The vectors a search adds must match the stored ones: an int8 bundle below its gate on this CPU fails here.
+    check = Encoder(read_manifest(index_dir).bundle.path).int8_check
+    if check is not None:
+        click.echo(check.summary())

@@ -282,6 +282,7 @@ class SearchService:
                        "max_query_chars": config.max_query_chars},
             "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms, "workers": config.workers},
             "refresh": {"failures": self.refresh_failures, "error": error},
+            "int8_check": self.searcher.encoder.int8_check and self.searcher.encoder.int8_check.to_json(),
         })
 
     async def prometheus(self, request: Request) -> Response:
