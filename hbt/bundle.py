@@ -104,7 +104,7 @@ class Manifest:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
             raise BundleError(f"{where}: not valid JSON ({e}); re-export the bundle with hbt-export") from e
-        if raw.get("format") != FORMAT:
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise BundleError(f"{where}: not an hbt bundle manifest; point at a directory made by hbt-export")
         version = raw.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -214,8 +214,19 @@ def read_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
     path = bundle_dir / MANIFEST
     if not path.is_file():
         raise BundleError(f"{bundle_dir}: no {MANIFEST}; is this a bundle? Make one with hbt-export")
-    manifest = Manifest.from_json(path.read_text(encoding="utf-8"), path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-export the bundle with hbt-export") from e
+    manifest = Manifest.from_json(text, path)
     if verify:
+        # Every file the runtime may read is checksummed: an unlisted one (an ONNX external-data file, say)
+        # would change the vectors while the fingerprint stayed the same.
+        unlisted = sorted(p.name for p in bundle_dir.iterdir() if p.is_file() and p.name not in manifest.files
+                          and p.name != MANIFEST)
+        if unlisted:
+            raise BundleError(f"{bundle_dir / unlisted[0]}: in the bundle but not in its manifest, so never checksummed; "
+                              "remove it, or re-export the bundle with hbt-export")
         for name, expected in manifest.files.items():
             file = bundle_dir / name
             if not file.is_file():

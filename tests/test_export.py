@@ -411,3 +411,22 @@ def test_an_onnx_export_that_fails_in_its_child_process_is_one_line(tiny_model_d
     with pytest.raises(SourceError, match="optimum cannot export this model to ONNX") as error:
         onnx_export(broken, tmp_path / "out", 18)
     assert "\n" not in str(error.value) and str(broken) in str(error.value)
+
+
+@pytest.mark.parametrize("content, fragment", [(b"[]", "not an hbt bundle manifest"), (b"\xff\xfe{}", "not UTF-8")])
+def test_a_manifest_that_is_not_an_object_or_not_utf8_is_one_line(tiny_bundle, tmp_path, content, fragment):
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / MANIFEST).write_bytes(content)
+    with pytest.raises(BundleError, match=fragment) as error:
+        read_manifest(bundle)
+    assert "\n" not in str(error.value)
+
+
+def test_an_unlisted_file_in_a_bundle_is_refused(tiny_bundle, tmp_path):
+    """ONNX external data beside the model is read by onnxruntime: unlisted, it would escape the checksums."""
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "model.onnx.data").write_bytes(b"weights nobody checksummed")
+    with pytest.raises(BundleError, match="model.onnx.data: in the bundle but not in its manifest"):
+        Encoder(bundle)
