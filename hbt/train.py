@@ -32,7 +32,7 @@ from hbt.data import Record, load_records, split_by_id
 from hbt.errors import DataError
 from hbt.modeling import DualEncoder
 from hbt.sampler import BatchSampler, Pair
-from hbt.sources import ENCODER_INFO, interpolated_name, resolve_source
+from hbt.sources import interpolated_name, resolve_source
 
 TRAIN_INFO = "hbt_train.json"
 STATE_FILE = "trainer_state.pt"
@@ -288,19 +288,15 @@ def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
 
 def save_checkpoint(model: DualEncoder, directory: Path, config: TrainConfig, extra: dict,
                     state: dict | None = None) -> None:
-    """A Hugging Face directory hbt-export can read, written aside and renamed into place.
+    """A sentence-transformers directory (the base's pooling, dense layers and prompts kept) that hbt-export
+    and sentence-transformers read, written aside and renamed into place.
 
     ``state`` (optimizer, sampler, step) goes in before the rename, so a checkpoint
     directory that exists is always complete.
     """
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    model.backbone.save_pretrained(staging)
-    shutil.copyfile(model.source.tokenizer_file, staging / model.source.tokenizer_file.name)
-    (staging / ENCODER_INFO).write_text(json.dumps({
-        "base": config.base, "pooling": "mean",
-        "query_prefix": model.source.query_prefix, "passage_prefix": model.source.passage_prefix,
-    }, indent=2))
+    model.save(staging)
     (staging / TRAIN_INFO).write_text(json.dumps({"config": asdict(config), **extra}, indent=2))
     if state is not None:
         torch.save(state, staging / STATE_FILE)
@@ -338,7 +334,7 @@ def interpolate(model: DualEncoder, base: DualEncoder, weight: float) -> None:
     Blending a fine-tuned model with the one it started from keeps most of the
     fine-tuning's gain and the base model's strengths (Wortsman et al., 2022).
     """
-    trained, original = model.backbone.state_dict(), base.backbone.state_dict()
+    trained, original = model.state_dict(), base.state_dict()  # the backbone and any dense layers
     if trained.keys() != original.keys() or any(trained[k].shape != original[k].shape for k in trained):
         raise DataError(f"{base.source.name}: not the architecture of the trained model; "
                         "interpolate with the --base the model was trained from")
