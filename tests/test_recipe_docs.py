@@ -6,7 +6,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from hbt.bench.hybrid_study import ARMS, Job, training_command
@@ -46,8 +45,6 @@ def test_the_docs_recipe_is_the_command_the_study_ran(tmp_path):
         assert options(line, tmp_path) == study_recipe(tmp_path), line
 
 
-@pytest.mark.xfail(strict=True, reason="hbt-train --help's recipe leaves out --eval-every 40 and bf16; "
-                                       "hbt/cli/train.py is the training engineer's: see issue 27's report")
 def test_hbt_train_help_states_the_same_recipe(tmp_path):
     help_text = CliRunner().invoke(train_cli, ["--help"], terminal_width=400).output
     lines = recipe_lines(help_text)

@@ -71,7 +71,7 @@ def main(languages, dry_run, resume, bf16, **options):
     \b
     Examples:
       hbt-train --data train.jsonl.gz --batching hybrid --alpha 0.5 --out runs/hybrid --steps 300
-      hbt-train --data parallel_qp.jsonl.gz --passage-unit sentence --steps 240 --batch-size 16 --max-passage-length 96 --freeze-embeddings --out runs/recipe
+      hbt-train --data parallel_qp.jsonl.gz --passage-unit sentence --steps 240 --batch-size 16 --max-passage-length 96 --eval-every 40 --freeze-embeddings --out runs/recipe
       hbt-train --data train.jsonl.gz --batching mono --out runs/mono --dry-run
 
     The second is the study's recipe for LAReQA-style retrieval (about 10 minutes on 2 AMD Zen 4
