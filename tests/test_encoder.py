@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hbt.bundle import read_manifest
-from hbt.encoder import Encoder, l2_normalize, mean_pool
+from hbt.encoder import Encoder, l2_normalize
+from hbt.pooling import mean_pool
 from hbt.errors import BundleError
 from hbt.openvino_runtime import OpenVINOGraph
 from tests.conftest import MULTILINGUAL

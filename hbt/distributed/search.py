@@ -20,8 +20,8 @@ from hbt.corpus import Document
 from hbt.distributed.cluster import connect
 from hbt.encoder import Encoder
 from hbt.errors import DataError, SearchIndexError
-from hbt.index import (Index, IndexBundle, Manifest, Ranking, SegmentEntry, document_key, key_label, key_position,
-                       merge_rankings, read_manifest, summary)
+from hbt.index import (CommitFacts, Index, Manifest, Ranking, SegmentEntry, document_key, key_label, key_position,
+                       merge_rankings, read_manifest)
 from hbt.search import Searcher, SearchRun
 
 
@@ -62,7 +62,7 @@ def deal_segments(entries: tuple[SegmentEntry, ...], groups: int) -> list[list[S
     return dealt
 
 
-class RayIndex:
+class RayIndex(CommitFacts):
     """An index commit whose segments are held by Ray actors, one per group, spread across the nodes.
 
     ``groups`` defaults to one per node. Each actor reserves its graphs' bytes of memory,
@@ -83,25 +83,6 @@ class RayIndex:
                 num_cpus=0, scheduling_strategy="SPREAD", memory=sum(e.graph_bytes for e in group),
             ).remote(str(self.directory), [entry.name for entry in group], self.generation))
         ray.get([group.__ray_ready__.remote() for group in self.groups])
-
-    @property
-    def generation(self) -> int:
-        return self.manifest.generation
-
-    @property
-    def count(self) -> int:
-        return self.manifest.count
-
-    @property
-    def languages(self) -> dict[str, int]:
-        return self.manifest.languages
-
-    @property
-    def bundle(self) -> IndexBundle:
-        return self.manifest.bundle
-
-    def info(self) -> dict:
-        return summary(self.manifest)
 
     def reopen(self) -> "RayIndex":
         """The newest commit, on new actors (this index itself if nothing changed)."""

@@ -19,13 +19,13 @@ from hbt.index.graph import INSERT_BATCH, add_in_batches, add_shuffled, new_grap
 from hbt.index.ops import (add_documents, build_index, commit_staged, compact_index, delete_documents,
                            discard_unfinished, is_staged, stage_segment)
 from hbt.index.reader import Index, check_bundle
-from hbt.index.snapshot import (IndexSnapshot, Ranking, document_key, key_label, key_position, merge_rankings,
+from hbt.index.snapshot import (CommitFacts, IndexSnapshot, Ranking, document_key, key_label, key_position, merge_rankings,
                                 summary)
 from hbt.index.upgrade import upgrade_index
 from hbt.index.verify import verify_index
 from hbt.index.writer import ENCODE_CHUNK, check_build_target
 
-__all__ = ["Costs", "ENCODE_CHUNK", "FORMAT_VERSION", "INSERT_BATCH", "FileRecord", "Index", "IndexBundle",
+__all__ = ["CommitFacts", "Costs", "ENCODE_CHUNK", "FORMAT_VERSION", "INSERT_BATCH", "FileRecord", "Index", "IndexBundle",
            "IndexConfig", "IndexSnapshot", "Manifest", "Ranking", "SegmentEntry", "add_documents", "add_in_batches",
            "add_shuffled", "build_index", "check_build_target", "check_bundle", "commit_staged", "compact_index",
            "delete_documents", "discard_unfinished", "document_key", "is_staged", "key_label", "key_position",

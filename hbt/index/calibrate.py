@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np

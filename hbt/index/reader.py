@@ -11,10 +11,10 @@ from hbt.bundle import check_fingerprint
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index.calibrate import machine_costs
-from hbt.index.format import IndexBundle, Manifest, SegmentEntry, read_manifest
+from hbt.index.format import Manifest, SegmentEntry, read_manifest
 from hbt.index.planner import ZEN4, Costs
 from hbt.index.segment import Segment, SegmentView, load_tombstones
-from hbt.index.snapshot import Ranking, document_key, key_label, key_position, merge_rankings, summary
+from hbt.index.snapshot import CommitFacts, Ranking, document_key, key_label, key_position, merge_rankings
 
 OPEN_RETRIES = 5
 
@@ -24,7 +24,7 @@ def check_bundle(manifest: Manifest, encoder, directory: Path) -> None:
     check_fingerprint(manifest.bundle.fingerprint, encoder.manifest, encoder.bundle_dir, directory)
 
 
-class Index:
+class Index(CommitFacts):
     """An open commit of an index: a snapshot that later commits do not change.
 
     ``reopen()`` returns a snapshot of the newest commit, sharing the segments both
@@ -68,27 +68,6 @@ class Index:
         if read_manifest(self.directory).generation == self.generation:
             return self
         return Index(self.directory, {view.segment.name: view.segment for view in self.segments}, costs=self.costs)
-
-    @property
-    def generation(self) -> int:
-        return self.manifest.generation
-
-    @property
-    def count(self) -> int:
-        return self.manifest.count
-
-    @property
-    def languages(self) -> dict[str, int]:
-        """Live documents per language ("" for documents without one)."""
-        return self.manifest.languages
-
-    @property
-    def bundle(self) -> IndexBundle:
-        """The bundle the index was built with: its path and fingerprint."""
-        return self.manifest.bundle
-
-    def info(self) -> dict:
-        return summary(self.manifest)
 
     def search(self, vectors: np.ndarray, k: int, ef: int | None = None, langs: Iterable[str] | None = None,
                exact: bool = False) -> Ranking:

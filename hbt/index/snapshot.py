@@ -102,6 +102,33 @@ def merge_rankings(scores: list[np.ndarray], keys: list[np.ndarray], k: int,
     return keys[:, :k], scores[:, :k]
 
 
+class CommitFacts:
+    """What a snapshot answers from its commit alone: ``Index`` and ``RayIndex`` read the same manifest."""
+
+    manifest: Manifest
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation
+
+    @property
+    def count(self) -> int:
+        return self.manifest.count
+
+    @property
+    def languages(self) -> dict[str, int]:
+        """Live documents per language ("" for documents without one)."""
+        return self.manifest.languages
+
+    @property
+    def bundle(self) -> IndexBundle:
+        """The bundle the index was built with: its path and fingerprint."""
+        return self.manifest.bundle
+
+    def info(self) -> dict:
+        return summary(self.manifest)
+
+
 def summary(manifest: Manifest) -> dict:
     """A JSON-able summary of a commit: documents, languages, segments and tombstones, bundle, HNSW settings."""
     fields = ("count", "languages", "generation", "dimension", "M", "ef_construction", "ef", "segment_size",
