@@ -392,9 +392,18 @@ def fuse(model: Path, out: Path, model_config) -> Path:
     quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True, skip_optimization=True)
     options = FusionOptions("bert")
     options.enable_shape_inference = False
-    optimize_model(str(prepared), model_type="bert", num_heads=model_config.num_attention_heads,
-                   hidden_size=model_config.hidden_size, opt_level=1,
-                   optimization_options=options).save_model_to_file(str(out))
+    # The optimizer warns that symbolic shape inference failed, which it always does on this graph
+    # and which changes none of the fusions: not the user's business. Its modules log as top-level
+    # names (it puts its folder on sys.path), so only the root logger's level reaches them.
+    optimizer_log = logging.getLogger()
+    level = optimizer_log.level
+    optimizer_log.setLevel(logging.ERROR)
+    try:
+        optimize_model(str(prepared), model_type="bert", num_heads=model_config.num_attention_heads,
+                       hidden_size=model_config.hidden_size, opt_level=1,
+                       optimization_options=options).save_model_to_file(str(out))
+    finally:
+        optimizer_log.setLevel(level)
     return out
 
 
