@@ -18,7 +18,8 @@ from hbt.encoder import Encoder, pad_batch
 from hbt.errors import BundleError
 from hbt.export.exporter import ladder_counts
 from hbt.export.fidelity import GateSet, reference_texts
-from hbt.export.quantize import fake_dynamic_int8, fake_per_channel_int8, matmul_sensitivities, relative_token_error
+from hbt.export.quantize import (TOKEN_TOP, WEIGHT_TOP, fake_dynamic_int8, fake_per_channel_int8, fake_per_token_int8,
+                                 matmul_sensitivities, relative_token_error)
 from tests.conftest import MULTILINGUAL
 
 
@@ -175,7 +176,9 @@ def test_fake_dynamic_int8_rounds_within_half_a_level(size, seed, spread):
     step = (max(x.max(), 0) - min(x.min(), 0)) / 255
     assert np.abs(rounded - x).max() <= step / 2 * (1 + 1e-9) and fake_dynamic_int8(np.zeros(3)).tolist() == [0, 0, 0]
     weight = x.reshape(-1, 1)
-    assert np.abs(fake_per_channel_int8(weight) - weight).max() <= np.abs(weight).max() / 127 / 2 * (1 + 1e-9)
+    assert np.abs(fake_per_channel_int8(weight) - weight).max() <= np.abs(weight).max() / WEIGHT_TOP / 2 * (1 + 1e-9)
+    rows = x.reshape(1, -1)  # one token: its own scale, levels -127..127
+    assert np.abs(fake_per_token_int8(rows) - rows).max() <= np.abs(rows).max() / TOKEN_TOP / 2 * (1 + 1e-9)
 
 
 @settings(max_examples=50, deadline=None)
@@ -186,12 +189,13 @@ def test_a_loud_token_costs_the_others_their_precision(batch, tokens, seed, loud
     ordinary = np.ones((batch, tokens))
     ordinary[0, 0] = 0  # the token made loud below is not scored
 
-    def error():
-        return relative_token_error(fake_dynamic_int8(x) @ fake_per_channel_int8(weight), x @ weight, ordinary)
+    def error(fake):  # the activations' rounding alone: the weights stay exact
+        return relative_token_error(fake(x) @ weight, x @ weight, ordinary)
 
-    quiet = error()
+    quiet, quiet_per_token = error(fake_dynamic_int8), error(fake_per_token_int8)
     x[0, 0] *= loudness
-    assert error() > 5 * quiet
+    assert error(fake_dynamic_int8) > 5 * quiet
+    assert error(fake_per_token_int8) == pytest.approx(quiet_per_token, rel=1e-9)  # one scale per token: no cost
 
 
 def test_missing_source(tmp_path):
