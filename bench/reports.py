@@ -15,12 +15,18 @@ import numpy as np
 METRICS = ("map", "recall@1", "recall@10", "recall@100", "ndcg@10", "language_bias")
 
 
-def environment(bundle_manifest, data_files: list[Path]) -> dict:
+def environment(bundle_manifest, data_files: list[Path], int8_check=None) -> dict:
+    """Where a report's figures come from: the machine, the versions, the bundle (and its int8 check here), the data."""
     import onnxruntime
 
+    from hbt.int8_check import int8_features
+    from hbt.machine import cpu_model, usable_cores
+
     return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": cpu_model(), "int8_features": int8_features(),
+        "cores": os.cpu_count(), "usable_cores": usable_cores(), "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "int8_check": int8_check and int8_check.to_json(),
         "numpy": np.__version__, "bundle": {"source": bundle_manifest.source, "quantization": bundle_manifest.quantization,
                                             "fingerprint": bundle_manifest.fingerprint},
         "data": {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in data_files},
@@ -42,7 +48,7 @@ def markdown(results: dict, title: str) -> str:
     metrics = _metrics(results)
     header = "| | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics)
     settings = results["settings"]
-    lines = [f"# {title}", "", "## Summary", "", header]
+    lines = [f"# {title}", "", *_measured_on(results.get("environment", {})), "## Summary", "", header]
     lines += [_row(setting, values["mean"], metrics) for setting, values in settings.items()]
     for setting, values in settings.items():
         for key, label in (("per_language", "per query language"), ("pairs", "per language pair")):
@@ -53,6 +59,19 @@ def markdown(results: dict, title: str) -> str:
               "mean distance between the best and worst rank of a question's answers (multilingual pool; lower is better).",
               "", "Plots: `heatmap.png` (query × candidate language mAP), `languages.png` (per-language scores)."]
     return "\n".join(lines) + "\n"
+
+
+def _measured_on(environment: dict) -> list[str]:
+    """The report's first lines: the CPU, and an int8 bundle's check on it."""
+    if "cpu" not in environment:
+        return []
+    lines = [f"Measured on {environment['cpu']} ({' '.join(environment.get('int8_features', [])) or 'no int8 features'})."]
+    check = environment.get("int8_check")
+    if check:
+        lines.append(f"Int8 check on this CPU: {'passed' if check['passed'] else 'FAILED'}, gate-set mAP loss "
+                     f"{check['map_loss']:.4f}, top-10 overlap {check['top10_overlap']:.3f}"
+                     f"{' (same arithmetic as at export)' if check['same_arithmetic'] else ' (re-measured here)'}.")
+    return lines + [""]
 
 
 def plot(results: dict, out: Path) -> None:

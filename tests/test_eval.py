@@ -130,6 +130,11 @@ def test_bench_accuracy_writes_report(tiny_bundle, toy_dataset, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert set(results["settings"]) == {"mono", "cross", "multi"} and results["environment"]["bundle"]["fingerprint"]
     assert "| mono |" in (out / "report.md").read_text()
+    from hbt.machine import cpu_model
+
+    environment = results["environment"]
+    assert environment["cpu"] == cpu_model() and environment["int8_check"] is None  # an fp32 bundle: nothing to check
+    assert (out / "report.md").read_text().splitlines()[2].startswith(f"Measured on {cpu_model()}")
     assert (out / "heatmap.png").stat().st_size > 1000 and (out / "languages.png").stat().st_size > 1000
     table = CliRunner().invoke(bench_cli, ["compare", str(out), str(out)]).output
     assert "(+0.000)" in table

@@ -133,7 +133,7 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split
                                           encoder.encode_queries, with_progress(encoder.encode_passages, "embedding corpus"),
                                           ann=ann)
     report = {"dataset": dataset, "sample": share, "split": split, "search": "hnsw top 100" if ann else "exact", "runtime": runtime,
-              "environment": environment(encoder.manifest, files), "settings": results}
+              "environment": environment(encoder.manifest, files, encoder.int8_check), "settings": results}
     out = out or Path("reports") / f"{dataset}-{Path(bundle).name}"
     precision = "fp32" if encoder.manifest.quantization == "none" else encoder.manifest.quantization
     precision += "" if runtime == "onnxruntime" else f" on {runtime}"
@@ -201,8 +201,10 @@ def latency(bundle, index_dir, data_dir, num_queries, num_passages, queries, pas
         except sqlite3.Error as e:  # a damaged or foreign docs.sqlite
             raise SearchIndexError(f"{index_dir or 'the benchmark index'}: its document store fails ({e}); "
                                    "check it with hbt-index verify, or rebuild it") from e
+    from hbt.encoder import Encoder
+
     manifest = read_manifest(Path(bundle), verify=False)
-    results["environment"] = environment(manifest, [])
+    results["environment"] = environment(manifest, [], Encoder(bundle, runtime=runtime).int8_check)
     out = out or Path("reports") / f"latency-{Path(bundle).name}"
     title = f"Latency: {manifest.source} ({manifest.quantization}{'' if runtime == 'onnxruntime' else ' on ' + runtime})"
     write_report(results, out, bench_latency.markdown(results, title),
