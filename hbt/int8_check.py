@@ -108,6 +108,16 @@ def probe_indices(topics: np.ndarray) -> np.ndarray:
     return np.flatnonzero(topics == topics.min())
 
 
+def probe_agreement(encoder) -> float | None:
+    """The least cosine between this CPU's int8 vectors of the probe texts and the exporting CPU's (None: no probes)."""
+    with np.load(encoder.bundle_dir / REFERENCE_FILE) as reference:
+        if f"probe_{encoder.runtime}" not in reference:
+            return None
+        texts = [str(reference["texts"][i]) for i in reference["probe"]]
+        expected = reference[f"probe_{encoder.runtime}"]
+    return float(cosines(encoder.encode_queries(texts), expected).min())
+
+
 def check_int8(encoder, gate: dict) -> Int8Check | None:
     """The int8 verdict for ``encoder`` on this CPU (cached); None for a bundle without a reference.
 
@@ -126,13 +136,12 @@ def check_int8(encoder, gate: dict) -> Int8Check | None:
     except (OSError, ValueError, TypeError):
         pass  # not checked on this CPU yet, or an unreadable entry: check again
     started = time.perf_counter()
+    probe_cosine = probe_agreement(encoder)
+    if probe_cosine is None:
+        return None
+    same = probe_cosine >= SAME_ARITHMETIC
     with np.load(bundle_dir / REFERENCE_FILE) as reference:
-        texts, topics, probe = [str(t) for t in reference["texts"]], reference["topics"], reference["probe"]
-        if f"probe_{encoder.runtime}" not in reference:
-            return None
-        expected = reference[f"probe_{encoder.runtime}"]
-        probe_cosine = float(cosines(encoder.encode_queries([texts[i] for i in probe]), expected).min())
-        same = probe_cosine >= SAME_ARITHMETIC
+        texts, topics = [str(t) for t in reference["texts"]], reference["topics"]
         if same:
             figures = gate
         else:
