@@ -392,9 +392,12 @@ def test_check_fingerprint_says_what_to_do(tiny_bundle, tmp_path):
 def test_default_int8_bundle_is_faithful_and_cross_lingual(default_bundle):
     manifest = read_manifest(default_bundle)
     assert manifest.quantization == "int8" and manifest.dimension == 384 and manifest.max_length == 512
-    # Plain dynamic int8 loses e5-small .015 gate-set mAP; the fp32 MatMuls bring it within the gate.
-    assert manifest.fidelity["gate"]["map_loss"] <= 0.005 and manifest.fidelity["mean_cosine"] >= 0.998
-    assert 0 < len(manifest.details["fp32_matmuls"]) <= 24
+    # Plain dynamic int8 loses e5-small .015 gate-set mAP; per-token scales and a few fp32 nodes bring it within
+    # the gate, with the margin an export must keep.
+    gate = manifest.fidelity["gate"]
+    assert gate["map_loss"] <= 0.0025 and gate["top10_overlap"] >= 0.96 and manifest.fidelity["mean_cosine"] >= 0.998
+    plan = manifest.details["int8_plan"]
+    assert len(plan["per_token"]) + len([n for n in plan["fp32"] if "MatMul" in n]) == 36 and len(plan["fp32"]) <= 24
     encoder = Encoder(default_bundle)
     queries = encoder.encode_queries(["Wie hoch ist der Mount Everest?", "月はどのようにしてできたのか"])
     passages = encoder.encode_passages([
