@@ -149,3 +149,20 @@ def test_index_build_verify_and_the_server_report_the_check(tiny_int8_bundle, tm
     with TestClient(create_app(Searcher.open(index)), base_url="http://localhost") as client:
         check = client.get("/info").json()["int8_check"]
     assert check["passed"] and check["runtime"] == "onnxruntime" and check["max_map_loss"] == 0.005
+
+
+def test_the_demo_goes_on_in_fp32_when_int8_cannot_hold_its_gate(tiny_int8_bundle, tiny_bundle, tmp_path, monkeypatch,
+                                                                 capsys):
+    from hbt import demo
+
+    with np.load(tiny_int8_bundle / REFERENCE_FILE) as reference:
+        shape = reference["fp32_queries"].shape
+    rng = np.random.default_rng(2)
+    noise = lambda: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    failing = tamper_reference(tiny_int8_bundle, tmp_path / "b", probe_onnxruntime=noise()[:8], fp32_queries=noise(),
+                               fp32_passages=noise())
+    monkeypatch.setattr(demo, "ensure_bundle", lambda bundle, quantize: failing if quantize == "int8" else tiny_bundle)
+    encoder = demo.demo_encoder(tmp_path)
+    assert encoder.manifest.quantization == "none"
+    said = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(said) == 1 and said[0].startswith("int8 cannot hold its fidelity gate on this CPU, so the demo goes on in fp32")
