@@ -125,7 +125,7 @@ def check_int8(encoder, gate: dict) -> Int8Check | None:
 
     ``gate`` holds the export's gate figures and limits for the encoder's runtime.
     """
-    bundle_dir, manifest = encoder.bundle_dir, encoder.manifest
+    manifest = encoder.manifest
     if REFERENCE_FILE not in manifest.files:
         return None
     cpu = measured_on()
@@ -142,15 +142,7 @@ def check_int8(encoder, gate: dict) -> Int8Check | None:
     if probe_cosine is None:
         return None
     same = probe_cosine >= SAME_ARITHMETIC
-    with np.load(bundle_dir / REFERENCE_FILE) as reference:
-        texts, topics = [str(t) for t in reference["texts"]], reference["topics"]
-        if same:
-            figures = gate
-        else:
-            from hbt.export.fidelity import GateVectors, compare_retrieval
-
-            here = GateVectors(encoder.encode_queries(texts), encoder.encode_passages(texts), topics)
-            figures = compare_retrieval(GateVectors(reference["fp32_queries"], reference["fp32_passages"], topics), here)
+    figures = gate if same else remeasure_gate(encoder)
     check = Int8Check(runtime=encoder.runtime, cpu=cpu["cpu"], int8_features=cpu["int8_features"],
                       same_arithmetic=same, probe_min_cosine=round(probe_cosine, 6),
                       map_loss=figures["map_loss"], top10_overlap=figures["top10_overlap"],
@@ -158,6 +150,16 @@ def check_int8(encoder, gate: dict) -> Int8Check | None:
                       seconds=round(time.perf_counter() - started, 4))
     _store(cache, check)
     return check
+
+
+def remeasure_gate(encoder) -> dict:
+    """The gate set encoded on this CPU and scored against the bundle's fp32 vectors of it."""
+    from hbt.export.fidelity import GateVectors, compare_retrieval
+
+    with np.load(encoder.bundle_dir / REFERENCE_FILE) as reference:
+        texts, topics = [str(t) for t in reference["texts"]], reference["topics"]
+        fp32 = GateVectors(reference["fp32_queries"], reference["fp32_passages"], topics)
+    return compare_retrieval(fp32, GateVectors(encoder.encode_queries(texts), encoder.encode_passages(texts), topics))
 
 
 def require_passed(check: Int8Check, bundle_dir: Path) -> None:
