@@ -295,8 +295,10 @@ def _quantize_gated(runtime: str, fp32_model: Path, quantize: Callable[[Int8Plan
     counts = ladder_counts(usable)
     for here, after in zip(counts, counts[1:] + [None]):
         if passes_gate(measure(here), margin) and (after is None or passes_gate(measure(after), margin)):
-            quantize(plan_at(ladder, here, base))  # the model in staging may be the next point's
-            return plan_at(ladder, here, base), results[here] | gate_thresholds(config)
+            plan = plan_at(ladder, here, base)
+            if after is not None:
+                quantize(plan)  # staging holds the next point's model
+            return plan, results[here] | gate_thresholds(config)
     figures = results[counts[-1]]
     raise FidelityError(
         f"{config.source}: {runtime} int8 loses {figures['map_loss']:.4f} gate-set mAP to fp32 and keeps "
