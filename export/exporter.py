@@ -150,7 +150,7 @@ def _build(config: ExportConfig, source: Source, staging: Path, step: Callable[[
     fidelity = {"reference_texts": len(texts),
                 "reference": "sentence-transformers" if reference.name != "PyTorch" else "pytorch"}
     if config.quantize == "int8":
-        step("quantizing to int8 for onnxruntime: 7-bit weights (the same integers on every CPU), "
+        step("quantizing to int8 for onnxruntime: 7-bit weights (no CPU's kernel saturates), "
              "per-token activations and fp32 where the gate needs them")
         writer = Int8Writer(fp32_model)
         plan, fidelity["gate"] = _quantize_gated(
