@@ -6,9 +6,10 @@ int8 weights. On AVX2 without VNNI its kernel adds pairs of products in 16 bits
 accumulate in 32 bits. So the same int8 graph gave e5-small a gate-set mAP loss of
 .015 on AVX-512 VNNI and .021 on AVX2 (issue 20), and a bundle could pass its gate
 where it was exported and fail where it runs. With weights in -64..64 a pair is at
-most 2 x 255 x 64 = 32640: no kernel saturates, every CPU computes the same integers,
-and the fidelity measured at export holds wherever the bundle runs. It costs e5-small
-nothing measurable (all-int8 gate loss .0150 against .0146 for 8-bit weights on VNNI).
+most 2 x 255 x 64 = 32640: no kernel saturates and every CPU computes the same integer
+products (the float parts still round per CPU family: probe agreement .99954 between
+Sapphire Rapids and qemu's Haswell, against .9955 for 8-bit weights; ``hbt.int8_check``
+re-measures the gate where that matters). It costs e5-small nothing measurable (all-int8 gate loss .0150 against .0146 for 8-bit weights on VNNI).
 Measured and rejected: uint8 weights (u8u8, also exact everywhere) were as faithful
 (.0170) but slower on AVX2 (1.21x fp32 against 1.41x for 7-bit, issue 20's Zen 3 run).
 
