@@ -2,8 +2,8 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
-# Every extra, so that the tests of the optional parts (Ray, the server, OpenVINO) run too.
-EXTRAS = train,bench,dev,serve,openvino,ray
+# Every extra, so that the tests of the optional parts (Ray, the server, OpenVINO, MTEB) run too.
+EXTRAS = train,bench,dev,serve,openvino,ray,mteb
 # The CPU wheel of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH = torch==2.13.0
 # The tested set: every extra's versions as CI installs them, for CPython 3.11 on x86-64
