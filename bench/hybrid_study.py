@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -86,16 +88,28 @@ def training_command(job: Job, train_file: Path, batch_size: int, run_dir: Path)
 
 
 def execute(command: list[str], work: Path) -> str:
-    """Run an hbt command or ``python -m ...`` from this interpreter's environment, logging it; returns stdout."""
+    """Run an hbt command or ``python -m ...`` from this interpreter's environment, logging it; returns stdout.
+
+    The log also gets each command's wall and CPU time: the figures behind the report's estimate of a full run.
+    """
     line = shlex.join(command)
     with open(work / "commands.log", "a") as log:
         log.write(line + "\n")
     print(f"$ {line}", flush=True)
     program = sys.executable if command[0] == "python" else str(Path(sys.executable).parent / command[0])
+    started, cpu_before = time.monotonic(), _children_cpu()
     done = subprocess.run([program, *command[1:]], stdout=subprocess.PIPE, text=True)
+    with open(work / "commands.log", "a") as log:
+        log.write(f"#   exit {done.returncode} at {time.strftime('%Y-%m-%d %H:%M')}: {time.monotonic() - started:.0f} s wall, "
+                  f"{_children_cpu() - cpu_before:.0f} s CPU\n")
     if done.returncode:
         raise JobFailed(f"failed ({done.returncode}): {line}")
     return done.stdout
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class JobFailed(Exception):

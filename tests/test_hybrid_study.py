@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 
 from hbt import lareqa
 from hbt.bench.hybrid_study import main as study_cli
-from hbt.bench.hybrid_study import memoized
+from hbt.bench.hybrid_study import JobFailed, execute, memoized
 from tests.test_split import write_articles
 from tests.test_tatoeba import write_pair
 
@@ -127,3 +128,13 @@ def test_report_pins_checkpoints_corrects_the_primary_tests_and_keeps_p_independ
     key = lambda c: (c["a"][0], c["b"][0], c["evaluation"], c["measure"])
     before = {key(c): c["question"]["p"] for c in saved["comparisons"]}
     assert all(before[key(c)] == c["question"]["p"] for c in again) and len(again) < len(saved["comparisons"])
+
+
+def test_execute_logs_each_command_with_its_exit_wall_and_cpu_time(tmp_path):
+    assert execute(["python", "-c", "print(sum(range(10**6)))"], tmp_path) == f"{sum(range(10**6))}\n"
+    with pytest.raises(JobFailed, match="failed \\(3\\)"):
+        execute(["python", "-c", "raise SystemExit(3)"], tmp_path)
+    lines = (tmp_path / "commands.log").read_text().splitlines()
+    assert lines[0].startswith("python -c") and lines[2].startswith("python -c")
+    assert re.fullmatch(r"#   exit 0 at [\d-]+ [\d:]+: \d+ s wall, \d+ s CPU", lines[1]), lines[1]
+    assert lines[3].startswith("#   exit 3 at"), lines[3]
