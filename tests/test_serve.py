@@ -110,7 +110,7 @@ def test_health_info_and_metrics(client):
 def test_openapi_and_page(client):
     described = client.get("/openapi.json").json()
     paths = described["paths"]
-    assert set(paths) == {"/search", "/health", "/info", "/metrics"}
+    assert set(paths) == {"/search", "/health", "/info", "/metrics", "/v1/embeddings", "/v1/models"}
     body = paths["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
     # The description follows the server's limits and the index's languages, so a fuzzer can trust it.
     assert (body["k"]["maximum"], body["queries"]["maxItems"], body["query"]["maxLength"]) == (20, 4, 100)
@@ -244,6 +244,9 @@ class PoisonedEncoder:
 
     def __init__(self, encoder):
         self.encoder, self.calls = encoder, 0
+
+    def __getattr__(self, name):  # the manifest, the tokenizer: the real encoder's
+        return getattr(self.encoder, name)
 
     def encode_queries(self, texts):
         self.calls += 1
@@ -451,9 +454,9 @@ def started(monkeypatch):
     seen = {}
     create_app = hbt.serve.app.create_app
 
-    def create_and_keep(searcher, config):
-        seen["config"] = config
-        return create_app(searcher, config)
+    def create_and_keep(searcher, config, **kwargs):
+        seen["config"], seen["searcher"] = config, searcher
+        return create_app(searcher, config, **kwargs)
 
     monkeypatch.setattr(hbt.serve.app, "create_app", create_and_keep)
     monkeypatch.setattr(uvicorn.Server, "run", lambda server: seen.setdefault("uvicorn", server.config))

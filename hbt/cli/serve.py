@@ -1,4 +1,4 @@
-"""hbt-serve: the HTTP search API and search page over an index."""
+"""hbt-serve: the HTTP search API and search page over an index, and OpenAI's embeddings API over its bundle."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ TOKEN_ENV = "HBT_TOKEN"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index directory.")
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index directory.")
+@click.option("--embeddings-only", is_flag=True,
+              help="Serve --bundle's embeddings (POST /v1/embeddings) without an index: no /search, no page.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Anything but loopback lets other machines search the index.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
@@ -31,6 +33,8 @@ TOKEN_ENV = "HBT_TOKEN"
               help="How long a batch may wait for queries arriving together (a lone query never waits).")
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="Batches encoded at once, each with --threads threads.")
+@click.option("--max-batch-tokens", type=click.IntRange(1), default=8192, show_default=True,
+              help="Tokens (padding included) encoded in one call for /v1/embeddings (1: a request at a time).")
 @click.option("--max-k", type=click.IntRange(1), default=100, show_default=True, help="Largest k a request may ask.")
 @click.option("--max-connections", type=click.IntRange(1), default=256, show_default=True,
               help="Open connections; beyond, requests get 503.")
@@ -40,13 +44,16 @@ TOKEN_ENV = "HBT_TOKEN"
               help="Seconds an idle connection stays open between requests.")
 @click.option("--threads", type=click.IntRange(1),
               help="Encoder threads per worker (default: the cores shared among the workers, at most 8).")
-@click.option("--bundle", type=click.Path(path_type=Path), help="Bundle (default: the one the index names).")
+@click.option("--bundle", type=click.Path(path_type=Path),
+              help="Bundle (default: the one the index names; with --embeddings-only, required).")
 @click.option("--access-log", is_flag=True, help="Log every request (GET /metrics counts them anyway).")
 @user_errors
-def main(index_dir, host, port, allowed_hosts, token_file, token, max_batch, max_wait_ms, workers, max_k,
-         max_connections, header_timeout, keep_alive_timeout, threads, bundle, access_log):
+def main(index_dir, embeddings_only, host, port, allowed_hosts, token_file, token, max_batch, max_wait_ms, workers,
+         max_batch_tokens, max_k, max_connections, header_timeout, keep_alive_timeout, threads, bundle, access_log):
     """Serve an index over HTTP: POST /search, GET /info, /health, /metrics,
-    /openapi.json, and a search page at /.
+    /openapi.json, a search page at /, and OpenAI's POST /v1/embeddings with
+    the index's bundle (input_type "query", the default, or "passage" picks
+    its prompt). With --embeddings-only --bundle B: the embeddings alone.
 
     The server follows the index: after hbt-index add, delete or compact, it
     answers from the new commit within a second, without a restart. A commit
@@ -58,6 +65,7 @@ def main(index_dir, host, port, allowed_hosts, token_file, token, max_batch, max
       curl -s localhost:8080/search -H 'Content-Type: application/json' \\
            -d '{"query": "Wer hat das Penicillin entdeckt?", "k": 3, "langs": ["en"]}'
       HBT_TOKEN=secret hbt-serve --index my-index --host 0.0.0.0 --allowed-host search.example.org
+      hbt-serve --embeddings-only --bundle my-bundle  # OpenAI(base_url="http://127.0.0.1:8080/v1")
     """
     try:
         import uvicorn
@@ -66,23 +74,35 @@ def main(index_dir, host, port, allowed_hosts, token_file, token, max_batch, max
         from hbt.serve.server import ServerLimits, server_config
     except ImportError as e:
         raise UserError(f"hbt-serve needs the serve extra ({e.name} is missing): pip install 'hbt[serve]'") from e
-    from hbt.search import Searcher
-
+    if embeddings_only and (index_dir or not bundle):
+        raise click.UsageError("--embeddings-only serves a bundle without an index: give --bundle B, not --index")
+    if not embeddings_only and not index_dir:
+        raise click.UsageError("give --index DIR, or --embeddings-only --bundle B to serve embeddings alone")
     token = _token(token, token_file)
     # On 2 shared cores, two batches on one thread each beat one batch on two threads: the
     # threads of one batch wait for each other at every layer (bench/reports/serve).
     threads = threads or min(8, max(1, (os.cpu_count() or 1) // workers))
-    searcher = Searcher.open(index_dir, bundle, threads)
     config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers, max_k=max_k, token=token,
-                         host=host, allowed_hosts=allowed_hosts, body_seconds=header_timeout)
+                         host=host, allowed_hosts=allowed_hosts, body_seconds=header_timeout,
+                         max_batch_tokens=max_batch_tokens)
     limits = ServerLimits(header_seconds=header_timeout, keep_alive_seconds=keep_alive_timeout,
                           max_connections=max_connections)
-    app = create_app(searcher, config)
+    if embeddings_only:
+        from hbt.encoder import Encoder
+
+        app = create_app(None, config, encoder=Encoder(bundle, threads=threads))
+        served = f"embeddings with {bundle}"
+    else:
+        from hbt.search import Searcher
+
+        searcher = Searcher.open(index_dir, bundle, threads)
+        app = create_app(searcher, config)
+        served = f"{searcher.index.count} documents from {index_dir}"
     if not is_loopback(host):
-        click.echo(f"warning: listening on {host}: whoever reaches this address can search the index and read "
-                   f"its documents{'' if token else f' (no {TOKEN_ENV} or --token-file set)'}", err=True)
-    click.echo(f"hbt-serve: {searcher.index.count} documents from {index_dir} at http://{host}:{port}/ "
-               "(Ctrl-C stops)", err=True)
+        reach = "embed texts" if embeddings_only else "search the index and read its documents"
+        click.echo(f"warning: listening on {host}: whoever reaches this address can {reach}"
+                   f"{'' if token else f' (no {TOKEN_ENV} or --token-file set)'}", err=True)
+    click.echo(f"hbt-serve: {served} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
     uvicorn.Server(server_config(app, host, port, limits, access_log)).run()
 
 

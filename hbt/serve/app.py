@@ -1,4 +1,5 @@
-"""The HTTP API and the search page over a Searcher: micro-batched queries, live index updates, metrics."""
+"""The HTTP API and the search page over a Searcher (micro-batched queries, live index updates, metrics),
+and OpenAI's embeddings API over its encoder, or over an encoder alone."""
 
 from __future__ import annotations
 
@@ -28,13 +29,14 @@ except ImportError as e:
 from hbt import __version__
 from hbt.errors import HbtError
 from hbt.serve.batching import MicroBatcher
+from hbt.serve.embeddings import EmbeddingService, OpenAIError, parse_embeddings
 from hbt.serve.openapi import describe
 
 log = logging.getLogger("hbt.serve")
 STATIC = Path(__file__).parent / "static"
 # Request counts and latencies are labelled by endpoint; any other path counts as "other".
 ENDPOINTS = {"/": "page", "/search": "search", "/info": "info", "/health": "health", "/metrics": "metrics",
-             "/openapi.json": "openapi"}
+             "/openapi.json": "openapi", "/v1/embeddings": "embeddings", "/v1/models": "models"}
 PUBLIC = {"page", "static", "health"}  # open without the token: the page holds no data, it asks for the token
 FIELDS = ("query", "queries", "k", "ef", "langs")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")  # Host names always served
@@ -54,6 +56,9 @@ class ServeConfig:
     host: str = "127.0.0.1"  # the address bound: beyond loopback, /info names the bundle instead of its path
     allowed_hosts: tuple[str, ...] = ()  # Host header names served beside loopback's and host ("*": any)
     body_seconds: float = 10.0  # a request body must arrive within this (slow clients hold connections)
+    max_inputs: int = 128  # texts per /v1/embeddings request
+    max_input_chars: int = 8192  # characters per text (its tokens are bounded by the bundle's max_length)
+    max_batch_tokens: int = 8192  # tokens per /v1/embeddings batch, padding included; 1: a request at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +79,32 @@ class BadRequest(Exception):
         self.status = status
 
 
-def error_response(status: int, message: str) -> JSONResponse:
+def error_response(status: int, message: str, path: str = "", param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    """{"error": message}, or under /v1/ OpenAI's {"error": {"message", "type", "param", "code"}}."""
     # A message quoting the client's input may hold a lone surrogate, which UTF-8 cannot encode.
-    return JSONResponse({"error": message.encode("utf-8", "backslashreplace").decode()}, status_code=status)
+    message = message.encode("utf-8", "backslashreplace").decode()
+    if not path.startswith("/v1/"):
+        return JSONResponse({"error": message}, status_code=status)
+    kind = "server_error" if status >= 500 else "authentication_error" if status == 401 else "invalid_request_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status)
+
+
+async def read_body(request: Request, limit: int, seconds: float, too_big: str) -> bytes:
+    """The request's body, refused past ``limit`` bytes (``too_big`` says what fits) or ``seconds``."""
+    async def receive() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BadRequest(413, f"a body over {limit} bytes: {too_big}")
+        return bytes(body)
+
+    try:
+        return await asyncio.wait_for(receive(), seconds)
+    except asyncio.TimeoutError:  # asyncio's own class before Python 3.11
+        raise BadRequest(408, f"the body took over {seconds:g} s to arrive") from None
 
 
 def parse_query(body: bytes, content_type: str | None, config: ServeConfig, languages: dict[str, int]) -> Query:
@@ -150,6 +178,9 @@ class Metrics:
         self.batch = prometheus_client.Histogram(
             "hbt_encoder_batch_queries", "Queries encoded together with a request's",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self.embedding_batch = prometheus_client.Histogram(
+            "hbt_embedding_batch_tokens", "Tokens embedded together with a /v1/embeddings request's",
+            buckets=tuple(2 ** n for n in range(4, 17)), registry=self.registry)
         self.documents = prometheus_client.Gauge("hbt_index_documents", "Live documents", registry=self.registry)
         self.generation = prometheus_client.Gauge("hbt_index_generation", "Commit being served", registry=self.registry)
         self.refresh_failures = prometheus_client.Counter(
@@ -204,10 +235,11 @@ class Observe:
         try:
             if self.allowed_hosts is not None and host_name(headers.get("host", "")) not in self.allowed_hosts:
                 response = error_response(421, f"Host {headers.get('host', '')!r} is not served here: use "
-                                               "http://127.0.0.1, or start hbt-serve with --allowed-host NAME")
+                                               "http://127.0.0.1, or start hbt-serve with --allowed-host NAME", path)
                 await response(scope, receive, send_observed)
             elif self.token and endpoint not in PUBLIC and not self._authorized(headers):
-                response = error_response(401, "missing or wrong token: send the header Authorization: Bearer TOKEN")
+                response = error_response(401, "missing or wrong token: send the header Authorization: Bearer TOKEN",
+                                          path, code="invalid_api_key")
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send_observed)
             else:
@@ -223,18 +255,17 @@ class Observe:
 
 
 class SearchService:
-    """The endpoints over one Searcher; queries go through a micro-batcher to its encoder."""
+    """The search endpoints over one Searcher; queries go through a micro-batcher to its encoder."""
 
-    def __init__(self, searcher, config: ServeConfig):
-        self.searcher, self.config = searcher, config
-        self.metrics = Metrics()
+    def __init__(self, searcher, config: ServeConfig, metrics: Metrics):
+        self.searcher, self.config, self.metrics = searcher, config, metrics
         self.refresh_error: str | None = None  # why the newest commit cannot be opened, while it cannot
         self.refresh_failures = 0  # in a row
         self.batcher: MicroBatcher | None = None  # made in the running loop, by lifespan()
         self._update_gauges()
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, app):
+    async def lifespan(self):
         self.batcher = MicroBatcher(self._search_batch, self.config.max_batch, self.config.max_wait_ms / 1000,
                                     size=lambda query: len(query.texts), workers=self.config.workers)
         async with self.batcher:
@@ -248,8 +279,12 @@ class SearchService:
     async def search(self, request: Request) -> Response:
         """POST /search (hbt.serve.openapi describes the body and the answer)."""
         start = time.perf_counter()
-        body = await self._read_body(request)
-        query = parse_query(body, request.headers.get("content-type"), self.config, self.searcher.index.languages)
+        config = self.config
+        # JSON may escape each character as \uXXXX (12 bytes for a surrogate pair).
+        body = await read_body(request, config.max_queries * (config.max_query_chars * 12 + 16) + 4096,
+                               config.body_seconds,
+                               f"send at most {config.max_queries} queries of {config.max_query_chars} characters")
+        query = parse_query(body, request.headers.get("content-type"), config, self.searcher.index.languages)
         run, batch, queued = await self.batcher.submit(query)
         timings = {"queue": queued * 1000, **run.timings}
         for stage, milliseconds in timings.items():
@@ -263,55 +298,20 @@ class SearchService:
             "batch": batch, "plan": run.plan,
         })
 
-    async def health(self, request: Request) -> Response:
-        """GET /health: open without the token, so it says nothing the index's files would not."""
+    def health(self) -> dict:
+        """GET /health's answer: it is open without the token, so it says nothing the index's files would not."""
         index = self.searcher.index
-        return JSONResponse({"status": "stale" if self.refresh_failures else "ok", "documents": index.count,
-                             "generation": index.generation, "refresh_failures": self.refresh_failures})
+        return {"status": "stale" if self.refresh_failures else "ok", "documents": index.count,
+                "generation": index.generation, "refresh_failures": self.refresh_failures}
 
-    async def info(self, request: Request) -> Response:
-        """GET /info: the index, the limits, batching, and why live reload fails if it does."""
+    def describe(self) -> dict:
+        """GET /info's part on the index and why live reload fails if it does."""
         config, index = self.config, self.searcher.index
         info, error = index.info(), self.refresh_error
         if not is_loopback(config.host):  # other machines need not learn the server's paths
             info["bundle"] = {**info["bundle"], "path": Path(info["bundle"]["path"]).name}
             error = error and error.replace(str(index.directory), index.directory.name)
-        return JSONResponse({
-            **info,
-            "limits": {"max_k": config.max_k, "max_ef": config.max_ef, "max_queries": config.max_queries,
-                       "max_query_chars": config.max_query_chars},
-            "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms, "workers": config.workers},
-            "refresh": {"failures": self.refresh_failures, "error": error},
-            "int8_check": self.searcher.encoder.int8_check and self.searcher.encoder.int8_check.to_json(),
-        })
-
-    async def prometheus(self, request: Request) -> Response:
-        """GET /metrics."""
-        return Response(prometheus_client.generate_latest(self.metrics.registry),
-                        media_type=prometheus_client.CONTENT_TYPE_LATEST)
-
-    async def openapi(self, request: Request) -> Response:
-        config = self.config
-        return JSONResponse(describe(__version__, max_k=config.max_k, max_ef=config.max_ef,
-                                     max_queries=config.max_queries, max_query_chars=config.max_query_chars,
-                                     languages=sorted(self.searcher.index.languages), token=bool(config.token)))
-
-    async def _read_body(self, request: Request) -> bytes:
-        try:
-            return await asyncio.wait_for(self._receive_body(request), self.config.body_seconds)
-        except asyncio.TimeoutError:  # asyncio's own class before Python 3.11
-            raise BadRequest(408, f"the body took over {self.config.body_seconds:g} s to arrive") from None
-
-    async def _receive_body(self, request: Request) -> bytes:
-        # JSON may escape each character as \uXXXX (12 bytes for a surrogate pair).
-        limit = self.config.max_queries * (self.config.max_query_chars * 12 + 16) + 4096
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise BadRequest(413, f"a body over {limit} bytes: send at most {self.config.max_queries} "
-                                      f"queries of {self.config.max_query_chars} characters")
-        return bytes(body)
+        return {**info, "refresh": {"failures": self.refresh_failures, "error": error}}
 
     def _search_batch(self, queries: list[Query]) -> list:
         """On the batch thread: the Searcher's batch entry point (one encoder call, failures per request)."""
@@ -350,39 +350,113 @@ class SearchService:
         self.metrics.generation.set(self.searcher.index.generation)
 
 
-def create_app(searcher, config: ServeConfig = ServeConfig()) -> Starlette:
-    """The ASGI app serving ``searcher`` (a ``hbt.search.Searcher``)."""
-    service = SearchService(searcher, config)
+def create_app(searcher, config: ServeConfig = ServeConfig(), encoder=None) -> Starlette:
+    """The ASGI app serving ``searcher`` (a ``hbt.search.Searcher``) and embeddings with its encoder.
+
+    With ``searcher`` None it serves ``encoder`` (a ``hbt.encoder.Encoder``) alone: the
+    embeddings API, /info, /health, /metrics; /search and the page answer 404 saying why.
+    """
+    if searcher is None and encoder is None:
+        raise ValueError("give a searcher, or an encoder to serve embeddings only")
+    encoder = encoder or searcher.encoder
+    metrics = Metrics()
+    service = SearchService(searcher, config, metrics) if searcher else None
+    embeddings = EmbeddingService(encoder, config.max_batch_tokens, config.max_wait_ms / 1000, config.workers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async with contextlib.AsyncExitStack() as stack:
+            for running in (service, embeddings):
+                if running:
+                    await stack.enter_async_context(running.lifespan())
+            yield
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
 
+    async def no_index(request: Request) -> Response:
+        return error_response(404, f"{request.url.path}: this server embeds only (hbt-serve --embeddings-only) and "
+                                   "has no index to search; POST /v1/embeddings, or start hbt-serve --index DIR")
+
+    async def embed(request: Request) -> Response:
+        """POST /v1/embeddings (hbt.serve.embeddings; hbt.serve.openapi describes the body and the answer)."""
+        body = await read_body(request, config.max_inputs * (config.max_input_chars * 12 + 16) + 4096,
+                               config.body_seconds,
+                               f"send at most {config.max_inputs} inputs of {config.max_input_chars} characters")
+        query = parse_embeddings(body, request.headers.get("content-type"), embeddings.names, encoder.dimension,
+                                 config.max_inputs, config.max_input_chars)
+        answer, batch_tokens = await embeddings.embed(query)
+        metrics.embedding_batch.observe(batch_tokens)
+        return JSONResponse(answer)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse(embeddings.models())
+
+    async def health(request: Request) -> Response:
+        """GET /health: liveness (and, over an index, what its files would say anyway)."""
+        return JSONResponse(service.health() if service else {"status": "ok"})
+
+    async def info(request: Request) -> Response:
+        """GET /info: the index, the model, the limits, batching, and why live reload fails if it does."""
+        search_limits = {"max_k": config.max_k, "max_ef": config.max_ef, "max_queries": config.max_queries,
+                         "max_query_chars": config.max_query_chars} if service else {}
+        return JSONResponse({
+            **(service.describe() if service else {}),
+            "model": embeddings.describe(),
+            "limits": {**search_limits, "max_inputs": config.max_inputs, "max_input_chars": config.max_input_chars},
+            "batching": {"max_batch": config.max_batch, "max_batch_tokens": config.max_batch_tokens,
+                         "max_wait_ms": config.max_wait_ms, "workers": config.workers},
+            "int8_check": encoder.int8_check and encoder.int8_check.to_json(),
+        })
+
+    async def prometheus(request: Request) -> Response:
+        """GET /metrics."""
+        return Response(prometheus_client.generate_latest(metrics.registry),
+                        media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+    async def openapi(request: Request) -> Response:
+        search = {"max_k": config.max_k, "max_ef": config.max_ef, "max_queries": config.max_queries,
+                  "max_query_chars": config.max_query_chars,
+                  "languages": sorted(searcher.index.languages)} if searcher else None
+        return JSONResponse(describe(__version__, search=search, models=embeddings.names,
+                                     dimension=encoder.dimension, max_inputs=config.max_inputs,
+                                     max_input_chars=config.max_input_chars, token=bool(config.token)))
+
     async def client_error(request: Request, e: Exception) -> Response:
+        path = request.url.path
+        if isinstance(e, OpenAIError):
+            return error_response(e.status, str(e), path, e.param, e.code)
         if isinstance(e, BadRequest):
-            return error_response(e.status, str(e))
+            return error_response(e.status, str(e), path)
         if isinstance(e, HTTPException):
-            return error_response(e.status_code, f"{request.method} {request.url.path}: {e.detail}")
-        return error_response(422, str(e))  # an HbtError from the library: bad input it caught
+            return error_response(e.status_code, f"{request.method} {path}: {e.detail}", path)
+        # An HbtError from the library: bad input it caught.
+        return error_response(400 if path.startswith("/v1/") else 422, str(e), path)
 
     async def server_error(request: Request, e: Exception) -> Response:
-        return error_response(500, "internal error; the server log has the details")
+        return error_response(500, "internal error; the server log has the details", request.url.path)
 
+    routes = [
+        Route("/v1/embeddings", embed, methods=["POST"]),
+        Route("/v1/models", models),
+        Route("/health", health),
+        Route("/info", info),
+        Route("/metrics", prometheus),
+        Route("/openapi.json", openapi),
+    ]
+    if service:
+        routes += [Route("/", page), Route("/search", service.search, methods=["POST"]),
+                   Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    else:
+        routes += [Route("/", no_index), Route("/search", no_index, methods=["GET", "POST"])]
     app = Starlette(
-        routes=[
-            Route("/", page),
-            Route("/search", service.search, methods=["POST"]),
-            Route("/health", service.health),
-            Route("/info", service.info),
-            Route("/metrics", service.prometheus),
-            Route("/openapi.json", service.openapi),
-            Mount("/static", StaticFiles(directory=STATIC), name="static"),
-        ],
-        exception_handlers={BadRequest: client_error, HTTPException: client_error, HbtError: client_error,
-                            Exception: server_error},
-        lifespan=service.lifespan,
+        routes=routes,
+        exception_handlers={OpenAIError: client_error, BadRequest: client_error, HTTPException: client_error,
+                            HbtError: client_error, Exception: server_error},
+        lifespan=lifespan,
     )
     # Names as given ("::1", "[::1]", "Example.org"), compared as host_name() reads a Host header.
     allowed_hosts = {name.strip().lower().strip("[]").rstrip(".")
                      for name in (*LOOPBACK_NAMES, config.host, *config.allowed_hosts)}
-    app.add_middleware(Observe, metrics=service.metrics, token=config.token, allowed_hosts=allowed_hosts)
+    app.add_middleware(Observe, metrics=metrics, token=config.token, allowed_hosts=allowed_hosts)
     return app
