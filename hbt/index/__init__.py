@@ -16,6 +16,7 @@ from hbt.index.format import (FORMAT_VERSION, FileRecord, IndexBundle, IndexConf
                               passage_text, read_manifest)
 from hbt.index.planner import Costs
 from hbt.index.graph import INSERT_BATCH, add_in_batches, add_shuffled, new_graph
+from hbt.index.lexical import has_lexical, text_pieces
 from hbt.index.ops import (add_documents, build_index, commit_staged, compact_index, delete_documents,
                            discard_unfinished, is_staged, stage_segment)
 from hbt.index.reader import Index, check_bundle
@@ -28,6 +29,6 @@ from hbt.index.writer import ENCODE_CHUNK, check_build_target
 __all__ = ["CommitFacts", "Costs", "ENCODE_CHUNK", "FORMAT_VERSION", "INSERT_BATCH", "FileRecord", "Index", "IndexBundle",
            "IndexConfig", "IndexSnapshot", "Manifest", "Ranking", "SegmentEntry", "add_documents", "add_in_batches",
            "add_shuffled", "build_index", "check_build_target", "check_bundle", "commit_staged", "compact_index",
-           "delete_documents", "discard_unfinished", "document_key", "is_staged", "key_label", "key_position",
-           "merge_rankings", "new_graph", "passage_text", "read_manifest", "remove", "stage_segment", "summary",
-           "upgrade_index", "verify_index", "write_atomically"]
+           "delete_documents", "discard_unfinished", "document_key", "has_lexical", "is_staged", "key_label",
+           "key_position", "merge_rankings", "new_graph", "passage_text", "read_manifest", "remove", "stage_segment",
+           "summary", "text_pieces", "upgrade_index", "verify_index", "write_atomically"]

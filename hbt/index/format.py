@@ -7,6 +7,7 @@ An index directory holds::
     seg-000003/graph.hnsw    HNSW graph (hnswlib), labels 0 .. count-1
     seg-000003/docs.sqlite   documents keyed by label
     seg-000003/langs.npy     each label's language, as a code into the entry's ``language_codes``
+    seg-000003/lexical.bin   BM25 postings over the tokenizer's pieces (``hbt.index.lexical``); absent in older indexes
     seg-000003/deletes-000009.npy   tombstones: sorted deleted labels, as of generation 9
 
 Segment files never change once written; deletes write a new tombstone file. The
@@ -33,6 +34,7 @@ SPACE = "ip"  # inner product on unit vectors; hnswlib returns the distance 1 - 
 SEGMENT_NAME = re.compile(r"seg-\d{6}")
 TOMBSTONE_NAME = re.compile(r"deletes-\d{6}\.npy")
 SEGMENT_FILES = (GRAPH_FILE, DOCS_FILE, LANGS_FILE)
+LEXICAL_FILE = "lexical.bin"  # optional: segments written before lexical search lack it until hbt-index upgrade
 FORMAT_1_FILES = ("hnsw.bin", "docs.sqlite")  # one graph and one store for the whole index
 
 
@@ -238,7 +240,8 @@ def _check_entry(entry: dict, where: str) -> None:
         raise ValueError(f"segment name {entry['name']!r} is not seg-NNNNNN")
     if entry["tombstones"] is not None and not TOMBSTONE_NAME.fullmatch(entry["tombstones"]):
         raise ValueError(f"tombstone file {entry['tombstones']!r} is not deletes-NNNNNN.npy")
-    if set(entry["files"]) != set(SEGMENT_FILES) | ({entry["tombstones"]} if entry["tombstones"] else set()):
+    if set(entry["files"]) - {LEXICAL_FILE} != set(SEGMENT_FILES) | ({entry["tombstones"]} if entry["tombstones"]
+                                                                   else set()):
         raise ValueError(f"segment {entry['name']} lists files {sorted(entry['files'])}")
     for name, record in entry["files"].items():
         _fields(record, FILE_FIELDS, f"{where}.files.{name}")

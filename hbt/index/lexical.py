@@ -10,9 +10,12 @@ few posting lists into one array, with no per-document arithmetic. The file::
     offsets  int64   [T+1]   term i's postings are offsets[i] .. offsets[i+1]
     rows     int32   [P]     documents holding the term (segment labels), ascending
     weights  float32 [P]     tf (k1 + 1) / (tf + k1 (1 - b + b len / average len)): BM25 less the idf
+    counts   uint16  [P]     tf, capped at 65535: a merge rebuilds the documents' pieces from it, with no tokenizer
 
 The idf is left out so that a query can take it from the whole collection (every
 segment's document frequencies, summed): scores of different segments then compare.
+A segment holds the file as ``lexical.bin`` beside its graph; indexes built before it
+have none until ``hbt-index upgrade`` adds it (``has_lexical``).
 """
 
 from __future__ import annotations
@@ -22,20 +25,22 @@ import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
-from hbt.errors import SearchIndexError
+from hbt.errors import DataError, SearchIndexError
+from hbt.index.format import LEXICAL_FILE, Manifest, SegmentEntry
+from hbt.index.snapshot import Ranking, document_key, merge_rankings
 
-LEXICAL_FILE = "lexical.bin"
 MAGIC = b"HBTLEX1\n"
 ALIGN = 64
 K1, B = 1.2, 0.75  # Lucene's and FTS5's defaults
 # Query pieces held by more than this share of the documents are left out (``▁the``, ``▁,``): their
 # postings are most of a query's cost, their idf is small. bench/reports/lexical holds the choice.
 MAX_DF = 0.05
-ARRAYS = {"terms": np.int32, "offsets": np.int64, "rows": np.int32, "weights": np.float32}
+ARRAYS = {"terms": np.int32, "offsets": np.int64, "rows": np.int32, "weights": np.float32, "counts": np.uint16}
+MAX_COUNT = np.iinfo(np.uint16).max
 
 
 def text_pieces(tokenizer, texts: list[str]) -> list[np.ndarray]:
@@ -77,10 +82,14 @@ def plan_query(pieces: np.ndarray, frequencies: np.ndarray, documents: int, max_
 
 
 class LexicalWriter:
-    """Collects the pieces of a segment's documents, in label order, and writes the lexical file."""
+    """Collects the pieces of a segment's documents, in label order, and writes the lexical file.
 
-    def __init__(self, k1: float = K1, b: float = B):
-        self.k1, self.b = k1, b
+    With a ``tokenizer`` (the bundle's), ``add_texts`` takes the documents' texts; a merge
+    gives the pieces themselves (``LexicalIndex.document_pieces``), so it needs no bundle.
+    """
+
+    def __init__(self, tokenizer=None, k1: float = K1, b: float = B):
+        self.tokenizer, self.k1, self.b = tokenizer, k1, b
         self._rows: list[np.ndarray] = []
         self._terms: list[np.ndarray] = []
         self._counts: list[np.ndarray] = []
@@ -102,6 +111,10 @@ class LexicalWriter:
         self._counts.append(counts.astype(np.float32))
         self._lengths.append(lengths)
 
+    def pieces(self, texts: list[str]) -> list[np.ndarray]:
+        """Documents' pieces, from their passage texts, by the writer's tokenizer."""
+        return text_pieces(self.tokenizer, texts)
+
     def finish(self, path: Path) -> None:
         """Write the file (not synced: the segment syncs its files when it is finished)."""
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
@@ -114,7 +127,8 @@ class LexicalWriter:
         rows, terms, weights = rows[order], terms[order], weights[order].astype(np.float32)
         distinct, starts = np.unique(terms, return_index=True)
         arrays = {"terms": distinct.astype(np.int32), "offsets": np.append(starts, len(rows)).astype(np.int64),
-                  "rows": rows.astype(np.int32), "weights": weights}
+                  "rows": rows.astype(np.int32), "weights": weights,
+                  "counts": np.minimum(tf[order], MAX_COUNT).astype(np.uint16)}
         header = {"documents": len(lengths), "k1": self.k1, "b": self.b, "average_length": average, "arrays": {}}
         position = 0
         for name, array in arrays.items():
@@ -133,7 +147,7 @@ class LexicalWriter:
 
 def write_lexical(path: Path, pieces: Iterable[np.ndarray], k1: float = K1, b: float = B) -> None:
     """The lexical file of documents 0, 1, ... holding ``pieces``."""
-    writer = LexicalWriter(k1, b)
+    writer = LexicalWriter(None, k1, b)
     writer.add(list(pieces))
     writer.finish(path)
 
@@ -162,11 +176,13 @@ class LexicalIndex:
         except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
             raise SearchIndexError(f"{self.path}: unreadable lexical index ({e}); rebuild it with "
                                    "hbt-index upgrade, or rebuild the index") from e
-        self.terms, self.offsets, self.rows, self.weights = (arrays[name] for name in ARRAYS)
+        self.terms, self.offsets, self.rows, self.weights, self.counts = (arrays[name] for name in ARRAYS)
+        self._by_row: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def _check(self, terms, offsets, rows, weights) -> None:
+    def _check(self, terms, offsets, rows, weights, counts) -> None:
         """The arrays agree, so that no search can read out of bounds."""
-        if len(offsets) != len(terms) + 1 or offsets[0] != 0 or offsets[-1] != len(rows) or len(rows) != len(weights):
+        if len(offsets) != len(terms) + 1 or offsets[0] != 0 or offsets[-1] != len(rows) or (
+                not len(rows) == len(weights) == len(counts)):
             raise ValueError("array lengths disagree")
         if np.any(np.diff(offsets) <= 0) or np.any(np.diff(terms) <= 0):
             raise ValueError("terms or offsets are not ascending")
@@ -191,6 +207,17 @@ class LexicalIndex:
         found[found] = self.terms[positions[found]] == terms[found]
         return positions, found
 
+    def document_pieces(self, labels: np.ndarray) -> list[np.ndarray]:
+        """The pieces of documents ``labels`` (each piece repeated tf times, in term order), for a merge."""
+        if self._by_row is None:  # the postings in row order, once per file: a merge reads every row
+            order = np.argsort(self.rows, kind="stable")
+            terms = np.repeat(self.terms, np.diff(self.offsets))[order]
+            starts = np.searchsorted(self.rows[order], np.arange(self.documents + 1))
+            self._by_row = starts, terms, self.counts[order]
+        starts, terms, counts = self._by_row
+        return [np.repeat(terms[starts[label] : starts[label + 1]], counts[starts[label] : starts[label + 1]])
+                for label in np.asarray(labels, dtype=np.int64)]
+
     def search(self, query: LexicalQuery, k: int, admitted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows and BM25 scores of the best ``k`` documents holding a query term, best first,
         ties by row. ``admitted``: [documents] bool, the rows a filter lets through."""
@@ -198,20 +225,119 @@ class LexicalIndex:
         spans = [(self.offsets[p], self.offsets[p + 1], w) for p, w in zip(positions[found], query.weights[found])]
         if not spans or k < 1:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        rows = np.concatenate([self.rows[start:end] for start, end, _ in spans])
+        rows = np.concatenate([self.rows[start:end] for start, end, _ in spans])  # [P]
         contributions = np.concatenate([self.weights[start:end] * weight for start, end, weight in spans])
         if admitted is not None:
             keep = admitted[rows]
             rows, contributions = rows[keep], contributions[keep]
-        scores = np.bincount(rows, weights=contributions, minlength=self.documents)  # [documents] float64
-        # The k-th best score from the postings alone (no pass over every document): a row occurs at
-        # most once per term, so the best k * terms postings hold at least k distinct rows, the best ones.
-        values, enough = scores[rows], k * len(spans)  # [P]
-        if len(values) > enough:
-            best = np.unique(rows[np.argpartition(-values, enough - 1)[:enough]])
-            kth = -np.partition(-scores[best], min(k, len(best)) - 1)[min(k, len(best)) - 1]
-            candidates = np.unique(rows[values >= kth])  # all tied with the k-th: the row decides below
-        else:
-            candidates = np.unique(rows)
-        order = np.lexsort((candidates, -scores[candidates]))[:k]
-        return candidates[order], scores[candidates[order]]
+        if not len(rows):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        # Sum each row's contributions over the postings read, sorted by row: the cost follows the
+        # postings, never the segment's size (an array over every document costs 8 MB a query at 1M).
+        order = np.argsort(rows, kind="stable")  # stable: a row's terms add up in query order, as before
+        rows, contributions = rows[order], contributions[order].astype(np.float64)
+        starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+        candidates, scores = rows[starts].astype(np.int64), np.add.reduceat(contributions, starts)
+        if len(scores) > k:
+            kth = -np.partition(-scores, k - 1)[k - 1]
+            chosen = scores >= kth  # all tied with the k-th: the row decides below
+            candidates, scores = candidates[chosen], scores[chosen]
+        order = np.lexsort((candidates, -scores))[:k]
+        return candidates[order], scores[order]
+
+
+def has_lexical(manifest: Manifest) -> bool:
+    """Whether every segment of a commit holds a lexical part (an index built before them does not)."""
+    return all(LEXICAL_FILE in entry.files for entry in manifest.segments)
+
+
+def open_lexical(directory: Path, entry: SegmentEntry) -> LexicalIndex | None:
+    """A segment's lexical part, or None for a segment written before lexical parts existed."""
+    record = entry.files.get(LEXICAL_FILE)
+    if record is None:
+        return None
+    path = Path(directory) / LEXICAL_FILE
+    size = path.stat().st_size  # FileNotFoundError: a reader retries on the newer commit
+    index = LexicalIndex(path)
+    if size != record.bytes or index.documents != entry.count:
+        raise SearchIndexError(f"{path}: {size} bytes for {index.documents} documents, the manifest says "
+                               f"{record.bytes} for {entry.count}; the index is damaged: restore it or rebuild "
+                               "with hbt-index build")
+    return index
+
+
+def collection_frequencies(parts: list[LexicalIndex], pieces: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """Each query's distinct pieces' document frequencies summed over ``parts``, and their documents."""
+    frequencies = [sum((part.frequencies(np.unique(p)) for part in parts), np.zeros(len(np.unique(p)), np.int64))
+                   for p in pieces]
+    return frequencies, sum(part.documents for part in parts)
+
+
+def plan_queries(pieces: list[np.ndarray], frequencies: list[np.ndarray], documents: int,
+                 max_df: float = MAX_DF) -> list[LexicalQuery]:
+    return [plan_query(p, f, documents, max_df) for p, f in zip(pieces, frequencies)]
+
+
+def pad(keys: list[np.ndarray], scores: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rankings of unequal lengths as [Q, longest] arrays: key -1 and score -inf fill the short ones."""
+    width = max((len(row) for row in keys), default=0)
+    padded_keys = np.full((len(keys), width), -1, dtype=np.int64)
+    padded_scores = np.full((len(keys), width), -np.inf, dtype=np.float32)
+    for i, (row_keys, row_scores) in enumerate(zip(keys, scores)):
+        padded_keys[i, : len(row_keys)], padded_scores[i, : len(row_keys)] = row_keys, row_scores
+    return padded_keys, padded_scores
+
+
+def merge_lexical(parts: list[tuple[np.ndarray, np.ndarray]], k: int,
+                  ids: Callable[[np.ndarray], dict[int, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of several parts' padded rankings (keys, scores [Q, w] each), padded, by score then id."""
+    queries = len(parts[0][0]) if parts else 0
+    merged_keys, merged_scores = [], []
+    for q in range(queries):
+        real = [(keys[q][keys[q] >= 0][None], scores[q][keys[q] >= 0][None]) for keys, scores in parts]
+        keys, scores = merge_rankings([s for _, s in real], [key for key, _ in real], k, ids)
+        merged_keys.append(keys[0])
+        merged_scores.append(scores[0])
+    return pad(merged_keys, merged_scores)
+
+
+def search_views(views: list, queries: list[LexicalQuery], k: int, langs: frozenset | None,
+                 ids: Callable[[np.ndarray], dict[int, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and BM25 scores [Q, k'] (padded) of the segment views' best documents that ``langs`` admits.
+
+    ``views`` are an ``Index``'s segment views, in commit order; tombstoned documents never count.
+    """
+    parts = []
+    for position, view in enumerate(views):
+        admitted = view.admitted(langs)
+        found = [view.segment.lexical.search(query, k, admitted) for query in queries]
+        parts.append(pad([document_key(position, rows) for rows, _ in found], [scores for _, scores in found]))
+    return merge_lexical(parts, k, ids)
+
+
+def describe(queries: list[LexicalQuery]) -> str:
+    """The lexical stage in a plan: pieces searched, and the frequent ones left out."""
+    return (f"lexical: {sum(len(q.terms) for q in queries)} pieces searched, "
+            f"{sum(q.dropped for q in queries)} frequent left out")
+
+
+def lexical_parts(index) -> list[LexicalIndex]:
+    """An ``Index``'s segments' lexical parts; an index built before them is refused, naming the fix."""
+    if not has_lexical(index.manifest):
+        raise SearchIndexError(f"{index.directory}: built before lexical search, its segments have no lexical part; "
+                               f"add it (no re-embedding) with: hbt-index upgrade {index.directory}")
+    return [view.segment.lexical for view in index.segments]
+
+
+def search_snapshot(index, pieces: list[np.ndarray], k: int, langs: Iterable[str] | None = None,
+                    statistics: tuple[list[np.ndarray], int] | None = None) -> Ranking:
+    """``Index.search_lexical``: the k best documents by BM25 for each query's pieces, keys and scores
+    [Q, k'] padded with key -1 and score -inf. ``statistics``: the collection's frequencies and
+    documents when the index holds only some segments of it (a Ray group)."""
+    if k <= 0:
+        raise DataError(f"k = {k}: must be at least 1")
+    frequencies, documents = statistics or collection_frequencies(lexical_parts(index), pieces)
+    queries = plan_queries(pieces, frequencies, documents)
+    keys, scores = search_views(index.segments, queries, k, frozenset(langs) if langs else None, lambda tied: {
+        key: doc.id for key, doc in index.documents(tied).items()})
+    return Ranking(keys, scores, [describe(queries)])

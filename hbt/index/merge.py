@@ -16,7 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from hbt.index.format import Manifest, SegmentEntry
+from hbt.index.format import LEXICAL_FILE, Manifest, SegmentEntry
+from hbt.index.lexical import LexicalWriter
 from hbt.index.writer import IndexWriter
 
 MERGE_FACTOR = 10
@@ -43,16 +44,22 @@ def merge_small_segments(writer: IndexWriter) -> None:
 
 def merge_segments(writer: IndexWriter, entries: list[SegmentEntry], progress: Callable[[int], None] = lambda n: None,
                    threads: int = 0) -> Manifest:
-    """Rewrite the live documents of ``entries`` as new segments (at most segment_size each), one commit."""
+    """Rewrite the live documents of ``entries`` as new segments (at most segment_size each), one commit.
+
+    The lexical parts are rebuilt from the old ones' postings, with no tokenizer; if one of
+    ``entries`` has none (an index not yet upgraded), neither have the new segments.
+    """
     new, target = [], None
+    lexical = all(LEXICAL_FILE in entry.files for entry in entries)
     for entry in entries:
         segment = writer.segment(entry)
         live = np.setdiff1d(np.arange(entry.count), writer.tombstones(entry))
         for start in range(0, len(live), READ_CHUNK):
             labels = live[start : start + READ_CHUNK]
             documents = segment.documents(labels)
-            target = target or writer.new_segment(threads)
-            target.add([documents[int(label)] for label in labels], segment.vectors(labels))
+            target = target or writer.new_segment(threads, LexicalWriter() if lexical else None)
+            target.add([documents[int(label)] for label in labels], segment.vectors(labels),
+                       segment.lexical.document_pieces(labels) if lexical else None)
             progress(len(labels))
             if target.count >= writer.manifest.segment_size:
                 new.append(target.finish())

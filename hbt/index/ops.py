@@ -17,7 +17,8 @@ import numpy as np
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import durable
-from hbt.index.format import SEGMENT_FILES, IndexConfig, Manifest, SegmentEntry, tombstone_name
+from hbt.index.format import IndexConfig, Manifest, SegmentEntry, tombstone_name
+from hbt.index.lexical import LexicalWriter
 from hbt.index.merge import DELETED_SHARE, MERGE_FACTOR, merge_segments, merge_small_segments
 from hbt.index.reader import check_bundle
 from hbt.index.segment import SegmentWriter, file_record
@@ -80,7 +81,7 @@ def _with_tombstones(directory: Path, entry: SegmentEntry, deleted: np.ndarray, 
     languages = dict(entry.languages)
     for _, _, lang in hits:
         languages[lang] -= 1
-    files = {n: record for n, record in entry.files.items() if n in SEGMENT_FILES}
+    files = {n: record for n, record in entry.files.items() if n != entry.tombstones}  # the lexical part stays
     files[name] = file_record(directory / name)
     durable.fsync_dir(directory)
     return replace(entry, deleted=len(labels), tombstones=name, files=files,
@@ -102,14 +103,15 @@ def compact_index(directory: Path, progress: Callable[[int], None] = lambda n: N
 
 
 def stage_segment(target: Path, dimension: int, config: IndexConfig,
-                  batches: Iterable[tuple[list[Document], np.ndarray]]) -> SegmentEntry:
-    """Write documents and their vectors [n, d] as a segment outside any index, at ``target``.
+                  batches: Iterable[tuple[list[Document], np.ndarray]], tokenizer=None) -> SegmentEntry:
+    """Write documents and their vectors [n, d] as a segment outside any index, at ``target``
+    (with the bundle's ``tokenizer``, its lexical part too).
 
     The segment is written beside ``target`` and renamed into place whole, with its entry,
     so ``target`` either does not exist or holds a finished segment (a Ray part). Returns the entry.
     """
     temporary = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    writer = SegmentWriter(temporary, dimension, config)
+    writer = SegmentWriter(temporary, dimension, config, LexicalWriter(tokenizer) if tokenizer is not None else None)
     try:
         for documents, vectors in batches:
             writer.add(documents, vectors)

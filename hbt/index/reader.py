@@ -12,6 +12,7 @@ from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index.calibrate import machine_costs
 from hbt.index.format import Manifest, SegmentEntry, read_manifest
+from hbt.index.lexical import collection_frequencies, lexical_parts, search_snapshot
 from hbt.index.planner import ZEN4, Costs
 from hbt.index.segment import Segment, SegmentView, load_tombstones
 from hbt.index.snapshot import CommitFacts, Ranking, document_key, key_label, key_position, merge_rankings
@@ -89,6 +90,15 @@ class Index(CommitFacts):
         keys, scores = merge_rankings(scores, keys, k, lambda tied: {
             key: doc.id for key, doc in self.documents(tied).items()})
         return Ranking(keys, scores, plans)
+
+    def search_lexical(self, pieces: list[np.ndarray], k: int, langs: Iterable[str] | None = None,
+                       statistics: tuple[list[np.ndarray], int] | None = None) -> Ranking:
+        """BM25 over the segments' lexical parts, by each query's pieces (``hbt.index.lexical.search_snapshot``)."""
+        return search_snapshot(self, pieces, k, langs, statistics)
+
+    def lexical_frequencies(self, pieces: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+        """Each query's distinct pieces' document frequencies in these segments, and their documents."""
+        return collection_frequencies(lexical_parts(self), pieces)
 
     def documents(self, keys: Iterable[int]) -> dict[int, Document]:
         by_segment: dict[int, list[int]] = {}

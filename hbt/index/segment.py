@@ -20,8 +20,9 @@ from hbt.bundle import sha256_file
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import durable
-from hbt.index.format import DOCS_FILE, GRAPH_FILE, LANGS_FILE, FileRecord, IndexConfig, SegmentEntry
+from hbt.index.format import DOCS_FILE, GRAPH_FILE, LANGS_FILE, FileRecord, IndexConfig, SegmentEntry, passage_text
 from hbt.index.graph import INSERT_BATCH, add_shuffled, load_graph, new_graph
+from hbt.index.lexical import LEXICAL_FILE, LexicalWriter, open_lexical
 from hbt.index.planner import ZEN4, Costs, Plan, choose_plan, widen
 
 SQL_CHUNK = 900  # bound variables per statement: SQLite's limit is 999 in older builds
@@ -39,10 +40,11 @@ def file_record(path: Path) -> FileRecord:
 
 
 class SegmentWriter:
-    """Writes one segment directory: documents to SQLite, vectors to an HNSW graph, languages to an array."""
+    """Writes one segment directory: documents to SQLite, vectors to an HNSW graph, languages to an array,
+    and with ``lexical`` the documents' pieces to the lexical part (``hbt.index.lexical``)."""
 
-    def __init__(self, directory: Path, dimension: int, config: IndexConfig):
-        self.directory, self.config = directory, config
+    def __init__(self, directory: Path, dimension: int, config: IndexConfig, lexical: LexicalWriter | None = None):
+        self.directory, self.config, self.lexical = directory, config, lexical
         directory.mkdir()
         self.db = sqlite3.connect(str(directory / DOCS_FILE))
         # The file is fsynced once, when the segment is finished; a crash before then leaves garbage
@@ -60,7 +62,8 @@ class SegmentWriter:
     def count(self) -> int:
         return len(self.langs)
 
-    def add(self, docs: list[Document], vectors: np.ndarray) -> None:
+    def add(self, docs: list[Document], vectors: np.ndarray, pieces: list[np.ndarray] | None = None) -> None:
+        """Documents and their vectors [n, d]; ``pieces``: their lexical terms, if not tokenized here."""
         labels = np.arange(self.count, self.count + len(docs))
         try:
             self.db.executemany("INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?)", [
@@ -72,6 +75,8 @@ class SegmentWriter:
                             "in an index") from None
         for doc in docs:
             self.langs.append(self.language_codes.setdefault(doc.lang, len(self.language_codes)))
+        if self.lexical is not None:
+            self.lexical.add(pieces if pieces is not None else self.lexical.pieces([passage_text(d) for d in docs]))
         self._pending.append((vectors, labels))
         if sum(len(labels) for _, labels in self._pending) >= INSERT_BATCH:
             self._flush()
@@ -89,7 +94,10 @@ class SegmentWriter:
         self.db.close()
         self.graph.save_index(str(self.directory / GRAPH_FILE))
         np.save(self.directory / LANGS_FILE, np.frombuffer(self.langs, dtype=np.uint16))
-        files = {name: file_record(self.directory / name) for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE)}
+        if self.lexical is not None:
+            self.lexical.finish(self.directory / LEXICAL_FILE)
+        files = {name: file_record(self.directory / name) for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE)
+                 + ((LEXICAL_FILE,) if self.lexical is not None else ())}
         durable.fsync_dir(self.directory)
         counts = np.bincount(np.frombuffer(self.langs, dtype=np.uint16), minlength=len(self.language_codes))
         codes = sorted(self.language_codes, key=self.language_codes.get)
@@ -132,6 +140,7 @@ class Segment:
                                    "hbt-index build")
         self.db = sqlite3.connect(f"{(directory / DOCS_FILE).resolve().as_uri()}?mode=ro", uri=True,
                                   check_same_thread=False)
+        self.lexical = open_lexical(directory, entry)  # memory-mapped; None in a segment written before them
         self.lock = threading.Lock()  # one SQLite connection, and hnswlib's ef is per graph, not per query
         self._graph = None
 

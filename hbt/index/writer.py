@@ -19,8 +19,9 @@ from hbt import __version__
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import durable
-from hbt.index.format import (FORMAT_1_FILES, MANIFEST, SEGMENT_FILES, SEGMENT_NAME, IndexBundle, IndexConfig, Manifest,
+from hbt.index.format import (FORMAT_1_FILES, MANIFEST, SEGMENT_NAME, IndexBundle, IndexConfig, Manifest,
                               SegmentEntry, dump_manifest, passage_text, read_manifest, segment_name)
+from hbt.index.lexical import LexicalWriter
 from hbt.index.segment import Segment, SegmentWriter, load_tombstones
 
 ENCODE_CHUNK = 256  # documents embedded and written per step while streaming
@@ -66,9 +67,9 @@ class IndexWriter:
         self.manifest = replace(self.manifest, next_segment=self.manifest.next_segment + 1)
         return name
 
-    def new_segment(self, threads: int = 0) -> SegmentWriter:
+    def new_segment(self, threads: int = 0, lexical: LexicalWriter | None = None) -> SegmentWriter:
         return SegmentWriter(self.directory / self.next_name(), self.manifest.dimension,
-                             replace(self.config, threads=threads))
+                             replace(self.config, threads=threads), lexical)
 
     def tombstones(self, entry: SegmentEntry) -> np.ndarray:
         key = (entry.name, entry.tombstones)
@@ -99,7 +100,7 @@ class IndexWriter:
                 vectors = encoder.encode_passages([passage_text(d) for d in chunk])
                 progress(len(chunk))
                 while chunk:
-                    writer = writer or self.new_segment(threads)
+                    writer = writer or self.new_segment(threads, lexical_writer(encoder))
                     room = self.manifest.segment_size - writer.count
                     writer.add(chunk[:room], vectors[:room])
                     chunk, vectors = chunk[room:], vectors[room:]
@@ -140,7 +141,7 @@ class IndexWriter:
 
         Only names that hbt writes are touched, so a mistaken path never loses a user's files.
         """
-        live = {e.name: {*SEGMENT_FILES, *([e.tombstones] if e.tombstones else [])} for e in self.manifest.segments}
+        live = {e.name: set(e.files) for e in self.manifest.segments}  # the segment files, tombstones, lexical part
         for path in self.directory.iterdir():
             if SEGMENT_NAME.fullmatch(path.name):
                 if path.name not in live:
@@ -224,6 +225,12 @@ def new_manifest(bundle: IndexBundle, dimension: int, config: IndexConfig) -> Ma
     return Manifest(generation=0, hbt_version=__version__, bundle=bundle, dimension=dimension, M=config.M,
                     ef_construction=config.ef_construction, ef=config.ef, segment_size=config.segment_size,
                     next_segment=0, segments=(), count=0, languages={}, created=_now(), updated=_now())
+
+
+def lexical_writer(encoder) -> LexicalWriter | None:
+    """A segment's lexical part, tokenized by the encoder's tokenizer (a stand-in encoder without one: none)."""
+    tokenizer = getattr(encoder, "tokenizer", None)
+    return LexicalWriter(tokenizer) if tokenizer is not None else None
 
 
 def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
