@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hbt.encoder import Encoder
+from hbt.errors import BundleError, HbtError
 from hbt.metrics import ndcg_at, recall_at, relevant_ranks
 from tests.conftest import MULTILINGUAL
 
@@ -116,19 +117,20 @@ def test_queries_and_documents_get_the_bundles_prefixes(tiny_bundle):
     assert (model.encoder.manifest.query_prefix, model.encoder.manifest.passage_prefix) == ("query: ", "passage: ")
     texts = MULTILINGUAL[:7]
 
-    def encode(prompt_type):
+    def encode(prompt_type, **kwargs):
         return model.encode(DataLoader([{"text": t} for t in texts], batch_size=3), task_metadata=local_task().metadata,
-                            hf_split="test", hf_subset="default", prompt_type=prompt_type)
+                            hf_split="test", hf_subset="default", prompt_type=prompt_type, **kwargs)
 
     np.testing.assert_array_equal(encode(PromptType.query), model.encoder.encode_queries(texts))
     np.testing.assert_array_equal(encode(PromptType.document), model.encoder.encode_passages(texts))
     np.testing.assert_array_equal(encode(None), model.encoder.encode_queries(texts))  # symmetric tasks: E5's rule
     assert not np.allclose(encode(PromptType.query), encode(PromptType.document))
+    with pytest.raises(HbtError, match="precision 'int8': a bundle gives float32 vectors"):
+        encode(PromptType.query, precision="int8")
 
 
 @needs_mteb
 def test_the_model_meta_reloads_its_bundle_and_refuses_a_changed_one(tiny_bundle):
-    from hbt.errors import BundleError
     from hbt.mteb import BundleEncoder
 
     meta = BundleEncoder(tiny_bundle).mteb_model_meta
@@ -136,6 +138,8 @@ def test_the_model_meta_reloads_its_bundle_and_refuses_a_changed_one(tiny_bundle
     assert meta.load_model().encoder.manifest.fingerprint.endswith(meta.revision)
     with pytest.raises(BundleError, match="bundle changed since"):
         meta.model_copy(update={"revision": "0" * 64}).load_model()
+    with pytest.raises(HbtError, match="hbt runs bundles on the CPU"):
+        meta.load_model(device="cuda")
 
 
 def test_without_mteb_the_adapter_names_the_extra(monkeypatch):
