@@ -126,11 +126,12 @@ def rss_mib(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def server(index_dir: Path, options: dict):
-    """hbt-serve in its own process on a free loopback port, with these options; yields (port, pid)."""
+def server(serving: list[str], options: dict):
+    """hbt-serve in its own process on a free loopback port, serving ``serving`` (["--index", DIR], say) with
+    these options; yields (port, pid)."""
     port = free_port()
     flags = [str(part) for name, value in options.items() for part in (f"--{name}", value)]
-    process = subprocess.Popen([sys.executable, "-m", "hbt.cli.serve", "--index", str(index_dir), "--host", HOST,
+    process = subprocess.Popen([sys.executable, "-m", "hbt.cli.serve", *serving, "--host", HOST,
                                 "--port", str(port), *flags])
     try:
         for _ in range(600):  # up to 60 s
@@ -321,11 +322,11 @@ def main(bundle, data_dir, out, concurrency, modes, seconds, warmup, soak_second
         build_index(docs, encoder, index_dir)
         for mode in modes.split(","):
             click.echo(f"micro-batching {mode}")
-            with server(index_dir, MODES[mode]) as (port, pid):
+            with server(["--index", str(index_dir)], MODES[mode]) as (port, pid):
                 results["sweeps"][mode] = sweep(port, pid, bodies, concurrencies, seconds, warmup)
         if soak_seconds:
             click.echo(f"soak: {soak_seconds:.0f} s at concurrency 16, micro-batching on")
-            with server(index_dir, MODES["on"]) as (port, pid):
+            with server(["--index", str(index_dir)], MODES["on"]) as (port, pid):
                 rss_idle = rss_mib(pid)
                 # Warm up first, with the largest batches: the encoder's runtime keeps memory for
                 # each batch shape it has run, and grows until it has seen them (then levels off).
