@@ -27,6 +27,8 @@ from hbt.bench.latency import workload
 from hbt.bench.reports import environment, write_report
 from hbt.bench.serve import HOST, cpu_seconds, get, post, server
 from hbt.encoder import Encoder
+from hbt.serve.app import ServeConfig
+from hbt.serve.embeddings import padded_chunks
 
 # hbt-serve's options per mode, beside its defaults (--workers 2, one encoder thread each on 2 cores).
 MODES = {
@@ -50,7 +52,7 @@ class Load:
         ms = np.array(self.latencies) * 1000
         return {"seconds": elapsed, "requests": len(ms), "failed": len(self.failures),
                 "failures": sorted(set(self.failures))[:5], "rps": len(ms) / elapsed,
-                "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+                **{f"p{q}_ms": float(np.percentile(ms, q)) if len(ms) else float("nan") for q in (50, 99)}}
 
     async def _client(self, stop_at: float) -> None:
         connection = None
@@ -91,6 +93,33 @@ def measure(port: int, pid: int, bodies: list[bytes], concurrency: int, seconds:
     return row
 
 
+def encoder_alone(encoder: Encoder, sentences: list[str], group: int, rounds: int) -> dict:
+    """Texts/s of the encoder alone (one thread, no server): one text per call, against ``group`` texts at a
+    time cut as the server cuts a batch (sorted by length, within the token budget); the ceiling of any gain."""
+    budget = ServeConfig().max_batch_tokens
+    lengths = [len(ids) for ids in encoder.tokenizer.encode(
+        [encoder.manifest.passage_prefix + t for t in sentences], encoder.manifest.max_length)[0]]
+
+    def batched():
+        for start in range(0, len(sentences), group):
+            order = sorted(range(start, min(start + group, len(sentences))), key=lambda i: lengths[i])
+            for a, b in padded_chunks([lengths[i] for i in order], budget):
+                encoder.encode_passages([sentences[i] for i in order[a:b]], batch_size=b - a)
+
+    def alone():
+        for text in sentences:
+            encoder.encode_passages([text])
+
+    rates = {"one-at-a-time": [], "batched": []}
+    for _ in range(rounds):
+        for name, run in (("one-at-a-time", alone), ("batched", batched)):
+            start = time.perf_counter()
+            run()
+            rates[name].append(len(sentences) / (time.perf_counter() - start))
+    return {"group": group, "texts": len(sentences), "texts_per_s": rates,
+            "ratios": [b / a for a, b in zip(rates["one-at-a-time"], rates["batched"])]}
+
+
 def markdown(results: dict) -> str:
     env, w = results["environment"], results["workload"]
     base = results["baseline"]
@@ -121,6 +150,16 @@ def markdown(results: dict) -> str:
               "rounds' own in brackets. Server CPU is the CPU time the server process used per request "
               "(user + system, all its threads): less sensitive to other tenants than requests/s. Load is the "
               "1-minute load average after the round.", ""]
+    alone = results.get("encoder_alone")
+    if alone:
+        rates = alone["texts_per_s"]
+        lines += [f"**The encoder alone** (one thread, no server, the same {alone['texts']} texts, rounds taking "
+                  f"turns): one text per call {statistics.median(rates['one-at-a-time']):.1f} texts/s; "
+                  f"{alone['group']} at a time, cut as the server cuts a batch, "
+                  f"{statistics.median(rates['batched']):.1f} texts/s: "
+                  f"{statistics.median(alone['ratios']):.2f} × (rounds: "
+                  f"{', '.join(f'{r:.2f}' for r in alone['ratios'])}). No way of batching requests can gain "
+                  "more than this over one at a time.", ""]
     return "\n".join(lines)
 
 
@@ -136,7 +175,9 @@ def markdown(results: dict) -> str:
 @click.option("--seconds", type=click.FloatRange(1, 120), default=10, show_default=True, help="Per round.")
 @click.option("--warmup", type=click.FloatRange(0, 30), default=3, show_default=True)
 @click.option("--texts", type=click.IntRange(10), default=2000, show_default=True)
-def main(bundle, data_dir, out, concurrency, modes, rounds, seconds, warmup, texts):
+@click.option("--alone-texts", type=click.IntRange(0), default=256, show_default=True,
+              help="Texts for the encoder-alone ceiling (0: skip it).")
+def main(bundle, data_dir, out, concurrency, modes, rounds, seconds, warmup, texts, alone_texts):
     """Throughput of /v1/embeddings with token-budget batching against one request at a time."""
     modes = modes.split(",")
     encoder = Encoder(bundle, threads=1)
@@ -171,6 +212,11 @@ def main(bundle, data_dir, out, concurrency, modes, rounds, seconds, warmup, tex
                                f"{row['mean_batch_tokens']:5.0f} tokens, server CPU "
                                f"{row['server_cpu_ms_per_request']:.1f} ms/request, failed {row['failed']}, "
                                f"load {row['load_average']:.1f}")
+    if alone_texts:
+        click.echo("the encoder alone")
+        group = max(int(c) for c in concurrency.split(","))
+        results["encoder_alone"] = encoder_alone(encoder, sentences[:alone_texts], group, rounds)
+        click.echo(f"  ratios {results['encoder_alone']['ratios']}")
     write_report(results, out, markdown(results), lambda results, out: None)
     click.echo(f"report: {out}/report.md")
 

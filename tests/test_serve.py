@@ -77,6 +77,22 @@ def test_search_returns_what_the_library_returns(client, searcher):
     assert answer["batch"] >= 2  # both queries of a request are encoded together
 
 
+@pytest.mark.parametrize("mode", ["auto", "dense", "lexical", "hybrid"])
+def test_mode_passes_through_to_the_searcher(client, searcher, mode):
+    answer = search(client, {"query": "Die Katze schläft", "k": 4, "langs": ["de"], "mode": mode}).json()
+    expected = searcher.run(["Die Katze schläft"], k=4, langs=["de"], mode=mode)
+    assert [hit["id"] for hit in answer["results"][0]["hits"]] == [hit.id for hit in expected.hits[0]]
+    assert answer["plan"].split(";")[0] == expected.plan.split(";")[0]  # "mode hybrid (convex, ...) by auto"
+    assert answer["plan"].startswith(f"mode {'hybrid' if mode == 'auto' else mode}")
+
+
+def test_serve_knows_the_searchers_modes():
+    from hbt.search import MODES
+    from hbt.serve.app import SEARCH_MODES
+
+    assert SEARCH_MODES == MODES
+
+
 def test_language_filter(client):
     answer = search(client, {"query": "cat", "k": 10, "langs": ["de", "ru"]}).json()
     assert sorted(hit["id"] for hit in answer["results"][0]["hits"]) == ["cat-de", "cat-ru"]
@@ -115,6 +131,7 @@ def test_openapi_and_page(client):
     # The description follows the server's limits and the index's languages, so a fuzzer can trust it.
     assert (body["k"]["maximum"], body["queries"]["maxItems"], body["query"]["maxLength"]) == (20, 4, 100)
     assert body["langs"]["items"]["enum"] == ["ar", "de", "en", "ru", "zh"]
+    assert body["mode"]["enum"] == ["auto", "dense", "lexical", "hybrid"]
     assert "security" not in described
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html") and 'id="query"' in page.text
@@ -137,6 +154,7 @@ def test_openapi_and_page(client):
     ("application/json", b'{"query": "cat", "langs": ["xx"]}', 422, "unknown language 'xx'"),
     ("application/json", b'{"query": "cat", "langs": "de"}', 422, "list of language codes"),
     ("application/json", b'{"query": "cat", "lang": ["de"]}', 422, "unknown field 'lang'"),
+    ("application/json", b'{"query": "cat", "mode": "bm25"}', 422, 'mode "bm25": one of auto, dense'),
     ("application/json", json.dumps({"query": "x" * 101}).encode(), 422, "at most 100"),
     ("application/json", json.dumps({"queries": ["cat"] * 5}).encode(), 422, "at most 4 per request"),
     ("application/json", b'{"query": "' + b"x" * 10_000 + b'"}', 413, "a body over"),

@@ -108,3 +108,14 @@ def test_document_markup_shows_as_text(page):
     assert page.evaluate("window.injected") is None
     assert page.locator("#results script, #results img, #results b").count() == 0
     assert "<b>not bold</b>" in page.text_content("#results")
+
+
+def test_the_mode_switch_reaches_the_searcher(page):
+    search_with_keyboard(page, "Honey never spoils")
+    assert "lexical" not in page.text_content("#timings")  # auto over every language: dense
+    page.focus("#mode")
+    page.select_option("#mode", "lexical")  # a change searches again
+    page.wait_for_function("document.getElementById('timings').textContent.includes('lexical')")
+    hits = results(page)
+    assert hits and "encode" not in page.text_content("#timings")  # lexical alone encodes nothing
+    assert any("Honey never spoils" in hit["text"] for hit in hits[:3])

@@ -12,9 +12,9 @@ RESULTS = {"type": "object", "required": ["results", "timings", "batch", "plan"]
     "results": {"type": "array", "items": {"type": "object", "required": ["query", "hits"], "properties": {
         "query": {"type": "string"}, "hits": {"type": "array", "items": HIT}}}},
     "timings": {"type": "object", "additionalProperties": {"type": "number"},
-                "description": "milliseconds: queue, encode, search, fetch, total"},
+                "description": "milliseconds: queue, encode, search, lexical, fuse, fetch, total (as run)"},
     "batch": {"type": "integer", "minimum": 1, "description": "queries encoded together with this request's"},
-    "plan": {"type": "string", "description": "the plan each segment ran"}}}
+    "plan": {"type": "string", "description": "the mode that ran, and the plan each segment ran"}}}
 HEALTH = {"type": "object", "required": ["status", "documents", "generation", "refresh_failures"], "properties": {
     "status": {"enum": ["ok", "stale"], "description": "stale: the newest commit cannot be opened; the last good "
                                                        "one is served (GET /info says why)"},
@@ -93,7 +93,7 @@ def embeddings_body(models: list[str], dimension: int, max_inputs: int, max_inpu
 
 
 def search_path(*, max_k: int, max_ef: int, max_queries: int, max_query_chars: int, languages: list[str],
-                errors: dict) -> dict:
+                modes: tuple[str, ...], errors: dict) -> dict:
     """POST /search, from the server's limits and the index's languages."""
     text = {"type": "string", "minLength": 1, "maxLength": max_query_chars, "pattern": r"\S",
             "description": "a query in any language; not blank, valid Unicode (no lone surrogates)"}
@@ -107,7 +107,10 @@ def search_path(*, max_k: int, max_ef: int, max_queries: int, max_query_chars: i
                 "ef": {"type": "integer", "minimum": 1, "maximum": max_ef,
                        "description": "HNSW search beam (default: the index's)"},
                 "langs": {"type": "array", "items": {"type": "string", "enum": languages} if languages else
-                          {"type": "string"}, "description": "only documents in these languages"}}}
+                          {"type": "string"}, "description": "only documents in these languages"},
+                "mode": {"enum": list(modes), "default": "auto",
+                         "description": "dense, lexical (BM25), hybrid (both, fused), or auto: hybrid for a "
+                                        "one-language search of an index with lexical parts, else dense"}}}
     return {"post": {
         "summary": "Search the index with queries in any language.",
         "requestBody": {"required": True, "content": {"application/json": {

@@ -85,7 +85,7 @@ async function search() {
   const sent = ++latest;
   showStatus("Searching…");
   try {
-    const body = { query, k: 10 };
+    const body = { query, k: 10, mode: $("mode").value };
     if (chosen.size) body.langs = [...chosen];
     const answer = await api("/search", body);
     if (sent !== latest) return;
@@ -102,6 +102,10 @@ async function search() {
 $("search").addEventListener("submit", (event) => {
   event.preventDefault();
   search();
+});
+
+$("mode").addEventListener("change", () => {
+  if ($("query").value.trim()) search();
 });
 
 $("auth").addEventListener("submit", (event) => {
