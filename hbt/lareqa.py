@@ -22,10 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from hbt.corpus import open_text
+from hbt.corpus import Document, open_text
 from hbt.errors import DataError
-from hbt.metrics import relevant_ranks, summarize
-from hbt.retrieval import ann_index, ranks_in, retrieve
+from hbt.index import passage_text
+from hbt.metrics import summarize
+from hbt.retrieval import EXACT, Ranker
 
 DATASETS = {"xquad-r": "xquad-r", "mlqa-r": "mlqa-r"}
 SPLITS = ("all", "dev", "test")
@@ -193,11 +194,13 @@ SETTINGS = ("mono", "cross", "multi", "x-en")
 
 def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_passages: Callable,
              settings=("mono", "cross", "multi"), progress: Callable[[str], None] = lambda s: None,
-             ann: bool = False, per_question: dict | None = None) -> dict:
-    """Embed once, then score every setting: exact search, or the top 100 of an HNSW index (``ann``).
+             ranker: Ranker = EXACT, per_question: dict | None = None) -> dict:
+    """Embed once, then score every setting with ``ranker``: exact ranks, or the index's top 100.
 
-    ``per_question``, when given, receives each group's (qa ids, relevant ranks), keyed
-    ``mono/en``, ``cross/en-de``, ``x-en/de-en``, ``multi/en``: for paired tests between models.
+    The candidates of all languages form one corpus (each candidate tagged with its
+    language); a setting's pool is a language filter on it. ``per_question``, when given,
+    receives each group's (qa ids, relevant ranks), keyed ``mono/en``, ``cross/en-de``,
+    ``x-en/de-en``, ``multi/en``: for paired tests between models.
     """
     unknown = set(settings) - set(SETTINGS)
     if unknown:
@@ -209,33 +212,34 @@ def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_pass
         if len(langs) < 2:
             raise DataError(f"the {setting} setting pairs two languages, and {', '.join(langs)} is one; "
                             "give two languages or more, or drop the setting")
-    questions, candidates = {}, {}
+    questions, docs, vectors, first_row = {}, [], [], {}
     for lang in langs:
         progress(f"embedding {lang}")
         ids = sorted(dataset[lang].questions)
         questions[lang] = (ids, encode_queries([dataset[lang].questions[i] for i in ids]))
-        candidates[lang] = encode_passages(dataset[lang].candidates)
+        # Untitled sentences: passage_text is the sentence itself, embedded one language at a time.
+        candidates = [Document(f"{lang}/{i}", text, lang=lang) for i, text in enumerate(dataset[lang].candidates)]
+        first_row[lang] = len(docs)
+        docs += candidates
+        vectors.append(encode_passages([passage_text(d) for d in candidates]))
 
-    pools = {}  # pool languages -> candidate matrix, or its HNSW index (built once per pool)
+    with ranker.pool(docs, np.vstack(vectors)) as pool:
+        def ranks_for(group: str, query_lang: str, pool_langs: list[str]) -> list[np.ndarray]:
+            ids, query_vectors = questions[query_lang]
+            relevant = [[first_row[l] + dataset[l].answers[qid] for l in pool_langs if qid in dataset[l].answers]
+                        for qid in ids]
+            ranks = pool.ranks(query_vectors, relevant, pool_langs)
+            kept = [(qid, found) for qid, wanted, found in zip(ids, relevant, ranks) if wanted]
+            out = [found for _, found in kept]
+            if per_question is not None:
+                per_question[group] = ([qid for qid, _ in kept], out)
+            return out
 
-    def ranks_for(group: str, query_lang: str, pool_langs: list[str]) -> list[np.ndarray]:
-        offsets = np.cumsum([0] + [len(dataset[l].candidates) for l in pool_langs])
-        key = tuple(pool_langs)
-        if key not in pools:
-            matrix = np.vstack([candidates[l] for l in pool_langs])
-            pools[key] = ann_index(matrix) if ann else matrix
-        ids, vectors = questions[query_lang]
-        rows = retrieve(vectors, pools[key]) if ann else vectors @ pools[key].T
-        out, kept = [], []
-        for qid, row in zip(ids, rows):
-            relevant = [offsets[j] + dataset[l].answers[qid] for j, l in enumerate(pool_langs) if qid in dataset[l].answers]
-            if relevant:
-                out.append(ranks_in(row, relevant) if ann else relevant_ranks(row, np.array(relevant)))
-                kept.append(qid)
-        if per_question is not None:
-            per_question[group] = (kept, out)
-        return out
+        return _score(langs, settings, ranks_for)
 
+
+def _score(langs: list[str], settings, ranks_for: Callable[[str, str, list[str]], list[np.ndarray]]) -> dict:
+    """Every setting's summary from ``ranks_for(group, query language, pool languages)``."""
     results = {}
     if "mono" in settings:
         per = _answerable({l: summarize(r) for l in langs if (r := ranks_for(f"mono/{l}", l, [l]))}, "mono")

@@ -1,30 +1,35 @@
-"""Corpus retrieval evaluation: MIRACL/BEIR-style qrels, and MKQA answer recall.
+"""Corpus retrieval evaluation: MIRACL/BEIR-style qrels, MKQA answer recall, and how evaluations rank.
 
-Both embed a passage corpus once and rank it for every query, by exact search
-(one matrix product, the reference) or through an HNSW index (``ann``, what a
-deployed index returns). Qrels runs score mAP, Recall@k and nDCG@10 from the
-ranks of the relevant documents; MKQA scores Recall@k as "an answer occurs in one
-of the top k passages", matched as DPR's ``has_answer`` matches: the answer's
-normalized token sequence must occur in the passage's (the BGE-M3 / RocketQA protocol).
+An evaluation embeds a passage corpus once, as the index embeds it (``passage_text``:
+title plus text), and ranks it for every query with a ``Ranker``: ``exact`` scores every
+passage (one matrix product, the reference), ``index`` builds hbt's index from the same
+vectors in a temporary directory and searches it as a deployment does (segments, the
+planner, language filters, ``ef``). Qrels runs score mAP, Recall@k and nDCG@10 from the
+ranks of the relevant documents; MKQA scores Recall@k as "an answer occurs in one of the
+top k passages", matched as DPR's ``has_answer`` matches: the answer's normalized token
+sequence must occur in the passage's (the BGE-M3 / RocketQA protocol).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 import string
 import sys
+import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from hbt.corpus import Document, read_lines
 from hbt.errors import DataError
-from hbt.index import add_in_batches, new_graph
-from hbt.metrics import summarize
+from hbt.index import Index, IndexConfig, build_index, passage_text
+from hbt.metrics import relevant_ranks, summarize
 
 DEPTH = 100  # ranks beyond this count as not retrieved
 QRELS_DATASETS = ("miracl", "beir")
@@ -79,27 +84,130 @@ def ranks_in(found: np.ndarray, relevant) -> np.ndarray:
     return np.sort(np.array([position.get(r, np.inf) for r in relevant], dtype=float))
 
 
-def ann_index(passage_vectors: np.ndarray):
-    """An HNSW index over unit vectors, with hbt-index's default build settings."""
-    graph = new_graph(passage_vectors.shape[1], len(passage_vectors))
-    add_in_batches(graph, passage_vectors)
-    return graph
+def retrieve(query_vectors: np.ndarray, passages: np.ndarray, depth: int = DEPTH) -> np.ndarray:
+    """Indices [Q, depth] of the nearest passages by exact search, best first."""
+    depth = min(depth, len(passages))
+    scores = query_vectors @ passages.T  # [Q, N]
+    top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
 
 
-def retrieve(query_vectors: np.ndarray, pool, depth: int = DEPTH) -> np.ndarray:
-    """Indices [Q, depth] of the nearest passages, best first.
+RANKERS = ("exact", "index")
 
-    ``pool`` is the passage matrix (exact search, the reference) or an ``ann_index`` of it.
+
+class ExactPool:
+    """Every admitted passage scored by one matrix product: the reference ranking.
+
+    Rows are positions in the corpus; ``langs`` admits the passages of those languages,
+    in corpus order (each admitted set's matrix is kept for the next query batch).
     """
-    if isinstance(pool, np.ndarray):
-        depth = min(depth, len(pool))
-        scores = query_vectors @ pool.T  # [Q, N]
-        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        return np.take_along_axis(top, order, axis=1)
-    depth = min(depth, pool.get_current_count())
-    pool.set_ef(max(depth, 128))
-    return pool.knn_query(query_vectors, k=depth)[0].astype(np.int64)
+
+    def __init__(self, docs: Sequence[Document], vectors: np.ndarray):
+        self.vectors = vectors  # [N, d]
+        self.langs = np.array([d.lang for d in docs], dtype=object)
+        self._admitted: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _admit(self, langs: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        """The admitted rows [n] and their vectors [n, d]."""
+        if langs is None:
+            return np.arange(len(self.vectors)), self.vectors
+        key = tuple(langs)
+        if key not in self._admitted:
+            rows = np.flatnonzero(np.isin(self.langs, list(langs)))
+            self._admitted[key] = rows, self.vectors[rows]
+        return self._admitted[key]
+
+    def top(self, query_vectors: np.ndarray, depth: int = DEPTH, langs: Sequence[str] | None = None) -> np.ndarray:
+        rows, vectors = self._admit(langs)
+        return rows[retrieve(query_vectors, vectors, depth)]
+
+    def ranks(self, query_vectors: np.ndarray, relevant: list[list[int]],
+              langs: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Each query's relevant rows' exact ranks among the admitted, all of them (ties: corpus order)."""
+        rows, vectors = self._admit(langs)
+        scores = query_vectors @ vectors.T  # [Q, n]
+        return [relevant_ranks(row, np.searchsorted(rows, wanted)) for row, wanted in zip(scores, relevant)]
+
+
+class IndexPool:
+    """hbt's index over the corpus, searched through its public API for the top ``DEPTH``, as deployed."""
+
+    def __init__(self, index: Index, docs: Sequence[Document], ef: int | None):
+        self.index, self.ef = index, ef
+        self._row_of_id = {d.id: row for row, d in enumerate(docs)}
+        self._row_of_key: dict[int, int] = {}
+
+    def top(self, query_vectors: np.ndarray, depth: int = DEPTH, langs: Sequence[str] | None = None) -> np.ndarray:
+        keys = self.index.search(query_vectors, depth, self.ef, langs).keys  # [Q, k'], best first
+        unknown = set(np.unique(keys).tolist()) - set(self._row_of_key)
+        if unknown:
+            self._row_of_key.update({key: self._row_of_id[doc.id] for key, doc in self.index.documents(unknown).items()})
+        return np.vectorize(self._row_of_key.__getitem__, otypes=[np.int64])(keys) if keys.size else keys
+
+    def ranks(self, query_vectors: np.ndarray, relevant: list[list[int]],
+              langs: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Each query's relevant rows' ranks in the index's top ``DEPTH``; inf beyond it."""
+        return [ranks_in(row, wanted) for row, wanted in zip(self.top(query_vectors, DEPTH, langs), relevant)]
+
+
+@dataclass(frozen=True)
+class _Identity:
+    fingerprint: str
+
+
+class _Embedded:
+    """The evaluation's passage vectors as ``build_index``'s encoder: it serves them in corpus order and
+    refuses any text it did not embed, so the index holds exactly the vectors the exact ranker scores."""
+
+    def __init__(self, docs: Sequence[Document], vectors: np.ndarray, directory: Path):
+        self.texts, self.vectors, self.served = [passage_text(d) for d in docs], vectors, 0
+        self.dimension = vectors.shape[1]
+        self.bundle_dir = directory
+        self.manifest = _Identity("evaluation-vectors")
+
+    def encode_passages(self, texts: list[str]) -> np.ndarray:
+        end = self.served + len(texts)
+        if texts != self.texts[self.served : end]:
+            raise RuntimeError("build_index asked for passages out of corpus order; evaluation cannot serve them")
+        self.served = end
+        return self.vectors[end - len(texts) : end]
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """How an evaluation ranks passages: ``exact`` (every one scored, the reference) or ``index`` (hbt's index,
+    built with ``build_index`` from the same vectors, searched with ``ef``, None: the index's default)."""
+
+    kind: str = "exact"
+    ef: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in RANKERS:
+            raise DataError(f"unknown ranker {self.kind!r}; choose one of {', '.join(RANKERS)}")
+        if self.ef is not None and (self.kind != "index" or self.ef < 1):
+            raise DataError(f"ef = {self.ef}: an ef applies to the index ranker only, and must be at least 1")
+
+    def describe(self) -> str:
+        return "exact" if self.kind == "exact" else f"index top {DEPTH}, ef {self.ef or IndexConfig().ef}"
+
+    @contextlib.contextmanager
+    def pool(self, docs: Sequence[Document], vectors: np.ndarray) -> Iterator[ExactPool | IndexPool]:
+        """The corpus ready to rank: ``vectors`` [N, d] are ``docs``' ``passage_text`` embedded."""
+        if self.kind == "exact":
+            yield ExactPool(docs, vectors)
+            return
+        with tempfile.TemporaryDirectory(prefix="hbt-eval-index-") as folder:
+            directory = Path(folder) / "index"
+            build_index(docs, _Embedded(docs, vectors, Path(folder)), directory)
+            index = Index(directory)
+            try:
+                yield IndexPool(index, docs, self.ef)
+            finally:
+                index.close()
+
+
+EXACT = Ranker()
 
 
 def _require(docs: list[Document]) -> None:
@@ -108,7 +216,7 @@ def _require(docs: list[Document]) -> None:
 
 
 def evaluate_qrels(queries: dict[str, str], qrels: dict[str, set[str]], docs: list[Document],
-                   encode_queries, encode_passages, ann: bool = False) -> dict:
+                   encode_queries, encode_passages, ranker: Ranker = EXACT) -> dict:
     _require(docs)
     judged = sorted(set(queries) & set(qrels))
     if not judged:
@@ -117,8 +225,8 @@ def evaluate_qrels(queries: dict[str, str], qrels: dict[str, set[str]], docs: li
     unknown = {d for q in judged for d in qrels[q]} - {d.id for d in docs}
     if len(unknown) == sum(len(qrels[q]) for q in judged):
         raise DataError(f"no judged document is in the corpus (e.g. {sorted(unknown)[0]!r}); give the qrels of this corpus")
-    passages = encode_passages([d.text for d in docs])
-    found = retrieve(encode_queries([queries[q] for q in judged]), ann_index(passages) if ann else passages)
+    with ranker.pool(docs, encode_passages([passage_text(d) for d in docs])) as pool:
+        found = pool.top(encode_queries([queries[q] for q in judged]))
     row_of = {d.id: i for i, d in enumerate(docs)}
     all_ranks = [ranks_in(row, [row_of.get(d, -1) for d in qrels[qid]]) for qid, row in zip(judged, found)]
     summary = summarize(all_ranks)
@@ -189,10 +297,10 @@ def read_mkqa(path: Path, languages: list[str] | None = None, answer_language: s
 
 
 def evaluate_mkqa(mkqa: dict[str, list[MkqaQuery]], docs: list[Document], encode_queries, encode_passages,
-                  ks=(20, 100), ann: bool = False) -> dict:
+                  ks=(20, 100), ranker: Ranker = EXACT) -> dict:
     _require(docs)
-    passages = encode_passages([d.text for d in docs])
-    pool = ann_index(passages) if ann else passages
+    with ranker.pool(docs, encode_passages([passage_text(d) for d in docs])) as pool:
+        found = {lang: pool.top(encode_queries([q.text for q in queries]), max(ks)) for lang, queries in mkqa.items()}
     normalized = {}  # document row -> its normalized text, for the documents some query retrieved
 
     def answered(row: int, answers: list[str]) -> bool:
@@ -202,9 +310,8 @@ def evaluate_mkqa(mkqa: dict[str, list[MkqaQuery]], docs: list[Document], encode
 
     per_language = {}
     for lang, queries in mkqa.items():
-        found = retrieve(encode_queries([q.text for q in queries]), pool, max(ks))
         hits = [next((rank for rank, i in enumerate(row, 1) if answered(int(i), q.answers)), np.inf)
-                for q, row in zip(queries, found)]
+                for q, row in zip(queries, found[lang])]
         per_language[lang] = {"queries": len(queries)} | {f"recall@{k}": float(np.mean(np.array(hits) <= k)) for k in ks}
     mean = {m: float(np.mean([v[m] for v in per_language.values()])) for m in per_language[next(iter(per_language))]
             if m != "queries"}

@@ -13,8 +13,10 @@ from click.testing import CliRunner
 
 from hbt.cli.bench import main as bench_cli
 from hbt.errors import DataError
-from hbt.lareqa import evaluate, load_dataset, read_paragraphs
+from hbt.lareqa import SETTINGS, evaluate, load_dataset, read_paragraphs
 from hbt.metrics import average_precision, language_bias, ndcg_at, recall_at, relevant_ranks
+from hbt.retrieval import RANKERS, Ranker
+from tests.fakes import HashEncoder
 from tests.test_export import assert_one_line_error
 
 
@@ -93,18 +95,57 @@ def test_lareqa_settings_on_a_perfect_retriever(toy_dataset):
     assert multi["map"] == 1.0 and multi["language_bias"] == pytest.approx(1.0)  # ties: both answers rank 1 and 2
 
 
-@pytest.mark.parametrize("ann", [False, True])
-def test_x_to_english_and_hnsw_ranking(tmp_path, ann):
+@pytest.mark.parametrize("kind", RANKERS)
+def test_x_to_english_with_either_ranker(tmp_path, kind):
     for lang in ("en", "de", "hi"):
         write_lareqa(tmp_path / "xquad-r", lang, [
             ([f"{lang} alpha sentence", f"{lang} beta sentence"], [("q1", f"{lang} alpha?", 0), ("q2", f"{lang} beta?", 1)]),
         ])
     data = load_dataset(tmp_path, "xquad-r")
-    results = evaluate(data, fake_encoder, fake_encoder, ("x-en", "multi"), ann=ann)
+    results = evaluate(data, fake_encoder, fake_encoder, ("x-en", "multi"), ranker=Ranker(kind))
     assert set(results["x-en"]["pairs"]) == {"de-en", "hi-en"} and results["x-en"]["mean"]["map"] == 1.0
     assert results["multi"]["mean"]["map"] == 1.0
     with pytest.raises(DataError, match="x-en setting needs English"):
         evaluate({"de": data["de"]}, fake_encoder, fake_encoder, ("x-en",))
+
+
+def test_every_setting_ranks_within_its_pool_and_the_index_agrees(tmp_path):
+    """Exact ranks are brute force over the setting's pool (its languages' candidates, in dataset order, ties by
+    position); the index ranker, on pools far below its top 100, returns the same ranks."""
+    rng = np.random.default_rng(3)
+    langs = ("de", "en", "hi")
+    for lang in langs:
+        write_lareqa(tmp_path / "xquad-r", lang, [
+            ([f"{lang} sentence {p}-{i}" for i in range(5)],
+             [(f"q{p}-{j}", f"{lang} question {p}-{j}", int(rng.integers(5))) for j in range(3) if rng.random() < 0.8])
+            for p in range(6)])  # 90 candidates: every pool within the top 100
+    data = load_dataset(tmp_path, "xquad-r")
+    encoder = HashEncoder(dimension=8)  # random-looking vectors: ties are as rare as in real data
+    questions = {lang: encoder.encode([data[lang].questions[q] for q in sorted(data[lang].questions)]) for lang in langs}
+    candidates = {lang: encoder.encode(data[lang].candidates) for lang in langs}
+
+    def brute_force(query_lang, pool_langs):
+        pool = np.vstack([candidates[l] for l in pool_langs])
+        offsets = np.cumsum([0] + [len(candidates[l]) for l in pool_langs])
+        out = {}
+        for qid, scores in zip(sorted(data[query_lang].questions), questions[query_lang] @ pool.T):
+            relevant = [offsets[j] + data[l].answers[qid] for j, l in enumerate(pool_langs) if qid in data[l].answers]
+            if relevant:
+                out[qid] = relevant_ranks(scores, np.array(relevant))
+        return out
+
+    expected = {f"mono/{l}": brute_force(l, [l]) for l in langs}
+    expected |= {f"cross/{x}-{y}": brute_force(x, [y]) for x in langs for y in langs if x != y}
+    expected |= {f"x-en/{x}-en": brute_force(x, ["en"]) for x in langs if x != "en"}
+    expected |= {f"multi/{l}": brute_force(l, list(langs)) for l in langs}
+    for kind in RANKERS:
+        per_question = {}
+        evaluate(data, encoder.encode, encoder.encode, SETTINGS, ranker=Ranker(kind), per_question=per_question)
+        found = {group: dict(zip(ids, ranks)) for group, (ids, ranks) in per_question.items()}
+        assert found.keys() == expected.keys()
+        for group, ranks in expected.items():
+            assert found[group].keys() == ranks.keys() and len(ranks) > 0
+            assert all(np.array_equal(found[group][qid], ranks[qid]) for qid in ranks), (kind, group)
 
 
 def test_sample_keeps_the_same_ids_in_every_language(tmp_path):
@@ -144,6 +185,25 @@ def test_bench_accuracy_writes_report(tiny_bundle, toy_dataset, tmp_path):
         (damaged / name / "results.json").write_text(text)
         assert_one_line_error(CliRunner().invoke(bench_cli, ["compare", str(out), str(damaged / name)]),
                               f"{name}/results.json: not an hbt-bench accuracy result")
+
+
+def test_bench_accuracy_through_the_index(tiny_bundle, toy_dataset, tmp_path):
+    """--ranker index (with --ef) reports what it searched, and on pools this small the exact figures; --ann,
+    deprecated, means --ranker index; --ef with the exact ranker is refused."""
+    runs = {"exact": [], "index": ["--ranker", "index", "--ef", "40"], "ann": ["--ann"]}
+    searched = {"exact": "exact", "index": "index top 100, ef 40", "ann": "index top 100, ef 128"}
+    for name, options in runs.items():
+        out = tmp_path / name
+        result = CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "xquad-r",
+                                                "--data-dir", str(toy_dataset), "--out", str(out), *options])
+        assert result.exit_code == 0, result.output
+        report = json.loads((out / "results.json").read_text())
+        assert report["search"] == searched[name]
+        assert report["settings"] == json.loads((tmp_path / "exact" / "results.json").read_text())["settings"]
+        assert ("--ann is deprecated; use --ranker index" in result.output) == (name == "ann")
+    assert_one_line_error(CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "xquad-r",
+                                                         "--data-dir", str(toy_dataset), "--ef", "40"]),
+                          "--ef 40: the exact ranker has no ef; add --ranker index")
 
 
 def test_bench_latency_report_on_the_demo_corpus(tiny_bundle, tmp_path):

@@ -1,4 +1,4 @@
-"""Corpus evaluation (qrels, MKQA answer recall), exact vs HNSW ranking, and hbt-bench download."""
+"""Corpus evaluation (qrels, MKQA answer recall), the exact and index rankers, and hbt-bench download."""
 
 from __future__ import annotations
 
@@ -20,21 +20,49 @@ from hbt.cli.bench import main as bench_cli
 from hbt.corpus import Document, read_queries
 from hbt.download import SOURCES, RemoteFile
 from hbt.errors import DataError
-from hbt.retrieval import (DEPTH, ann_index, evaluate_mkqa, evaluate_qrels, has_answer, normalize_answer, read_mkqa,
-                           read_qrels, retrieve)
+from hbt.index import Index, build_index
+from hbt.metrics import relevant_ranks
+from hbt.retrieval import (DEPTH, RANKERS, Ranker, evaluate_mkqa, evaluate_qrels, has_answer, normalize_answer,
+                           ranks_in, read_mkqa, read_qrels)
 from tests.conftest import DATA_DIR
+from tests.fakes import HashEncoder
 from tests.test_export import assert_one_line_error
 
 
-def test_exact_and_hnsw_rankings_agree_with_brute_force_on_the_whole_top_k():
+@pytest.mark.parametrize("kind", RANKERS)
+def test_both_rankers_agree_with_brute_force_on_the_whole_top_k(kind):
+    """Unfiltered and filtered to one language or two: the top 100 and the relevant ranks."""
     rng = np.random.default_rng(0)
     passages = rng.normal(size=(500, 16)).astype(np.float32)
     passages /= np.linalg.norm(passages, axis=1, keepdims=True)
+    docs = [Document(f"d{i}", f"text {i}", lang="abc"[i % 3]) for i in range(500)]
     queries = passages[:50] + 0.3 * rng.normal(size=(50, 16)).astype(np.float32)
-    brute_force = np.argsort(-(queries @ passages.T), axis=1, kind="stable")[:, :DEPTH]
-    assert np.array_equal(retrieve(queries, passages), brute_force)
-    # On 500 points with ef 128, HNSW is exact: any miss or misorder in the top 100 is a bug.
-    assert np.array_equal(retrieve(queries, ann_index(passages)), brute_force)
+    relevant = [list(rng.choice(500, size=3, replace=False)) for _ in range(50)]
+    with Ranker(kind).pool(docs, passages) as pool:
+        for langs in (None, ["b"], ["a", "c"]):
+            rows = np.array([i for i, d in enumerate(docs) if langs is None or d.lang in langs])
+            scores = queries @ passages[rows].T
+            brute_force = rows[np.argsort(-scores, axis=1, kind="stable")[:, :DEPTH]]
+            # On 500 points with ef 128, HNSW is exact: any miss or misorder in the top 100 is a bug.
+            assert np.array_equal(pool.top(queries, DEPTH, langs), brute_force)
+            admitted = [[r for r in wanted if r in rows] for wanted in relevant]
+            expected = ([relevant_ranks(row, np.searchsorted(rows, wanted)) for row, wanted in zip(scores, admitted)]
+                        if kind == "exact" else [ranks_in(found, wanted) for found, wanted in zip(brute_force, admitted)])
+            found = pool.ranks(queries, admitted, langs)
+            assert all(np.array_equal(a, b) for a, b in zip(found, expected)) and len(found) == 50
+    assert any(np.isinf(r).any() for r in expected) == (kind == "index")  # only the index's top 100 cuts ranks off
+
+
+def test_rankers_refuse_what_they_cannot_do():
+    with pytest.raises(DataError, match="unknown ranker 'hnsw'; choose one of exact, index"):
+        Ranker("hnsw")
+    for ranker in (dict(kind="exact", ef=64), dict(kind="index", ef=0)):
+        with pytest.raises(DataError, match="applies to the index ranker only, and must be at least 1"):
+            Ranker(**ranker)
+    assert Ranker("index", 64).describe() == f"index top {DEPTH}, ef 64" and Ranker().describe() == "exact"
+    docs = [Document("d0", "one"), Document("d0", "two")]
+    with pytest.raises(DataError, match="duplicate document id 'd0'"):  # as a deployed index refuses them
+        evaluate_qrels({"q": "one"}, {"q": {"d0"}}, docs, HashEncoder().encode, HashEncoder().encode, Ranker("index"))
 
 
 def topic_encoder(topics: list[str]):
@@ -55,9 +83,9 @@ def test_qrels_evaluation_reads_miracl_and_beir_files(tmp_path):
     assert read_qrels(tmp_path / "qrels.txt") == {"q1": {"d0", "d3"}, "q2": {"d1"}}
     assert read_qrels(tmp_path / "qrels.tsv") == {"q1": {"d0"}}
     encode = topic_encoder(topics)
-    for ann in (False, True):
+    for kind in RANKERS:
         results = evaluate_qrels(dict(zip(*read_queries(tmp_path / "topics.tsv"))), read_qrels(tmp_path / "qrels.txt"),
-                                 docs, encode, encode, ann=ann)["qrels"]
+                                 docs, encode, encode, Ranker(kind))["qrels"]
         assert results["mean"]["map"] == pytest.approx(1.0) and results["mean"]["queries"] == 2
         assert results["unjudged_queries"] == 1
     with pytest.raises(DataError, match="share no query id"):
@@ -66,6 +94,42 @@ def test_qrels_evaluation_reads_miracl_and_beir_files(tmp_path):
         evaluate_qrels({"q1": "alpha"}, {"q1": {"d0"}}, [], encode, encode)
     with pytest.raises(DataError, match="no judged document"):
         evaluate_qrels({"q1": "alpha"}, {"q1": {"other"}}, docs, encode, encode)
+
+
+def recording(encode, asked: list[str]):
+    def record(texts):
+        asked.extend(texts)
+        return encode(texts)
+    return record
+
+
+@pytest.mark.parametrize("kind", RANKERS)
+def test_evaluation_embeds_what_the_index_embeds(tmp_path, kind):
+    """Titled passages are embedded as title plus text, the vectors an index built from them holds; untitled ones
+    exactly as their text, as before titles counted. A topic named only in a title is found through it."""
+    topics = ["alpha", "beta", "gamma"]
+    docs = [Document("t0", "a passage", title="about alpha"), Document("t1", "a passage", title="about beta"),
+            Document("u2", "gamma passage"), Document("u3", "plain passage")]
+    asked: list[str] = []
+    encode = topic_encoder(topics)
+    results = evaluate_qrels({"q1": "alpha", "q2": "beta", "q3": "gamma"}, {"q1": {"t0"}, "q2": {"t1"}, "q3": {"u2"}},
+                             docs, encode, recording(encode, asked), Ranker(kind))["qrels"]
+    assert results["mean"]["map"] == 1.0
+    assert asked[2:] == ["gamma passage", "plain passage"]  # untitled: the very texts, so the very vectors, of before
+    encoder = HashEncoder()
+    build_index(docs, encoder, tmp_path / "index")
+    index = Index(tmp_path / "index")
+    ranking = index.search(encoder.encode(asked), 1)
+    found = index.documents(ranking.keys[:, 0])
+    assert [found[key].id for key in ranking.keys[:, 0]] == [d.id for d in docs]
+    assert np.allclose(ranking.scores[:, 0], 1.0)  # each evaluation vector is the one the index holds for its passage
+    index.close()
+    (tmp_path / "mkqa.jsonl").write_text(json.dumps({"example_id": 1, "queries": {"en": "beta"},
+                                                     "answers": {"en": [{"text": "beta"}]}}))
+    asked.clear()
+    mkqa = evaluate_mkqa(read_mkqa(tmp_path / "mkqa.jsonl"), docs, encode, recording(encode, asked), ks=(1,),
+                         ranker=Ranker(kind))["mkqa"]
+    assert asked[:2] == ["about alpha a passage", "about beta a passage"] and mkqa["mean"]["recall@1"] == 1.0
 
 
 @pytest.mark.parametrize("line, message", [
@@ -260,10 +324,10 @@ def test_accuracy_on_corpus_datasets_and_missing_files(tiny_bundle, tmp_path):
     (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
     out = tmp_path / "report"
     result = CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "beir",
-                                            "--data-dir", str(tmp_path), "--out", str(out), "--ann"])
+                                            "--data-dir", str(tmp_path), "--out", str(out), "--ranker", "index"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "results.json").read_text())
-    assert report["search"] == "hnsw top 100" and report["settings"]["qrels"]["mean"]["recall@100"] == 1.0
+    assert report["search"] == "index top 100, ef 128" and report["settings"]["qrels"]["mean"]["recall@100"] == 1.0
     assert "| qrels |" in (out / "report.md").read_text()
     assert_one_line_error(CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "miracl",
                                                          "--data-dir", str(tmp_path)]), "missing --corpus", "--qrels")

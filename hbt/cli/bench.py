@@ -68,13 +68,17 @@ def with_progress(encode, description: str, chunk: int = 1024):
 @click.option("--corpus", type=click.Path(path_type=Path), help="miracl/beir/mkqa: passages JSONL (default in the dataset folder).")
 @click.option("--queries", type=click.Path(path_type=Path), help="miracl/beir: topics TSV or queries JSONL; mkqa: the MKQA JSONL.")
 @click.option("--qrels", type=click.Path(path_type=Path), help="miracl/beir: TREC or BEIR qrels.")
-@click.option("--ann", is_flag=True, help="Rank through an HNSW index (top 100) instead of exact search.")
+@click.option("--ranker", type=click.Choice(["exact", "index"]), default="exact", show_default=True,
+              help="exact: score every candidate; index: build hbt's index in a temporary folder and search it "
+                   "(top 100, language filters), as deployed.")
+@click.option("--ef", type=click.IntRange(1), help="--ranker index: the search's ef (default: the index's, 128).")
+@renamed_option("--ann", "--ranker index", is_flag=True, default=None)
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/<dataset>-<bundle>).")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Encoder threads (0: all cores).")
 @runtime_option("for queries and passages")
 @user_errors
-def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split, corpus, queries, qrels, ann, out,
-             threads, runtime):
+def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split, corpus, queries, qrels, ranker, ef,
+             ann, out, threads, runtime):
     """Retrieval accuracy per setting and language, written as a report directory.
 
     \b
@@ -89,7 +93,7 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split
     Example:
       hbt-bench accuracy --bundle bundles/e5-small-int8 --dataset mlqa-r --out reports/mlqa-r
       hbt-bench accuracy --bundle B --dataset xquad-r --lang de --lang hi --settings cross
-      hbt-bench accuracy --bundle B --dataset mlqa-r --split test
+      hbt-bench accuracy --bundle B --dataset mlqa-r --split test --ranker index
       hbt-bench accuracy --bundle B --dataset tatoeba --lang kab --lang amh
     """
     from tqdm import tqdm
@@ -106,6 +110,9 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split
     wanted = [*langs, *(languages.split(",") if languages else [])] or None
     if split != "all" and dataset != "mlqa-r":
         raise DataError(f"--split {split}: only mlqa-r has a dev/test split; drop --split for {dataset}")
+    if ef is not None and not (ranker == "index" or ann):
+        raise DataError(f"--ef {ef}: the exact ranker has no ef; add --ranker index")
+    ranking = retrieval.Ranker("index" if ann else ranker, ef)
     encoder = Encoder(bundle, threads=threads or None, runtime=runtime)
     extra = []  # report lines beyond the standard tables
     if dataset in lareqa.DATASETS:
@@ -113,7 +120,7 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split
         files = sorted((data_dir / dataset).glob("*.json.gz"))
         with tqdm(total=len(data), desc="embedding", unit=" languages") as bar:
             results = lareqa.evaluate(data, encoder.encode_queries, encoder.encode_passages, tuple(settings.split(",")),
-                                      progress=lambda message: bar.update(1), ann=ann)
+                                      progress=lambda message: bar.update(1), ranker=ranking)
     elif dataset == "tatoeba":
         files = sorted((data_dir / dataset).glob("*.gz"))
         with tqdm(total=len(wanted or tatoeba.languages(data_dir / dataset)), desc="embedding", unit=" languages") as bar:
@@ -125,14 +132,14 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split
         topics = dict(zip(*read_queries(paths["queries"])))
         results = retrieval.evaluate_qrels(topics, retrieval.read_qrels(paths["qrels"]),
                                            list(read_corpus(paths["corpus"])), encoder.encode_queries,
-                                           with_progress(encoder.encode_passages, "embedding corpus"), ann)
+                                           with_progress(encoder.encode_passages, "embedding corpus"), ranking)
     else:
         paths = retrieval.find_files(data_dir, dataset, {"mkqa": queries, "corpus": corpus})
         files = list(paths.values())
         results = retrieval.evaluate_mkqa(retrieval.read_mkqa(paths["mkqa"], wanted), list(read_corpus(paths["corpus"])),
                                           encoder.encode_queries, with_progress(encoder.encode_passages, "embedding corpus"),
-                                          ann=ann)
-    report = {"dataset": dataset, "sample": share, "split": split, "search": "hnsw top 100" if ann else "exact", "runtime": runtime,
+                                          ranking)
+    report = {"dataset": dataset, "sample": share, "split": split, "search": ranking.describe(), "runtime": runtime,
               "environment": environment(encoder.manifest, files, encoder.int8_check), "settings": results}
     out = out or Path("reports") / f"{dataset}-{Path(bundle).name}"
     precision = "fp32" if encoder.manifest.quantization == "none" else encoder.manifest.quantization
