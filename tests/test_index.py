@@ -24,6 +24,7 @@ from hbt.index import (Index, IndexConfig, add_documents, build_index, compact_i
 from hbt.index.planner import ZEN4, choose_plan, widen
 from hbt.search import Searcher
 from tests.fakes import HashEncoder
+from tests.pieces import PieceEncoder
 
 LANGS = ["en", "de", "hi", "sw"]
 REPO = Path(__file__).resolve().parents[1]
@@ -43,12 +44,12 @@ def brute_force(documents: list[Document], query: np.ndarray, k: int, langs=None
 
 
 def result_ids(searcher: Searcher, query: str, k: int, langs=None) -> list[str]:
-    return [hit.id for hit in searcher.search([query], k=k, langs=langs)[0]]
+    return [hit.id for hit in searcher.search([query], k=k, langs=langs, mode="dense")[0]]  # against dense brute force
 
 
 @pytest.fixture
 def encoder():
-    return HashEncoder()
+    return PieceEncoder()  # its segments hold lexical parts: every test here covers them too
 
 
 # The planner -----------------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ FAULT_SCRIPT = """
 import os, sys
 from hbt.corpus import Document
 from hbt.index import IndexConfig, add_documents, build_index, compact_index, delete_documents
-from tests.fakes import HashEncoder
+from tests.pieces import PieceEncoder as HashEncoder  # with lexical parts
 
 kill_at, operation, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 calls = 0
@@ -282,8 +283,8 @@ def index_state(directory: Path, encoder) -> tuple | None:
         return None
     searcher = Searcher(encoder, index)
     ids = frozenset(h.id for h in searcher.search(["all"], k=10_000)[0])
-    answers = tuple(tuple((h.id, round(h.score, 5)) for h in searcher.search([q], k=5, langs=langs)[0])
-                    for q in ("alpha", "fresh text 3") for langs in (None, ["de"]))
+    answers = tuple(tuple((h.id, round(h.score, 5)) for h in searcher.search([q], k=5, langs=langs, mode=mode)[0])
+                    for q in ("alpha", "fresh text 3") for langs in (None, ["de"]) for mode in ("auto", "lexical"))
     return ids, answers
 
 
@@ -415,8 +416,9 @@ def test_format_1_is_upgraded_in_place(tmp_path, encoder):
     write_format_1(tmp_path / "old", corpus, encoder, deleted={"d3", "d4"})
     with pytest.raises(SearchIndexError, match="hbt-index upgrade"):
         Index(tmp_path / "old")
-    manifest = upgrade_index(tmp_path / "old")
+    manifest = upgrade_index(tmp_path / "old", tokenizer=encoder.tokenizer)
     assert manifest.count == 58 and not (tmp_path / "old" / "hnsw.bin").exists()
+    assert all("lexical.bin" in entry.files for entry in manifest.segments)  # added in the same upgrade
     live = [d for d in corpus if d.id not in ("d3", "d4")]
     searcher = Searcher(encoder, Index(tmp_path / "old"))
     assert result_ids(searcher, "text number 3 of d", 10) == brute_force(live, encoder.encode_queries(
@@ -446,7 +448,7 @@ KILL_SCRIPT = """
 import sys
 from hbt.corpus import Document
 from hbt.index import IndexConfig, add_documents, build_index, compact_index, delete_documents
-from tests.fakes import HashEncoder
+from tests.pieces import PieceEncoder as HashEncoder  # with lexical parts
 
 operation, directory, trial = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fresh = [Document(f"t{trial}-{i}", f"trial {trial} text {i}", lang="de") for i in range(3000)]

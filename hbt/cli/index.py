@@ -188,14 +188,18 @@ def compact(index_dir, threads, expunge_deletes):
 
 @main.command()
 @index_directory
+@click.option("--bundle", type=click.Path(path_type=Path), help="The index's bundle, if it moved (default: the one "
+              "the index names); its tokenizer writes the lexical parts.")
 @user_errors
-def upgrade(index_dir):
-    """Convert an index of an older format in place (format 1: one graph and store become a segment)."""
+def upgrade(index_dir, bundle):
+    """Upgrade an index in place, without re-embedding: format 1 (one graph and store) becomes a segment, and
+    segments built before lexical search get their lexical part (BM25 over the bundle tokenizer's pieces)."""
     from hbt.index import FORMAT_VERSION, upgrade_index
 
     setup_logging(False)  # a writer waiting on another's lock says so
-    manifest = upgrade_index(index_dir)
-    click.echo(f"{index_dir}: format {FORMAT_VERSION}, {manifest.count} documents")
+    manifest = upgrade_index(index_dir, bundle)
+    click.echo(f"{index_dir}: format {FORMAT_VERSION}, {manifest.count} documents, lexical parts in all "
+               f"{len(manifest.segments)} segment(s)")
 
 
 @main.command()
@@ -229,16 +233,18 @@ def info(index_dir, as_json):
 @index_directory
 @user_errors
 def verify(index_dir):
-    """Check checksums, counts, graph/store agreement and recall@10 against exact search, and that an int8
-    bundle holds its fidelity gate on this CPU."""
+    """Check checksums, counts, graph/store agreement, recall@10 against exact search, the lexical parts
+    against the stored texts, and that an int8 bundle holds its fidelity gate on this CPU."""
     from hbt.encoder import Encoder
     from hbt.index import read_manifest, verify_index
 
-    report = verify_index(index_dir)
+    encoder = Encoder(read_manifest(index_dir).bundle.path)
+    report = verify_index(index_dir, tokenizer=encoder.tokenizer)
     recall = "n/a (empty)" if report["recall_at_k"] is None else f"{report['recall_at_k']:.3f}"
     click.echo(f"{index_dir}: ok, {report['documents']} documents in {report['segments']} segment(s), "
-               f"checksums ok, recall@{report['k']} {recall} on {report['probes']} probes")
+               f"checksums ok, recall@{report['k']} {recall} on {report['probes']} probes, "
+               f"lexical {report['lexical']}")
     # The vectors a search adds must match the stored ones: an int8 bundle below its gate on this CPU fails here.
-    check = Encoder(read_manifest(index_dir).bundle.path).int8_check
+    check = encoder.int8_check
     if check is not None:
         click.echo(check.summary())

@@ -32,8 +32,8 @@ from hbt.distributed.cluster import cluster_cpus, connect
 from hbt.distributed.corpus import CorpusSource, batch_documents
 from hbt.encoder import Encoder
 from hbt.errors import DataError, SearchIndexError
-from hbt.index import (ENCODE_CHUNK, IndexConfig, Manifest, check_build_target, commit_staged, discard_unfinished,
-                       is_staged, passage_text, remove, stage_segment, write_atomically)
+from hbt.index import (ENCODE_CHUNK, IndexConfig, Manifest, bundle_tokenizer, check_build_target, commit_staged,
+                       discard_unfinished, is_staged, passage_text, remove, stage_segment, write_atomically)
 
 BUCKETS = 1 << 16
 PLAN_FILE = "plan.json"
@@ -91,7 +91,8 @@ def build_index_on_ray(corpus: str | list[str], bundle: Path | str, out: Path | 
         plan = read_or_make_plan(staging, source, encoder.manifest.fingerprint, config, skip_invalid)
         actors, threads, reserve = encoder_pool(actors, config.threads, cluster_cpus())
         make_encoder = make_encoder or functools.partial(Encoder, str(Path(bundle).resolve()), threads=threads)
-        build_parts(source, plan, staging, encoder.dimension, config, make_encoder, actors, reserve)
+        build_parts(source, plan, staging, encoder.dimension, config, make_encoder, actors, reserve,
+                    str(Path(bundle).resolve()))
     return commit_parts(out, staging, plan, encoder, config, force)
 
 
@@ -144,8 +145,9 @@ def _count_buckets(block: pa.Table) -> dict[str, np.ndarray]:
 
 
 def build_parts(source: CorpusSource, plan: dict, staging: Path, dimension: int, config: IndexConfig,
-                make_encoder: Callable, actors: int, reserve: float) -> None:
-    """Write every planned part that is not finished yet: read, embed on the actor pool, group, write."""
+                make_encoder: Callable, actors: int, reserve: float, bundle: str) -> None:
+    """Write every planned part that is not finished yet: read, embed on the actor pool, group, write
+    (each part's lexical part tokenized by the ``bundle``'s tokenizer, in the task that writes it)."""
     discard_unfinished(staging)  # parts whose writers died
     missing = [n for n, count in enumerate(plan["part_documents"]) if count and not is_staged(staging / part_name(n))]
     if not missing:
@@ -155,7 +157,7 @@ def build_parts(source: CorpusSource, plan: dict, staging: Path, dimension: int,
      .map_batches(EmbedPassages, fn_constructor_args=(make_encoder,), compute=ActorPoolStrategy(size=actors),
                   num_cpus=reserve, batch_size=ENCODE_CHUNK, batch_format="numpy")
      .groupby("part", num_partitions=len(missing))
-     .map_groups(write_part, fn_args=(str(staging), plan["part_documents"], dimension, config),
+     .map_groups(write_part, fn_args=(str(staging), plan["part_documents"], dimension, config, bundle),
                  batch_format="numpy")
      .materialize())
     unwritten = [n for n in missing if not is_staged(staging / part_name(n))]
@@ -182,7 +184,7 @@ class EmbedPassages:
 
 
 def write_part(group: dict[str, np.ndarray], staging: str, part_documents: list[int], dimension: int,
-               config: IndexConfig) -> dict[str, list]:
+               config: IndexConfig, bundle: str) -> dict[str, list]:
     """One part's documents and vectors written as a segment, renamed into the staging directory when whole."""
     number = int(group["part"][0])
     final = Path(staging) / part_name(number)
@@ -192,7 +194,8 @@ def write_part(group: dict[str, np.ndarray], staging: str, part_documents: list[
     order = np.argsort(group["id"], kind="stable")  # labels follow ids, so a rerun writes the same part
     chunks = (order[start : start + ENCODE_CHUNK] for start in range(0, len(order), ENCODE_CHUNK))
     entry = stage_segment(final, dimension, config,
-                          ((batch_documents(group, rows), group["vector"][rows]) for rows in chunks))
+                          ((batch_documents(group, rows), group["vector"][rows]) for rows in chunks),
+                          bundle_tokenizer(bundle))  # the driver verified the bundle
     return {"part": [number], "documents": [entry.count]}
 
 

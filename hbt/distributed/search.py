@@ -21,8 +21,8 @@ from hbt.distributed.cluster import connect
 from hbt.encoder import Encoder
 from hbt.errors import DataError, SearchIndexError
 from hbt.index import (CommitFacts, Index, Manifest, Ranking, SegmentEntry, document_key, key_label, key_position,
-                       merge_rankings, read_manifest)
-from hbt.search import Searcher, SearchRun
+                       merge_lexical, merge_rankings, read_manifest, require_lexical)
+from hbt.search import Searcher, SearchMode, SearchRun
 
 
 class SegmentGroup:
@@ -44,6 +44,22 @@ class SegmentGroup:
         keys = document_key(self.positions[key_position(ranking.keys)], key_label(ranking.keys))
         documents = self.index.documents(np.unique(ranking.keys))
         pairs = zip(keys.ravel().tolist(), ranking.keys.ravel().tolist())
+        return keys, ranking.scores, {key: documents[local] for key, local in pairs}, ranking.plans
+
+    def lexical_frequencies(self, pieces: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+        return self.index.lexical_frequencies(pieces)
+
+    def search_lexical(self, pieces: list[np.ndarray], k: int, langs: frozenset | None,
+                       statistics: tuple[list[np.ndarray], int]) -> tuple[np.ndarray, np.ndarray, dict[int, Document],
+                                                                          list[str]]:
+        """The group's BM25 top k, planned on the whole collection's ``statistics``: keys (padded with -1) and
+        scores [Q, k'] in the whole commit, their documents, and the plan."""
+        ranking = self.index.search_lexical(pieces, k, langs, statistics)
+        real = ranking.keys >= 0
+        keys = np.where(real, document_key(self.positions[key_position(np.maximum(ranking.keys, 0))],
+                                           key_label(ranking.keys)), -1)
+        documents = self.index.documents(np.unique(ranking.keys[real]))
+        pairs = zip(keys[real].tolist(), ranking.keys[real].tolist())
         return keys, ranking.scores, {key: documents[local] for key, local in pairs}, ranking.plans
 
     def documents(self, keys: list[int]) -> dict[int, Document]:
@@ -105,6 +121,22 @@ class RayIndex(CommitFacts):
                        key=lambda plan: self.position[plan.split(":")[0]])  # "seg-000003: hnsw ..."
         return Ranking(keys, scores, plans, {key: found[key] for key in np.unique(keys).tolist()})
 
+    def search_lexical(self, pieces: list[np.ndarray], k: int, langs: Iterable[str] | None = None) -> Ranking:
+        """BM25 as ``Index.search_lexical`` ranks it: the groups' document frequencies summed first (one
+        round trip), so every group plans the queries on the whole collection, then their top k merged."""
+        if k <= 0:
+            raise DataError(f"k = {k}: must be at least 1")
+        require_lexical(self.manifest, self.directory)
+        counted = ray.get([group.lexical_frequencies.remote(pieces) for group in self.groups])
+        statistics = ([sum(frequencies[q] for frequencies, _ in counted) for q in range(len(pieces))],
+                      sum(documents for _, documents in counted))
+        allowed = frozenset(langs) if langs else None
+        answers = ray.get([group.search_lexical.remote(pieces, k, allowed, statistics) for group in self.groups])
+        found = {key: doc for _, _, documents, _ in answers for key, doc in documents.items()}
+        keys, scores = merge_lexical([(keys, scores) for keys, scores, *_ in answers], k,
+                                     lambda tied: {key: found[key].id for key in tied.tolist()})
+        return Ranking(keys, scores, answers[0][3], {key: found[key] for key in np.unique(keys[keys >= 0]).tolist()})
+
     def documents(self, keys: Iterable[int]) -> dict[int, Document]:
         wanted: dict[int, list[int]] = {}
         for key in map(int, keys):
@@ -122,11 +154,11 @@ class RayIndex(CommitFacts):
 
 def search_on_ray(index_dir: Path | str, queries: list[str], k: int = 10, ef: int | None = None,
                   langs: Iterable[str] | None = None, bundle: Path | str | None = None, groups: int | None = None,
-                  address: str | None = None) -> SearchRun:
+                  address: str | None = None, mode: SearchMode | str = "auto") -> SearchRun:
     """One search run with the index's segments held by ``groups`` actors (hbt-search query --ray)."""
     with connect(address):
         index = RayIndex(index_dir, groups)
         try:
-            return Searcher(Encoder(bundle or index.bundle.path), index).run(queries, k, ef, langs)
+            return Searcher(Encoder(bundle or index.bundle.path), index).run(queries, k, ef, langs, mode)
         finally:
             index.close()

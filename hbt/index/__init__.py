@@ -16,7 +16,7 @@ from hbt.index.format import (FORMAT_VERSION, FileRecord, IndexBundle, IndexConf
                               passage_text, read_manifest)
 from hbt.index.planner import Costs
 from hbt.index.graph import INSERT_BATCH, add_in_batches, add_shuffled, new_graph
-from hbt.index.lexical import has_lexical, text_pieces
+from hbt.index.lexical import bundle_tokenizer, has_lexical, merge_lexical, require_lexical, text_pieces
 from hbt.index.ops import (add_documents, build_index, commit_staged, compact_index, delete_documents,
                            discard_unfinished, is_staged, stage_segment)
 from hbt.index.reader import Index, check_bundle
@@ -26,9 +26,10 @@ from hbt.index.upgrade import upgrade_index
 from hbt.index.verify import verify_index
 from hbt.index.writer import ENCODE_CHUNK, check_build_target
 
-__all__ = ["CommitFacts", "Costs", "ENCODE_CHUNK", "FORMAT_VERSION", "INSERT_BATCH", "FileRecord", "Index", "IndexBundle",
-           "IndexConfig", "IndexSnapshot", "Manifest", "Ranking", "SegmentEntry", "add_documents", "add_in_batches",
-           "add_shuffled", "build_index", "check_build_target", "check_bundle", "commit_staged", "compact_index",
-           "delete_documents", "discard_unfinished", "document_key", "has_lexical", "is_staged", "key_label",
-           "key_position", "merge_rankings", "new_graph", "passage_text", "read_manifest", "remove", "stage_segment",
-           "summary", "text_pieces", "upgrade_index", "verify_index", "write_atomically"]
+__all__ = ["CommitFacts", "Costs", "ENCODE_CHUNK", "FORMAT_VERSION", "INSERT_BATCH", "FileRecord", "Index",
+           "IndexBundle", "IndexConfig", "IndexSnapshot", "Manifest", "Ranking", "SegmentEntry", "add_documents",
+           "add_in_batches", "add_shuffled", "build_index", "bundle_tokenizer", "check_build_target", "check_bundle",
+           "commit_staged", "compact_index", "delete_documents", "discard_unfinished", "document_key", "has_lexical",
+           "is_staged", "key_label", "key_position", "merge_lexical", "merge_rankings", "new_graph", "passage_text",
+           "read_manifest", "remove", "require_lexical", "stage_segment", "summary", "text_pieces", "upgrade_index",
+           "verify_index", "write_atomically"]

@@ -29,9 +29,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from hbt.bundle import check_fingerprint
+from hbt.bundle import read_manifest as read_bundle_manifest
 from hbt.errors import DataError, SearchIndexError
 from hbt.index.format import LEXICAL_FILE, Manifest, SegmentEntry
 from hbt.index.snapshot import Ranking, document_key, merge_rankings
+from hbt.tokenizer import Tokenizer
 
 MAGIC = b"HBTLEX1\n"
 ALIGN = 64
@@ -39,6 +42,10 @@ K1, B = 1.2, 0.75  # Lucene's and FTS5's defaults
 # Query pieces held by more than this share of the documents are left out (``▁the``, ``▁,``): their
 # postings are most of a query's cost, their idf is small. bench/reports/lexical holds the choice.
 MAX_DF = 0.05
+# ... but only pieces held by more than this many documents: shorter posting lists cost microseconds, and in a
+# small index the share would leave out most pieces (5% of 40 documents is 2). The measured pools (MLQA-R's,
+# thousands of documents per language) are above it, so it changes none of the figures.
+DF_FLOOR = 100
 ARRAYS = {"terms": np.int32, "offsets": np.int64, "rows": np.int32, "weights": np.float32, "counts": np.uint16}
 MAX_COUNT = np.iinfo(np.uint16).max
 
@@ -48,6 +55,15 @@ def text_pieces(tokenizer, texts: list[str]) -> list[np.ndarray]:
     unk = tokenizer.spec.unk_id  # stands for any unknown character: it would match unrelated texts
     ids, _ = tokenizer.encode(texts, max_length=1 << 62)
     return [inner[inner != unk].astype(np.int32) for inner in (i[1:-1] for i in ids)]
+
+
+def bundle_tokenizer(bundle_dir: Path | str, recorded: str | None = None, where: Path | None = None) -> Tokenizer:
+    """A bundle's tokenizer alone, no model. With ``recorded`` (an index's bundle fingerprint), the
+    bundle is verified and must be the one the index ``where`` was built with."""
+    manifest = read_bundle_manifest(bundle_dir, verify=recorded is not None)
+    if recorded is not None:
+        check_fingerprint(recorded, manifest, Path(bundle_dir), where)
+    return Tokenizer(Path(bundle_dir) / manifest.tokenizer.file, manifest.tokenizer)
 
 
 def idf(frequencies: np.ndarray, documents: int) -> np.ndarray:
@@ -275,7 +291,9 @@ def collection_frequencies(parts: list[LexicalIndex], pieces: list[np.ndarray]) 
 
 def plan_queries(pieces: list[np.ndarray], frequencies: list[np.ndarray], documents: int,
                  max_df: float = MAX_DF) -> list[LexicalQuery]:
-    return [plan_query(p, f, documents, max_df) for p, f in zip(pieces, frequencies)]
+    """Each query planned on the collection's frequencies; pieces held by DF_FLOOR documents or fewer stay."""
+    cut = max(max_df, DF_FLOOR / max(documents, 1))
+    return [plan_query(p, f, documents, cut) for p, f in zip(pieces, frequencies)]
 
 
 def pad(keys: list[np.ndarray], scores: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -321,11 +339,16 @@ def describe(queries: list[LexicalQuery]) -> str:
             f"{sum(q.dropped for q in queries)} frequent left out")
 
 
+def require_lexical(manifest: Manifest, directory: Path) -> None:
+    """Refuse, naming the fix, a lexical search of an index whose segments lack their lexical parts."""
+    if not has_lexical(manifest):
+        raise SearchIndexError(f"{directory}: built before lexical search, its segments have no lexical part; "
+                               f"add it (no re-embedding) with: hbt-index upgrade {directory}")
+
+
 def lexical_parts(index) -> list[LexicalIndex]:
     """An ``Index``'s segments' lexical parts; an index built before them is refused, naming the fix."""
-    if not has_lexical(index.manifest):
-        raise SearchIndexError(f"{index.directory}: built before lexical search, its segments have no lexical part; "
-                               f"add it (no re-embedding) with: hbt-index upgrade {index.directory}")
+    require_lexical(index.manifest, index.directory)
     return [view.segment.lexical for view in index.segments]
 
 
@@ -336,8 +359,9 @@ def search_snapshot(index, pieces: list[np.ndarray], k: int, langs: Iterable[str
     documents when the index holds only some segments of it (a Ray group)."""
     if k <= 0:
         raise DataError(f"k = {k}: must be at least 1")
-    frequencies, documents = statistics or collection_frequencies(lexical_parts(index), pieces)
-    queries = plan_queries(pieces, frequencies, documents)
+    parts = lexical_parts(index)
+    frequencies, documents = statistics or collection_frequencies(parts, pieces)
+    queries = plan_queries(pieces, frequencies, documents, MAX_DF)
     keys, scores = search_views(index.segments, queries, k, frozenset(langs) if langs else None, lambda tied: {
         key: doc.id for key, doc in index.documents(tied).items()})
     return Ranking(keys, scores, [describe(queries)])
