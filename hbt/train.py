@@ -282,6 +282,19 @@ def validation_loss(model: DualEncoder, records: list[Record], config: TrainConf
     return float(np.mean(losses))
 
 
+def adamw(groups: list[dict], learning_rate: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (one pass over each tensor) where torch has it for the device.
+
+    The default for-loop update runs about ten small ops per tensor, each an OpenMP
+    region: on 2 shared vCPUs it took 3x the fused step (21.5M parameters, 196 tensors),
+    which left hbt-train behind sentence-transformers' trainer, whose default is fused.
+    """
+    try:
+        return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
+    except RuntimeError:  # torch < 2.4 has no fused CPU kernel
+        return torch.optim.AdamW(groups, lr=learning_rate)
+
+
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     return lambda step: min((step + 1) / max(warmup, 1), max(0.0, (total - step) / max(total - warmup, 1)))
 
@@ -410,8 +423,8 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
     trainable = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+    optimizer = adamw([{"params": decay, "weight_decay": config.weight_decay},
+                       {"params": no_decay, "weight_decay": 0.0}], config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(steps * config.warmup_fraction), steps))
     step, best, bad_evals = 0, float("inf"), 0
     if state is not None:

@@ -203,6 +203,27 @@ def test_training_writes_exportable_checkpoint(tiny_model_dir, tmp_path):
     assert export_bundle(ExportConfig(source=str(best), out=tmp_path / "bundle", quantize="none")).dimension == 32
 
 
+def test_adamw_takes_the_fused_kernel_and_the_reference_update():
+    """The fused AdamW (hbt-train's speed beside sentence-transformers) updates as torch's for-loop AdamW does."""
+    from hbt.train import adamw
+
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(5, 3, generator=generator), torch.randn(3, generator=generator)]
+    fused, reference = [[w.clone().requires_grad_() for w in weights] for _ in range(2)]
+    optimizers = [adamw([{"params": fused[:1], "weight_decay": 0.01}, {"params": fused[1:], "weight_decay": 0.0}], 1e-2),
+                  torch.optim.AdamW([{"params": reference[:1], "weight_decay": 0.01},
+                                     {"params": reference[1:], "weight_decay": 0.0}], lr=1e-2, foreach=False)]
+    for _ in range(3):
+        grads = [torch.randn(w.shape, generator=generator) for w in weights]
+        for parameters, optimizer in zip((fused, reference), optimizers):
+            for parameter, grad in zip(parameters, grads):
+                parameter.grad = grad.clone()
+            optimizer.step()
+    for a, b in zip(fused, reference):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert optimizers[0].defaults["fused"] or torch.__version__ < "2.4"
+
+
 def test_resume_reproduces_uninterrupted_run(tiny_model_dir, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
