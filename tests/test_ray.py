@@ -128,7 +128,9 @@ def test_ray_build_equals_a_local_build(cluster, tiny_bundle, tmp_path):
         results[name] = [sorted((round(-score, 5), documents[key].id) for score, key in zip(scores, keys))
                          for scores, keys in zip(ranking.scores.tolist(), ranking.keys.tolist())]
     assert results["ray"] == results["local"]
-    assert verify_index(tmp_path / "ray")["recall_at_k"] >= 0.99
+    report = verify_index(tmp_path / "ray", tokenizer=encoder.tokenizer)
+    assert report["recall_at_k"] >= 0.99
+    assert report["lexical"].startswith("ok (checksums, pieces of the stored texts")  # each part has its lexical part
 
 
 def test_a_killed_encoder_actor_loses_and_duplicates_nothing(cluster, tiny_bundle, tmp_path):
@@ -223,7 +225,8 @@ def test_search_through_ray_actors_equals_local_search(cluster, tiny_bundle, tmp
         assert len(held.groups) == 2
         on_ray = Searcher(encoder, held)
         for k, langs in ((10, None), (25, ["sw"]), (2000, None)):
-            assert on_ray.search(queries, k=k, langs=langs) == local.search(queries, k=k, langs=langs)
+            for mode in ("auto", "dense", "lexical", "hybrid"):
+                assert on_ray.search(queries, k, None, langs, mode) == local.search(queries, k, None, langs, mode)
         vectors = encoder.encode_queries(queries)
         exact = [index.search(vectors, 10, exact=True) for index in (held, local.index)]
         np.testing.assert_array_equal(exact[0].keys, exact[1].keys)
