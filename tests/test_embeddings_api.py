@@ -201,14 +201,16 @@ def test_concurrent_requests_share_batches_bounded_by_tokens(encoder, tiny_bundl
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(1, 600), max_size=40), st.integers(1, 2000))
-def test_padded_chunks_cover_in_order_within_the_budget(lengths, budget):
+def test_padded_chunks_cover_in_order_within_the_budget_and_pad_little(lengths, budget):
     lengths = sorted(lengths)
-    chunks = padded_chunks(lengths, budget)
+    chunks = padded_chunks(lengths, budget, call_tokens=16)
     assert [i for start, end in chunks for i in range(start, end)] == list(range(len(lengths)))
     for start, end in chunks:
         assert end - start == 1 or (end - start) * lengths[end - 1] <= budget
-    for (start, end), _ in zip(chunks, chunks[1:]):  # greedy: the next text would not have fitted
-        assert (end - start + 1) * lengths[end] > budget
+    for (start, end), _ in zip(chunks, chunks[1:]):  # greedy: the next text did not fit, or padded too much
+        assert (end - start + 1) * lengths[end] > budget or (end - start) * (lengths[end] - lengths[end - 1]) > 16
+    for start, end in chunks:  # and every text that joined a run padded it little enough
+        assert all((i - start) * (lengths[i] - lengths[i - 1]) <= 16 for i in range(start + 1, end))
 
 
 @settings(max_examples=200, deadline=None)
