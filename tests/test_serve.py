@@ -392,17 +392,19 @@ def test_info_names_the_bundle_without_its_path_beyond_loopback(searcher, tiny_b
 
 # The micro-batcher alone, with a fake process that records its batches.
 
-def run_batcher(scenario, max_size: int = 32, max_wait: float = 0.002, fail_on=None):
+def run_batcher(scenario, max_size: int = 32, max_wait: float = 0.002, fail_on=None, workers: int = 1,
+                seconds: float = 0.0):
     batches = []
 
     def process(items):
         if fail_on == "batch":
             raise RuntimeError("encoder down")
         batches.append(list(items))
+        time.sleep(seconds)
         return [ValueError(item) if item == fail_on else item * 10 for item in items]
 
     async def main():
-        async with MicroBatcher(process, max_size, max_wait) as batcher:
+        async with MicroBatcher(process, max_size, max_wait, workers=workers) as batcher:
             return await scenario(batcher)
 
     return asyncio.run(main()), batches
@@ -417,6 +419,22 @@ def test_requests_arriving_together_share_a_batch():
 def test_batches_stop_at_max_size():
     _, batches = run_batcher(lambda b: asyncio.gather(*(b.submit(i) for i in range(5))), max_size=2)
     assert batches == [[0, 1], [2, 3], [4]]
+
+
+def test_free_workers_share_the_waiting_requests():
+    # Closed-loop clients: were the first free worker to take all 9, the second would idle meanwhile.
+    _, batches = run_batcher(lambda b: asyncio.gather(*(b.submit(i) for i in range(9))), workers=2, seconds=0.05)
+    assert sorted(batches) == [[0, 1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+def test_a_busy_worker_leaves_every_waiting_request_to_the_free_one():
+    async def scenario(batcher):
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)  # the first worker is busy with it
+        return await asyncio.gather(first, *(batcher.submit(i) for i in range(1, 7)))
+
+    _, batches = run_batcher(scenario, workers=2, seconds=0.2)
+    assert batches == [[0], [1, 2, 3, 4, 5, 6]]
 
 
 def test_a_lone_request_does_not_wait():

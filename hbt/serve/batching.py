@@ -14,10 +14,13 @@ Result = TypeVar("Result")
 class MicroBatcher(Generic[Item, Result]):
     """Runs ``process`` over batches of submitted items on ``workers`` threads, off the event loop.
 
-    A batch starts as soon as a worker is free and takes every waiting item, up to
-    ``max_size`` (items weigh ``size(item)``: a request of 3 queries counts 3). While
-    the workers are busy, new requests queue up and form the next batch, so batches
-    grow with the load by themselves. A batch waits for more, at most ``max_wait``
+    A batch starts as soon as a worker is free and takes the waiting items, up to
+    ``max_size`` (items weigh ``size(item)``: a request of 3 queries counts 3): all of
+    them while the other workers are busy, an even share of their weight when others
+    are free too, so that no worker idles while one runs everything (closed-loop
+    clients, each waiting for its answer, would otherwise keep one worker busy and the
+    rest idle). While the workers are busy, new requests queue up and form the next
+    batch, so batches grow with the load by themselves. A batch waits for more, at most ``max_wait``
     seconds after its first item arrived, only while requests have recently been
     arriving less than ``max_wait`` apart: a lone request never waits.
 
@@ -39,6 +42,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._mean_gap = self._gap_cap
         self._worker: asyncio.Task | None = None
         self._free_workers = asyncio.Semaphore(workers)
+        self._idle = workers  # workers not running a batch, this one included while it gathers
         self._running: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hbt-batch")
 
@@ -68,12 +72,15 @@ class MicroBatcher(Generic[Item, Result]):
             while self._pending:
                 await self._free_workers.acquire()
                 await self._gather_more()
-                task = asyncio.create_task(self._process(self._take()))
+                share = -(-self._pending_size() // self._idle)  # ceiling: the workers free now split the load
+                self._idle -= 1
+                task = asyncio.create_task(self._process(self._take(min(self.max_size, share))))
                 self._running.add(task)
                 task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task) -> None:
         self._running.discard(task)
+        self._idle += 1
         self._free_workers.release()
 
     async def _process(self, batch: list[tuple[Item, asyncio.Future, float]]) -> None:
@@ -107,12 +114,12 @@ class MicroBatcher(Generic[Item, Result]):
     def _pending_size(self) -> int:
         return sum(self.size(item) for item, _, _ in self._pending)
 
-    def _take(self) -> list[tuple[Item, asyncio.Future, float]]:
-        """The oldest items up to max_size (always at least one, however large)."""
+    def _take(self, limit: int) -> list[tuple[Item, asyncio.Future, float]]:
+        """The oldest items up to ``limit`` (always at least one, however large)."""
         taken, total = 0, 0
         for item, _, _ in self._pending:
             total += self.size(item)
-            if taken and total > self.max_size:
+            if taken and total > limit:
                 break
             taken += 1
         batch, self._pending = self._pending[:taken], self._pending[taken:]
