@@ -195,7 +195,7 @@ SETTINGS = ("mono", "cross", "multi", "x-en")
 def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_passages: Callable,
              settings=("mono", "cross", "multi"), progress: Callable[[str], None] = lambda s: None,
              ranker: Ranker = EXACT, per_question: dict | None = None) -> dict:
-    """Embed once, then score every setting with ``ranker``: exact ranks, or the index's top 100.
+    """Embed once, then score every setting with ``ranker``: exact ranks, or the index's top ``ranker.depth``.
 
     The candidates of all languages form one corpus (each candidate tagged with its
     language); a setting's pool is a language filter on it. ``per_question``, when given,

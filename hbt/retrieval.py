@@ -131,10 +131,10 @@ class ExactPool:
 
 
 class IndexPool:
-    """hbt's index over the corpus, searched through its public API for the top ``DEPTH``, as deployed."""
+    """hbt's index over the corpus, searched through its public API for the top ``depth``, as deployed."""
 
-    def __init__(self, index: Index, docs: Sequence[Document], ef: int | None):
-        self.index, self.ef = index, ef
+    def __init__(self, index: Index, docs: Sequence[Document], ef: int | None, depth: int):
+        self.index, self.ef, self.depth = index, ef, depth
         self._row_of_id = {d.id: row for row, d in enumerate(docs)}
         self._row_of_key: dict[int, int] = {}
 
@@ -147,8 +147,8 @@ class IndexPool:
 
     def ranks(self, query_vectors: np.ndarray, relevant: list[list[int]],
               langs: Sequence[str] | None = None) -> list[np.ndarray]:
-        """Each query's relevant rows' ranks in the index's top ``DEPTH``; inf beyond it."""
-        return [ranks_in(row, wanted) for row, wanted in zip(self.top(query_vectors, DEPTH, langs), relevant)]
+        """Each query's relevant rows' ranks in the index's top ``depth``; inf beyond it."""
+        return [ranks_in(row, wanted) for row, wanted in zip(self.top(query_vectors, self.depth, langs), relevant)]
 
 
 @dataclass(frozen=True)
@@ -177,19 +177,26 @@ class _Embedded:
 @dataclass(frozen=True)
 class Ranker:
     """How an evaluation ranks passages: ``exact`` (every one scored, the reference) or ``index`` (hbt's index,
-    built with ``build_index`` from the same vectors, searched with ``ef``, None: the index's default)."""
+    built with ``build_index`` from the same vectors, searched with ``ef``, None: the index's default).
+
+    A qrels run counts the top ``depth`` of either; LAReQA ranks every candidate exactly,
+    or the index's top ``depth`` (a relevant candidate beyond it counts as not retrieved).
+    """
 
     kind: str = "exact"
     ef: int | None = None
+    depth: int = DEPTH
 
     def __post_init__(self):
         if self.kind not in RANKERS:
             raise DataError(f"unknown ranker {self.kind!r}; choose one of {', '.join(RANKERS)}")
         if self.ef is not None and (self.kind != "index" or self.ef < 1):
             raise DataError(f"ef = {self.ef}: an ef applies to the index ranker only, and must be at least 1")
+        if self.depth < 1:
+            raise DataError(f"depth = {self.depth}: must be at least 1")
 
     def describe(self) -> str:
-        return "exact" if self.kind == "exact" else f"index top {DEPTH}, ef {self.ef or IndexConfig().ef}"
+        return "exact" if self.kind == "exact" else f"index top {self.depth}, ef {self.ef or IndexConfig().ef}"
 
     @contextlib.contextmanager
     def pool(self, docs: Sequence[Document], vectors: np.ndarray) -> Iterator[ExactPool | IndexPool]:
@@ -202,7 +209,7 @@ class Ranker:
             build_index(docs, _Embedded(docs, vectors, Path(folder)), directory)
             index = Index(directory)
             try:
-                yield IndexPool(index, docs, self.ef)
+                yield IndexPool(index, docs, self.ef, self.depth)
             finally:
                 index.close()
 
@@ -226,7 +233,7 @@ def evaluate_qrels(queries: dict[str, str], qrels: dict[str, set[str]], docs: li
     if len(unknown) == sum(len(qrels[q]) for q in judged):
         raise DataError(f"no judged document is in the corpus (e.g. {sorted(unknown)[0]!r}); give the qrels of this corpus")
     with ranker.pool(docs, encode_passages([passage_text(d) for d in docs])) as pool:
-        found = pool.top(encode_queries([queries[q] for q in judged]))
+        found = pool.top(encode_queries([queries[q] for q in judged]), ranker.depth)
     row_of = {d.id: i for i, d in enumerate(docs)}
     all_ranks = [ranks_in(row, [row_of.get(d, -1) for d in qrels[qid]]) for qid, row in zip(judged, found)]
     summary = summarize(all_ranks)

@@ -50,7 +50,14 @@ def test_both_rankers_agree_with_brute_force_on_the_whole_top_k(kind):
                         if kind == "exact" else [ranks_in(found, wanted) for found, wanted in zip(brute_force, admitted)])
             found = pool.ranks(queries, admitted, langs)
             assert all(np.array_equal(a, b) for a, b in zip(found, expected)) and len(found) == 50
+            unfiltered = found if langs is None else unfiltered
     assert any(np.isinf(r).any() for r in expected) == (kind == "index")  # only the index's top 100 cuts ranks off
+    with Ranker(kind, depth=10).pool(docs, passages) as pool:
+        ranks = pool.ranks(queries, relevant)
+    if kind == "index":  # ranked to its depth only
+        assert all(np.array_equal(r, np.where(full <= 10, full, np.inf)) for r, full in zip(ranks, unfiltered))
+    else:  # the reference ranks every candidate, whatever the depth
+        assert all(np.array_equal(r, full) for r, full in zip(ranks, unfiltered))
 
 
 def test_rankers_refuse_what_they_cannot_do():
@@ -59,7 +66,9 @@ def test_rankers_refuse_what_they_cannot_do():
     for ranker in (dict(kind="exact", ef=64), dict(kind="index", ef=0)):
         with pytest.raises(DataError, match="applies to the index ranker only, and must be at least 1"):
             Ranker(**ranker)
-    assert Ranker("index", 64).describe() == f"index top {DEPTH}, ef 64" and Ranker().describe() == "exact"
+    with pytest.raises(DataError, match="depth = 0: must be at least 1"):
+        Ranker("index", depth=0)
+    assert Ranker("index", 64, 500).describe() == "index top 500, ef 64" and Ranker().describe() == "exact"
     docs = [Document("d0", "one"), Document("d0", "two")]
     with pytest.raises(DataError, match="duplicate document id 'd0'"):  # as a deployed index refuses them
         evaluate_qrels({"q": "one"}, {"q": {"d0"}}, docs, HashEncoder().encode, HashEncoder().encode, Ranker("index"))
