@@ -160,7 +160,22 @@ def markdown(results: dict) -> str:
                   f"{statistics.median(alone['ratios']):.2f} × (rounds: "
                   f"{', '.join(f'{r:.2f}' for r in alone['ratios'])}). No way of batching requests can gain "
                   "more than this over one at a time.", ""]
+    lines += verdict(results)
     return "\n".join(lines)
+
+
+def verdict(results: dict) -> list[str]:
+    """Token-budget batching against the baseline at the highest concurrency, against the 1.2 x target."""
+    clients = max(results["points"], key=int)
+    modes = results["points"][clients]
+    if "token-budget" not in modes or results["baseline"] == "token-budget":
+        return []
+    ratio = statistics.median(row["rps"] / b["rps"] for row, b in zip(modes["token-budget"],
+                                                                        modes[results["baseline"]]))
+    cpu = {mode: statistics.median(row["server_cpu_ms_per_request"] for row in rows) for mode, rows in modes.items()}
+    return [f"**Target** (token-budget batching ≥ 1.2 × {results['baseline']} at concurrency {clients}): "
+            f"{ratio:.2f} ×, {'met' if ratio >= 1.2 else 'not met'}. Server CPU per request (medians): "
+            f"{cpu['token-budget']:.1f} ms batched, {cpu[results['baseline']]:.1f} ms {results['baseline']}.", ""]
 
 
 @click.command()

@@ -31,7 +31,7 @@ FIELDS = ("input", "model", "encoding_format", "dimensions", "input_type", "user
 UNBOUNDED = sys.maxsize  # a tokenizer length limit that cuts nothing: to count a text's tokens
 # What one encoder call costs beyond its tokens, counted in tokens: the graph's fixed work per
 # call against its work per token, a ratio of the model's kernels more than of the CPU's speed
-# (e5-small int8, one thread, 16 equal texts: about 10 to 25 on the 2-vCPU Sapphire Rapids).
+# (e5-small int8, one thread, 16 equal texts: about 10 to 25 on the shared 2-vCPU Xeon, noisily).
 CALL_TOKENS = 16
 
 
