@@ -9,11 +9,22 @@ The queries are those data sets' questions, sampled across languages. Both candi
 index the same piece ids: FTS5 as a contentless table of space-joined ids scored with
 ``bm25()``, hbt as ``hbt.index.lexical`` (precomputed BM25 weights, memory-mapped).
 Tokenization is timed apart: a segment build tokenizes for the encoder anyway.
+
+``--modes-at N`` also builds a real index of N documents with ``hbt.index.build_index``
+(lexical parts included) and times ``Searcher.run`` in each mode, the modes taking turns
+on every query so that the machine's load weighs on all of them alike::
+
+    nice -n 10 python -m hbt.bench.lexical --sizes 1000000 --modes-at 1000000 --bundle B --out bench/reports/lexical
+
+Its vectors are real embeddings (``--bundle``) of some of the sentences, grown to N with
+rotated, noised copies as ``hbt.bench.index_scale`` grows them; the query vectors are
+encoded once, beforehand, and the encoder's time per query is measured apart.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -24,6 +35,7 @@ import numpy as np
 
 K = 10
 BATCH = 10_000
+REAL_PASSAGES = 2_000  # sentences embedded for real with --modes-at, then grown to N
 
 
 def percentiles(times: list[float]) -> dict:
@@ -143,6 +155,145 @@ def fusion_cost() -> dict:
     return timings
 
 
+SHARES = {"l50": 0.5, "l10": 0.1}  # a language filter's pool: one language, as in the mono setting
+MODES_QUERIES = 300
+
+
+class VectorFeed:
+    """A stand-in encoder: the next rows of the grown vectors for passages, cached vectors for queries,
+    and the bundle's tokenizer, so the index's lexical parts are the product's."""
+
+    def __init__(self, passages: np.ndarray, queries: dict[str, np.ndarray], tokenizer):
+        from types import SimpleNamespace
+
+        self.passages, self.queries, self.tokenizer, self.position = passages, queries, tokenizer, 0
+        self.dimension = passages.shape[1]
+        self.bundle_dir, self.manifest = Path("bench-vectors"), SimpleNamespace(fingerprint="bench-vectors")
+
+    def encode_passages(self, texts: list[str]) -> np.ndarray:
+        rows = self.passages[self.position : self.position + len(texts)]
+        self.position += len(texts)
+        return rows
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        return np.vstack([self.queries[text] for text in texts])
+
+
+def bincount_search(index, query, k: int):
+    """The previous accumulation (one score array over every document), kept to compare with the product's."""
+    positions, found = index._find(query.terms)
+    spans = [(index.offsets[p], index.offsets[p + 1], w) for p, w in zip(positions[found], query.weights[found])]
+    if not spans:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.concatenate([index.rows[a:b] for a, b, _ in spans])
+    contributions = np.concatenate([index.weights[a:b] * w for a, b, w in spans])
+    scores = np.bincount(rows, weights=contributions, minlength=index.documents)
+    best = np.unique(rows)
+    return best[np.lexsort((best, -scores[best]))[:k]]
+
+
+def bench_modes(size: int, bundle: Path, data_dir: Path, scratch: Path, ef_construction: int) -> dict:
+    """Build an index of ``size`` documents, then time each mode's search side by side, one query at a time."""
+    from hbt.bench.ann import grow
+    from hbt.corpus import Document
+    from hbt.encoder import Encoder
+    from hbt.index import Index, IndexConfig, build_index, text_pieces
+    from hbt.lareqa import raw_texts
+    from hbt.search import Searcher
+
+    sentences, questions = raw_texts(data_dir, ("xquad-r", "mlqa-r"))
+    encoder = Encoder(bundle)
+    chosen = np.random.default_rng(1).choice(len(questions), size=MODES_QUERIES, replace=False)
+    texts = [questions[i] for i in chosen]
+    start = time.perf_counter()
+    encode_ms = []
+    for text in texts[:100]:  # the encoder's own time per query, apart from the search
+        begin = time.perf_counter()
+        encoder.encode_queries([text])
+        encode_ms.append((time.perf_counter() - begin) * 1e3)
+    query_vectors = dict(zip(texts, encoder.encode_queries(texts)))
+    real = np.random.default_rng(2).choice(len(sentences), size=min(REAL_PASSAGES, len(sentences)), replace=False)
+    passages = grow(encoder.encode_passages([sentences[i] for i in real]), size)
+    click.echo(f"  vectors ready in {time.perf_counter() - start:.0f} s", err=True)
+    feed = VectorFeed(passages, query_vectors, encoder.tokenizer)
+    languages = np.random.default_rng(0).choice(3, size=size, p=[*SHARES.values(), 1 - sum(SHARES.values())])
+    names = [*SHARES, "other"]
+    documents = (Document(f"d{i}", sentences[i % len(sentences)], lang=names[languages[i]]) for i in range(size))
+    directory = scratch / f"index-{size}"
+    start = time.perf_counter()
+    build_index(documents, feed, directory, IndexConfig(M=32, ef_construction=ef_construction, ef=128))
+    build = time.perf_counter() - start
+    index = Index(directory)
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    lexical_bytes = sum(p.stat().st_size for p in files if p.name == "lexical.bin")
+    total_bytes = sum(p.stat().st_size for p in files)
+    searcher = Searcher(feed, index)
+    settings = {f"{mode}, {'all' if langs is None else langs[0]}": (mode, langs)
+                for langs in (None, ["l50"], ["l10"]) for mode in ("dense", "lexical", "hybrid")}
+    for mode, langs in settings.values():  # warm: each path's first query pays for imports and caches
+        searcher.run(texts[:2], k=K, langs=langs, mode=mode)
+    times = {name: [] for name in settings}
+    stages = {name: {} for name in settings}
+    for text in texts:
+        for name, (mode, langs) in settings.items():
+            begin = time.perf_counter()
+            run = searcher.run([text], k=K, langs=langs, mode=mode)
+            times[name].append((time.perf_counter() - begin) * 1e3)
+            for stage, ms in run.timings.items():
+                stages[name].setdefault(stage, []).append(ms)
+    # The accumulation before this one (a score array over every document) against the product's, same queries.
+    lexical = index.segments[0].segment.lexical
+    pieces = text_pieces(encoder.tokenizer, texts)
+    planned = [lexical.query(p) for p in pieces]
+    accumulation = {}
+    for name, function in (("sort (product)", lambda q: lexical.search(q, K)), ("bincount", lambda q:
+                                                                                   bincount_search(lexical, q, K))):
+        elapsed = []
+        for query in planned:
+            begin = time.perf_counter()
+            function(query)
+            elapsed.append((time.perf_counter() - begin) * 1e3)
+        accumulation[name] = percentiles(elapsed)
+    agree = np.mean([np.array_equal(lexical.search(q, K)[0], bincount_search(lexical, q, K)) for q in planned])
+    figures = {name: percentiles(t) | {"stages_p50_ms": {s: float(np.median(v)) for s, v in stages[name].items()}}
+               for name, t in times.items()}
+    return {"documents": size, "build_seconds": build, "ef_construction": ef_construction,
+            "real_passages": len(real), "lexical_bytes_per_document": lexical_bytes / size,
+            "index_bytes_per_document": total_bytes / size, "lexical_share_of_index": lexical_bytes / total_bytes,
+            "lexical_share_of_index_without_it": lexical_bytes / (total_bytes - lexical_bytes),
+            "encode_query": percentiles(encode_ms), "modes": figures, "accumulation": accumulation,
+            "accumulation_same_top_10": float(agree), "queries": len(texts)}
+
+
+def modes_markdown(meta: dict, modes: dict) -> str:
+    """The side-by-side table of the modes at one size."""
+    encode = modes["encode_query"]["p50_ms"]
+    lines = [f"## Modes side by side at {modes['documents']:,} documents", "",
+             f"One index built by `build_index` (M 32, ef_construction {modes['ef_construction']}, ef 128, lexical "
+             f"parts included) in {modes['build_seconds']:.0f} s; {modes['queries']} real questions, one at a time, "
+             f"the modes taking turns on each. `Searcher.run` without the encoder (its vectors computed before); "
+             f"the encoder alone: p50 {encode:.2f} ms per query (e5-small int8, this CPU). Languages: l50 holds "
+             "50% of the documents, l10 10% (a filter to one language: the mono setting, where auto is hybrid).", "",
+             "| filter | mode | p50 / p99 ms | × dense p50 | with the encoder: × dense | stages (p50 ms) |",
+             "|---|---|---|---|---|---|"]
+    for name, figures in modes["modes"].items():
+        mode, filtered = name.split(", ")
+        dense = modes["modes"][f"dense, {filtered}"]["p50_ms"]
+        stages = ", ".join(f"{s} {v:.2f}" for s, v in figures["stages_p50_ms"].items())
+        lines.append(f"| {filtered} | {mode} | {figures['p50_ms']:.2f} / {figures['p99_ms']:.2f} | "
+                     f"{figures['p50_ms'] / dense:.2f} | {(figures['p50_ms'] + encode) / (dense + encode):.2f} | "
+                     f"{stages} |")
+    acc = modes["accumulation"]
+    lines += ["", f"Disk: the lexical parts {modes['lexical_bytes_per_document']:.0f} bytes/document, "
+              f"{modes['lexical_share_of_index_without_it']:.1%} of the index without them "
+              f"({modes['index_bytes_per_document']:.0f} bytes/document in all).", "",
+              f"Accumulating the postings (lexical stage alone, p50 / p99 ms): by sorting the postings read (the "
+              f"product) {acc['sort (product)']['p50_ms']:.2f} / {acc['sort (product)']['p99_ms']:.2f}, into an "
+              f"array over every document (before) {acc['bincount']['p50_ms']:.2f} / {acc['bincount']['p99_ms']:.2f};"
+              f" the same top 10 for {modes['accumulation_same_top_10']:.1%} of the queries.", ""]
+    return "\n".join(lines)
+
+
 def markdown(meta: dict, runs: list[dict]) -> str:
     lines = ["# Lexical search at scale: hbt's sparse BM25 file against SQLite FTS5", "",
              f"CPU: {meta['machine']['cpu']}, {meta['machine']['usable_cores']} usable cores shared with other work "
@@ -185,7 +336,12 @@ def markdown(meta: dict, runs: list[dict]) -> str:
 @click.option("--queries", type=click.IntRange(10), default=500, show_default=True)
 @click.option("--fts5-queries", type=click.IntRange(10), default=200, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/reports/lexical"), show_default=True)
-def main(data_dir, sizes, cutoffs, queries, fts5_queries, out):
+@click.option("--modes-at", type=int, help="Also build an index of this many documents and time the search modes.")
+@click.option("--bundle", type=click.Path(exists=True, path_type=Path), help="With --modes-at: the bundle whose "
+              "embeddings the index holds.")
+@click.option("--ef-construction", type=click.IntRange(1), default=200, show_default=True,
+              help="With --modes-at: the graph's build beam (searches run at ef 128 either way).")
+def main(data_dir, sizes, cutoffs, queries, fts5_queries, out, modes_at, bundle, ef_construction):
     import os
     import sys
 
@@ -208,15 +364,26 @@ def main(data_dir, sizes, cutoffs, queries, fts5_queries, out):
             "sqlite": sqlite3.sqlite_version, "fusion": fusion_cost(),
             "compare_at": MAX_DF, "command": "nice -n 10 python -m hbt.bench.lexical " + " ".join(sys.argv[1:])}
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
+    runs, modes = [], None
     with tempfile.TemporaryDirectory(prefix="lexical-") as scratch:
-        for size in [int(s) for s in sizes.split(",")]:
+        if modes_at:
+            if bundle is None:
+                raise click.UsageError("--modes-at needs --bundle")
+            click.echo(f"modes at {modes_at:,} documents", err=True)
+            modes = bench_modes(modes_at, bundle, data_dir, Path(scratch), ef_construction)
+            (out / "modes.json").write_text(json.dumps({"meta": meta, "modes": modes}, indent=2))
+            (out / "modes.md").write_text(f"# Lexical search: the modes side by side\n\nCPU: {meta['machine']['cpu']}, "
+                                          f"{meta['machine']['usable_cores']} usable cores shared with other work "
+                                          f"(load average {meta['load_average']:.1f}). Command: "
+                                          f"`{meta['command']}`.\n\n" + modes_markdown(meta, modes))
+            shutil.rmtree(Path(scratch) / f"index-{modes_at}")
+        for size in [int(s) for s in sizes.split(",") if s]:
             click.echo(f"measuring {size:,} documents", err=True)
             cuts = sorted({float(c) for c in cutoffs.split(",")} | {MAX_DF}, reverse=True)
             runs.append(measure(size, pieces, query_pieces, cuts, MAX_DF, fts5_queries, Path(scratch)))
             (out / "results.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2))
             (out / "report.md").write_text(markdown(meta, runs))
-    click.echo((out / "report.md").read_text())
+    click.echo((out / ("report.md" if runs else "modes.md")).read_text())
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ def test_lexical_search_is_bm25_over_the_whole_index(tmp_path_factory, monkeypat
         assert math.isclose(hit.score, expected[hit.id], rel_tol=1e-5), hit.id
     best = sorted(expected.values(), reverse=True)[: len(hits)]
     np.testing.assert_allclose([hit.score for hit in hits], best, rtol=1e-5)
+    assert all(a.score > b.score or (a.score == b.score and a.id < b.id) for a, b in zip(hits, hits[1:]))  # ties: id
 
 
 @pytest.fixture

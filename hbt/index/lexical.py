@@ -33,7 +33,7 @@ from hbt.bundle import check_fingerprint
 from hbt.bundle import read_manifest as read_bundle_manifest
 from hbt.errors import DataError, SearchIndexError
 from hbt.index.format import LEXICAL_FILE, Manifest, SegmentEntry
-from hbt.index.snapshot import Ranking, document_key, merge_rankings
+from hbt.index.snapshot import Ranking, document_key
 from hbt.tokenizer import Tokenizer
 
 MAGIC = b"HBTLEX1\n"
@@ -300,7 +300,7 @@ def pad(keys: list[np.ndarray], scores: list[np.ndarray]) -> tuple[np.ndarray, n
     """Rankings of unequal lengths as [Q, longest] arrays: key -1 and score -inf fill the short ones."""
     width = max((len(row) for row in keys), default=0)
     padded_keys = np.full((len(keys), width), -1, dtype=np.int64)
-    padded_scores = np.full((len(keys), width), -np.inf, dtype=np.float32)
+    padded_scores = np.full((len(keys), width), -np.inf, dtype=np.float64)
     for i, (row_keys, row_scores) in enumerate(zip(keys, scores)):
         padded_keys[i, : len(row_keys)], padded_scores[i, : len(row_keys)] = row_keys, row_scores
     return padded_keys, padded_scores
@@ -308,14 +308,30 @@ def pad(keys: list[np.ndarray], scores: list[np.ndarray]) -> tuple[np.ndarray, n
 
 def merge_lexical(parts: list[tuple[np.ndarray, np.ndarray]], k: int,
                   ids: Callable[[np.ndarray], dict[int, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """The k best of several parts' padded rankings (keys, scores [Q, w] each), padded, by score then id."""
+    """The k best of several parts' padded rankings (keys, scores [Q, w] each), padded, by score then id.
+
+    BM25 ties are common (documents of one length holding one rare piece once), so the ids
+    are asked once per query, for the keys tied within the k best or with the k-th only.
+    """
     queries = len(parts[0][0]) if parts else 0
     merged_keys, merged_scores = [], []
     for q in range(queries):
-        real = [(keys[q][keys[q] >= 0][None], scores[q][keys[q] >= 0][None]) for keys, scores in parts]
-        keys, scores = merge_rankings([s for _, s in real], [key for key, _ in real], k, ids)
-        merged_keys.append(keys[0])
-        merged_scores.append(scores[0])
+        keys = np.concatenate([part_keys[q][part_keys[q] >= 0] for part_keys, _ in parts])
+        scores = np.concatenate([part_scores[q][part_keys[q] >= 0] for part_keys, part_scores in parts])
+        order = np.lexsort((keys, -scores))
+        keys, scores = keys[order], scores[order]
+        reach = k
+        while reach < len(scores) and scores[reach] == scores[k - 1]:  # ties with the k-th, beyond it
+            reach += 1
+        keys, scores = keys[:reach], scores[:reach]
+        runs = np.flatnonzero(np.diff(scores) != 0) + 1  # starts of runs of equal scores, after the first
+        groups = [group for group in np.split(np.arange(len(scores)), runs) if len(group) > 1]
+        if groups:
+            named = ids(keys[np.concatenate(groups)])
+            for group in groups:
+                keys[group] = sorted(keys[group].tolist(), key=lambda key: named[key])
+        merged_keys.append(keys[:k])
+        merged_scores.append(scores[:k])
     return pad(merged_keys, merged_scores)
 
 
