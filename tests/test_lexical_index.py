@@ -265,3 +265,24 @@ def test_the_commands_search_in_every_mode_and_upgrade_an_old_index(tiny_bundle,
     assert "lexical parts in all 1 segment(s)" in invoke(index_cli, "upgrade", index)
     assert lexical_digests(index) == digests
     assert "lexical ok (checksums, pieces of the stored texts)" in invoke(index_cli, "verify", index)
+
+
+def test_a_wordpiece_bundle_searches_lexically_by_its_word_pieces(tmp_path):
+    """WordPiece bundles (BERT-style) have lexical parts too: their word pieces are the terms. BERT's basic
+    tokenization splits Chinese characters apart, but not Thai or kana runs, which are then matched only
+    as whole words (a limit of WordPiece itself, left out here)."""
+    pytest.importorskip("transformers", reason="the test vocabulary is made with transformers' BasicTokenizer")
+    from hbt.tokenizer import TokenizerSpec
+    from tests.st_models import SPECIALS, wordpiece_vocab
+
+    texts = [passage for passage, _, _ in UNSPLIT.values()] + ["The capital of France is Paris.", "Bees make honey."]
+    (tmp_path / "vocab.txt").write_text("\n".join(wordpiece_vocab(texts, lowercase=True)) + "\n", encoding="utf-8")
+    spec = TokenizerSpec(file="vocab.txt", id_offset=0, bos_id=SPECIALS.index("[CLS]"), pad_id=0,
+                         eos_id=SPECIALS.index("[SEP]"), unk_id=SPECIALS.index("[UNK]"), kind="wordpiece",
+                         lowercase=True, strip_accents=True)
+    encoder = HashEncoder()
+    encoder.tokenizer = Tokenizer(tmp_path / "vocab.txt", spec)
+    build_index([Document(f"p{i}", text) for i, text in enumerate(texts)], encoder, tmp_path / "index", CONFIG)
+    searcher = Searcher(encoder, Index(tmp_path / "index"))
+    for question, expected in (("北京的首都", "p0"), ("首都北京", "p0"), ("paris", "p3"), ("honey bees", "p4")):
+        assert searcher.search([question], k=1, mode="lexical")[0][0].id == expected
