@@ -320,9 +320,7 @@ def merge_lexical(parts: list[tuple[np.ndarray, np.ndarray]], k: int,
         scores = np.concatenate([part_scores[q][part_keys[q] >= 0] for part_keys, part_scores in parts])
         order = np.lexsort((keys, -scores))
         keys, scores = keys[order], scores[order]
-        reach = k
-        while reach < len(scores) and scores[reach] == scores[k - 1]:  # ties with the k-th, beyond it
-            reach += 1
+        reach = k + int(np.count_nonzero(scores[k:] == scores[k - 1])) if len(scores) > k else k  # the k-th's ties
         keys, scores = keys[:reach], scores[:reach]
         runs = np.flatnonzero(np.diff(scores) != 0) + 1  # starts of runs of equal scores, after the first
         groups = [group for group in np.split(np.arange(len(scores)), runs) if len(group) > 1]
