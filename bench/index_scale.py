@@ -14,6 +14,7 @@ log-log axes: flat lines are the point of segments and the planner.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,8 +26,10 @@ import click
 import numpy as np
 
 from hbt.corpus import Document
+from hbt.machine import cpu_model
 
 SHARES = {"l50": 0.5, "l10": 0.1, "l1": 0.01, "l01": 0.001}  # the rest is "other"
+FILTERS = {f"{share:.1%}": [lang] for lang, share in SHARES.items()} | {"10% + 1%": ["l10", "l1"]}
 K = 10
 
 
@@ -57,13 +60,34 @@ def peak_rss_mib() -> float:
 
 
 def latencies(function, queries: np.ndarray) -> dict:
-    times = []
+    return interleaved({"one": function}, queries)["one"]
+
+
+def interleaved(functions: dict, queries: np.ndarray) -> dict[str, dict]:
+    """Each function's latencies, one query at a time, the functions taking turns on each query: on a shared
+    machine the neighbours' load then weighs on all of them alike, and their ratios hold."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
     for query in queries:
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function(query[None])
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
+                   "qps": len(t) / (sum(t) / 1e3)} for name, t in times.items()}
+
+
+class Stopwatch:
+    """Wraps a function to add up the seconds spent in it (the language graphs' share of a build)."""
+
+    def __init__(self, function):
+        self.function, self.seconds = function, 0.0
+
+    def __call__(self, *args, **kwargs):
         start = time.perf_counter()
-        function(query[None])
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
-            "qps": len(times) / (sum(times) / 1e3)}
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 def overlap(found, truth) -> float:
@@ -80,33 +104,48 @@ def measure(size: int, vectors_file: Path, dimension: int, queries: np.ndarray, 
             directory: Path, segment_size: int) -> dict:
     """Every figure for one N, on an index built in ``directory``."""
     from hbt.index import Index, IndexConfig, add_documents, build_index, compact_index, delete_documents
+    from hbt.index import language_graphs
     from hbt.index.graph import load_graph
 
     results = {"documents": size, "segment_size": segment_size, "rss_before_build_mib": peak_rss_mib()}
     config = IndexConfig(M=32, ef_construction=200, segment_size=segment_size)
+    # The same build without language graphs is this one less the time spent writing them.
+    stopwatch = language_graphs.write_language_graphs = Stopwatch(language_graphs.write_language_graphs)
     seconds, _ = timed(lambda: build_index(corpus(size, sentences), VectorFeed(vectors_file, dimension),
                                            directory, config))
     graphs = sum(p.stat().st_size for p in directory.glob("seg-*/graph.hnsw"))
+    language = sum(p.stat().st_size for p in directory.glob("seg-*/lang-*.hnsw"))
     results |= {"build_seconds": seconds, "build_vectors_per_second": size / seconds,
                 "peak_rss_build_mib": peak_rss_mib(), "graph_mib": graphs / 2**20,
+                "language_graphs": {"seconds": stopwatch.seconds, "mib": language / 2**20,
+                                    "build_time_overhead": stopwatch.seconds / (seconds - stopwatch.seconds),
+                                    "memory_overhead": language / graphs},
                 "disk_bytes_per_document": sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / size}
     results["open_ms"], index = timed(lambda: Index(directory))
     results["open_ms"] *= 1e3
+    results["planner_costs"] = index.costs.describe()
+    results["language_graphs"]["per_segment"] = {e.name: sorted(e.language_graphs) for e in index.manifest.segments}
     read_ms, _ = timed(lambda: [p.read_bytes() for p in directory.glob("seg-*/graph.hnsw")])
     load_ms, _ = timed(lambda: [load_graph(p, dimension, e.count) for p, e in (
         (directory / e.name / "graph.hnsw", e) for e in index.manifest.segments)])
     results["read_graphs_ms"], results["load_graphs_ms"] = read_ms * 1e3, load_ms * 1e3
     probe = queries[:200]
-    results["unfiltered"] = latencies(lambda q: index.search(q, K), queries)
+    filters = {"unfiltered": None} | FILTERS
+    for langs in filters.values():  # warm: exact scans keep their blocks of vectors after the first query
+        index.search(queries[:2], K, langs=langs)
+    # Unfiltered and each filter take turns on every query, so their ratios share the machine's load.
+    timings = interleaved({name: (lambda q, langs=langs: index.search(q, K, langs=langs))
+                           for name, langs in filters.items()}, queries)
+    results["unfiltered"] = timings["unfiltered"]
     results["unfiltered"]["recall_at_10"] = overlap(index.search(probe, K).keys, index.search(probe, K, exact=True).keys)
     results["filtered"] = {}
-    for lang, share in SHARES.items():
-        figures = latencies(lambda q: index.search(q, K, langs=[lang]), queries)
-        figures["recall_at_10"] = overlap(index.search(probe, K, langs=[lang]).keys,
-                                          index.search(probe, K, langs=[lang], exact=True).keys)
-        figures["plan"] = index.search(queries[:1], K, langs=[lang]).plans[0]
+    for name, langs in FILTERS.items():
+        figures = timings[name]
+        figures["recall_at_10"] = overlap(index.search(probe, K, langs=langs).keys,
+                                          index.search(probe, K, langs=langs, exact=True).keys)
+        figures["plan"] = index.search(queries[:1], K, langs=langs).plans[0]
         figures["p50_vs_unfiltered"] = figures["p50_ms"] / results["unfiltered"]["p50_ms"]
-        results["filtered"][f"{share:.1%}"] = figures
+        results["filtered"][name] = figures
     large = {p: p.stat().st_mtime_ns for p in directory.glob("seg-*/*")}
     for count in (1, 1000):
         feed = VectorFeed(vectors_file, dimension)  # the first rows again, under new ids
@@ -123,25 +162,80 @@ def measure(size: int, vectors_file: Path, dimension: int, queries: np.ndarray, 
 
 def segments_against_one_graph(vectors_file: Path, dimension: int, queries: np.ndarray, sentences: list[str],
                                size: int, scratch: Path) -> dict:
-    """Recall and queries/s of one graph and of 4 segments, over a range of ef (compare at equal recall)."""
+    """Recall and queries/s of one graph and of 4 segments (searched one after another, and side by side on the
+    cores), over a range of ef, each query timed in turns (compare at equal recall)."""
     from hbt.index import Index, IndexConfig, build_index
+    from hbt.index import fanout
 
-    curves = {}
+    indexes = {}
     for segments in (1, 4):
         directory = scratch / f"segments-{segments}"
         build_index(corpus(size, sentences), VectorFeed(vectors_file, dimension), directory,
                     IndexConfig(M=32, ef_construction=200, segment_size=-(-size // segments)))
-        index = Index(directory)
-        truth = index.search(queries[:200], K, exact=True).keys
-        curves[segments] = [{"ef": ef, "recall_at_10": overlap(index.search(queries[:200], K, ef=ef).keys, truth),
-                             "qps": latencies(lambda q: index.search(q, K, ef=ef), queries)["qps"]}
-                            for ef in (16, 32, 64, 128, 256)]
-    return {"documents": size, "curves": {str(k): v for k, v in curves.items()}}
+        indexes[segments] = Index(directory)
+    truth = {segments: index.search(queries[:200], K, exact=True).keys for segments, index in indexes.items()}
+    cores = len(os.sched_getaffinity(0))
+
+    def run(index, workers: int):
+        def search(q, ef):
+            fanout.WORKERS = workers
+            return index.search(q, K, ef=ef)
+        return search
+
+    variants = {"1": run(indexes[1], cores), "4 sequential": run(indexes[4], 1), "4 parallel": run(indexes[4], cores)}
+    segments_of = {"1": 1, "4 sequential": 4, "4 parallel": 4}
+    curves: dict[str, list] = {name: [] for name in variants}
+    for ef in (16, 32, 64, 128, 256):
+        timings = interleaved({name: (lambda q, search=search: search(q, ef)) for name, search in variants.items()},
+                              queries)
+        for name, search in variants.items():
+            # Queries/s as 1 / p50: on a shared machine the mean is the neighbours' stalls.
+            curves[name].append({"ef": ef, "recall_at_10": overlap(search(queries[:200], ef).keys,
+                                                                   truth[segments_of[name]]),
+                                 "qps": 1e3 / timings[name]["p50_ms"]})
+    fanout.WORKERS = 1
+    return {"documents": size, "cores": cores, "curves": curves, "at_equal_recall": equal_recall(curves)}
 
 
-def markdown(runs: list[dict], segments: dict | None) -> str:
+def lower_bound(vectors_file: Path, dimension: int, queries: np.ndarray) -> dict:
+    """Where a language's own graph starts to beat an exact scan of its vectors: both timed in turns at several
+    language sizes (ef 128, M 32, k 10), beside the bound the planner's measured costs give."""
+    from hbt.index import IndexConfig, add_in_batches, new_graph
+    from hbt.index.calibrate import measure_costs
+    from hbt.index.planner import exact_scores
+
+    rows = {}
+    vectors = np.fromfile(vectors_file, dtype=np.float32, count=32_000 * dimension).reshape(-1, dimension)
+    for documents in (1_000, 4_000, 16_000, 32_000):
+        block = np.ascontiguousarray(vectors[:documents])
+        graph = new_graph(dimension, documents, IndexConfig())
+        add_in_batches(graph, block)
+        graph.set_ef(128)
+        timings = interleaved({"exact": lambda q: np.argpartition(-exact_scores(q, block), K, axis=1)[:, :K],
+                               "graph": lambda q: graph.knn_query(q, k=K)}, queries[:300])
+        rows[documents] = {name: t["p50_ms"] for name, t in timings.items()}
+    costs = measure_costs(graph, dimension)
+    return {"p50_ms": rows, "planner_lower_bound": 128 * costs.beam / costs.exact, "costs": costs.describe()}
+
+
+def equal_recall(curves: dict[str, list]) -> dict[str, dict]:
+    """Each 4-segment variant's queries/s against one graph's at the same recall@10 (one graph's QPS interpolated
+    on its recall curve), at each of the variant's points within one graph's recall range."""
+    one = sorted((p["recall_at_10"], p["qps"]) for p in curves["1"])
+    recalls, qps = np.array([r for r, _ in one]), np.array([q for _, q in one])
+    ratios = {}
+    for name in ("4 sequential", "4 parallel"):
+        ratios[name] = {f"{p['recall_at_10']:.3f}": p["qps"] / float(np.interp(p["recall_at_10"], recalls, qps))
+                        for p in curves[name] if recalls[0] <= p["recall_at_10"] <= recalls[-1]}
+    return ratios
+
+
+def markdown(runs: list[dict], segments: dict | None, bounds: dict | None = None, machine: dict | None = None) -> str:
+    where = (f" {machine['cpu']}, {machine['cores']} cores, load average (1, 5, 15 min) "
+             f"{', '.join(f'{x:.1f}' for x in machine['load_average_start'])} at the start and "
+             f"{', '.join(f'{x:.1f}' for x in machine['load_average_end'])} at the end." if machine else "")
     lines = ["# Index at scale", "", "M 32, ef_construction 200, ef 128, k 10; real mE5-small vectors grown with "
-             "rotated, noised copies; one process per size. Figures from one run on this machine.", "",
+             "rotated, noised copies; one process per size. Figures from one run on this machine:" + where, "",
              "| documents | build vectors/s | open ms (hnswlib load / read of the graphs, ms) | unfiltered p50 / p99 ms | recall@10 | "
              "add 1 / 1000 ms | delete 1 / 1000 ms | compact s | disk bytes/doc | peak RSS build / graphs MiB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -152,19 +246,42 @@ def markdown(runs: list[dict], segments: dict | None) -> str:
                      f"{r['add_1_ms']:.0f} / {r['add_1000_ms']:.0f} | {r['delete_1_ms']:.0f} / {r['delete_1000_ms']:.0f} "
                      f"| {r['compact_seconds']:.1f} | {r['disk_bytes_per_document']:,.0f} | "
                      f"{r['peak_rss_build_mib']:,.0f} / {r['graph_mib']:,.0f} |")
-    lines += ["", "Filtered search, one language (p50 / p99 ms, p50 as a multiple of unfiltered, recall@10 against "
-              "exact filtered search, plan):", "", "| documents | share | p50 / p99 ms | × unfiltered | recall@10 | plan |",
+    lines += ["", "Language graphs (``--language-graphs auto``): their build time and graph bytes against the build "
+              "and the main graphs without them; planner costs measured at open:", "",
+              "| documents | languages with a graph | build s (of which language graphs) | build time overhead | "
+              "memory (graph bytes) overhead | planner costs |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        g = r["language_graphs"]
+        with_graphs = ", ".join(f"{name}: {'+'.join(langs) or 'none'}" for name, langs in g["per_segment"].items())
+        lines.append(f"| {r['documents']:,} | {with_graphs} | {r['build_seconds']:.0f} ({g['seconds']:.0f}) | "
+                     f"{g['build_time_overhead']:.1%} | {g['memory_overhead']:.1%} ({g['mib']:.0f} MiB) | "
+                     f"{r['planner_costs']} |")
+    lines += ["", "Filtered search (p50 / p99 ms, p50 as a multiple of unfiltered, the two measured in turns on each "
+              "query; recall@10 against exact filtered search; plan):", "", "| documents | share | p50 / p99 ms | × unfiltered | recall@10 | plan |",
               "|---|---|---|---|---|---|"]
     for r in runs:
         for share, f in r["filtered"].items():
             lines.append(f"| {r['documents']:,} | {share} | {f['p50_ms']:.2f} / {f['p99_ms']:.2f} | "
                          f"{f['p50_vs_unfiltered']:.2f} | {f['recall_at_10']:.3f} | {f['plan'].split(': ', 1)[1]} |")
+    if bounds:
+        lines += ["", "The lower bound: a language's own graph against an exact scan of its vectors (p50 ms, in turns; "
+                  f"the planner's costs put the bound at {bounds['planner_lower_bound']:,.0f} documents):", "",
+                  "| documents of the language | exact scan | its graph |", "|---|---|---|"]
+        lines += [f"| {int(n):,} | {row['exact']:.2f} | {row['graph']:.2f} |" for n, row in bounds["p50_ms"].items()]
     if segments:
+        curves = segments["curves"]
         lines += ["", f"One graph against 4 segments at {segments['documents']:,} documents (recall@10 / queries per "
-                  "second, one query at a time):", "", "| ef | 1 graph | 4 segments |", "|---|---|---|"]
-        for one, four in zip(segments["curves"]["1"], segments["curves"]["4"]):
+                  f"second as 1 / p50 latency, one query at a time, the three in turns on each query; side by side: "
+                  f"{segments['cores']} threads):", "", "| ef | 1 graph | 4 segments, one after another | 4 segments, side by side |",
+                  "|---|---|---|---|"]
+        for one, sequential, parallel in zip(curves["1"], curves["4 sequential"], curves["4 parallel"]):
             lines.append(f"| {one['ef']} | {one['recall_at_10']:.3f} / {one['qps']:,.0f} | "
-                         f"{four['recall_at_10']:.3f} / {four['qps']:,.0f} |")
+                         f"{sequential['recall_at_10']:.3f} / {sequential['qps']:,.0f} | "
+                         f"{parallel['recall_at_10']:.3f} / {parallel['qps']:,.0f} |")
+        lines += ["", "4 segments' queries/s as a multiple of one graph's at equal recall@10 (one graph's curve "
+                  "interpolated):", ""]
+        for name, ratios in segments["at_equal_recall"].items():
+            lines.append(f"- {name}: " + ", ".join(f"{ratio:.2f}× at {recall}" for recall, ratio in ratios.items()))
     return "\n".join(lines) + "\n"
 
 
@@ -219,25 +336,42 @@ def main(bundle, data_dir, cache, sizes, segment_size, segments_at, queries, out
     sizes = [int(s) for s in sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="index-scale-") as scratch:
         scratch = Path(scratch)
-        grow(passages, max(sizes + [segments_at])).tofile(scratch / "vectors.f32")
-        runs = []
-        for size in sizes:  # the largest first: it matters most, and the others are quick after it
-            click.echo(f"measuring {size:,} documents", err=True)
-            child = subprocess.run([sys.executable, "-m", "hbt.bench.index_scale", "--data-dir", str(data_dir),
-                                    "--cache", str(cache), "--queries", str(queries), "--segment-size",
-                                    str(segment_size), "--one-size", str(size), "--scratch", str(scratch)],
-                                   check=True, capture_output=True, text=True)
-            runs = sorted(runs + [json.loads(child.stdout.splitlines()[-1])], key=lambda run: run["documents"])
-            (out / "results.json").write_text(json.dumps({"runs": runs}, indent=2))
-        segments = None
+        grow(passages, max(sizes + [segments_at, 32_000])).tofile(scratch / "vectors.f32")
+        machine = {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "load_average_start": os.getloadavg()}
+        runs, segments, bounds = [], None, None
+
+        def write() -> None:  # after each stage, so a long run's first figures are kept
+            machine["load_average_end"] = os.getloadavg()
+            (out / "results.json").write_text(json.dumps({"machine": machine, "runs": runs, "segments": segments,
+                                                          "bounds": bounds}, indent=2))
+            (out / "report.md").write_text(markdown(runs, segments, bounds, machine))
+
+        # The smaller sizes and the quick comparisons first, the largest size (the long one) last.
+        for size in sorted(sizes)[:-1]:
+            runs = measure_in_child(size, data_dir, cache, queries, segment_size, scratch, runs)
+            write()
         if segments_at:
             click.echo(f"one graph against 4 segments at {segments_at:,}", err=True)
             segments = segments_against_one_graph(scratch / "vectors.f32", dimension, query_vectors, sentences,
                                                   segments_at, scratch)
-    (out / "results.json").write_text(json.dumps({"runs": runs, "segments": segments}, indent=2))
-    (out / "report.md").write_text(markdown(runs, segments))
+        click.echo("the lower bound of the language graphs", err=True)
+        bounds = lower_bound(scratch / "vectors.f32", dimension, query_vectors)
+        write()
+        runs = measure_in_child(max(sizes), data_dir, cache, queries, segment_size, scratch, runs)
+        write()
     plot(runs, out / "costs.png")
     click.echo((out / "report.md").read_text())
+
+
+def measure_in_child(size: int, data_dir: Path, cache: Path, queries: int, segment_size: int, scratch: Path,
+                     runs: list[dict]) -> list[dict]:
+    """``runs`` with one size's figures, measured in a process of its own (its peak RSS is that size's)."""
+    click.echo(f"measuring {size:,} documents", err=True)
+    child = subprocess.run([sys.executable, "-m", "hbt.bench.index_scale", "--data-dir", str(data_dir),
+                            "--cache", str(cache), "--queries", str(queries), "--segment-size",
+                            str(segment_size), "--one-size", str(size), "--scratch", str(scratch)],
+                           check=True, capture_output=True, text=True)
+    return sorted(runs + [json.loads(child.stdout.splitlines()[-1])], key=lambda run: run["documents"])
 
 
 if __name__ == "__main__":

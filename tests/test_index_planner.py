@@ -92,3 +92,13 @@ def test_hbt_search_verbose_shows_the_costs(tiny_bundle, tmp_path):
     result = CliRunner().invoke(search_main, ["query", "text 3", "--index", str(index), "-v"])
     assert result.exit_code == 0, result.output
     assert "planner costs: exact " in result.output and "µs/vector" in result.output
+
+
+@pytest.mark.parametrize("queries", [1, 4, 5, 40])
+def test_exact_scores_are_the_products_on_either_path(queries):
+    """A few queries take numpy's own loop, a batch takes BLAS: the same similarities either way."""
+    from hbt.index.planner import exact_scores
+
+    rng = np.random.default_rng(queries)
+    q, v = rng.standard_normal((queries, 32), dtype=np.float32), rng.standard_normal((300, 32), dtype=np.float32)
+    np.testing.assert_allclose(exact_scores(q, v), q.astype(np.float64) @ v.T.astype(np.float64), rtol=1e-4, atol=1e-4)

@@ -9,6 +9,7 @@ An index directory holds::
     seg-000003/langs.npy     each label's language, as a code into the entry's ``language_codes``
     seg-000003/lexical.bin   BM25 postings over the tokenizer's pieces (``hbt.index.lexical``); absent in older indexes
     seg-000003/deletes-000009.npy   tombstones: sorted deleted labels, as of generation 9
+    seg-000003/lang-00002.hnsw   optional: a graph of one language's vectors (code 2), ``hbt.index.language_graphs``
 
 Segment files never change once written; deletes write a new tombstone file. The
 manifest is written last, by one rename, so an index is always exactly one commit.
@@ -35,6 +36,8 @@ SEGMENT_NAME = re.compile(r"seg-\d{6}")
 TOMBSTONE_NAME = re.compile(r"deletes-\d{6}\.npy")
 SEGMENT_FILES = (GRAPH_FILE, DOCS_FILE, LANGS_FILE)
 LEXICAL_FILE = "lexical.bin"  # optional: segments written before lexical search lack it until hbt-index upgrade
+LANGUAGE_GRAPH_NAME = re.compile(r"lang-(\d{5})\.hnsw")  # lang-NNNNN.hnsw: NNNNN the language's code
+LANGUAGE_GRAPH_MODES = ("auto", "off")
 FORMAT_1_FILES = ("hnsw.bin", "docs.sqlite")  # one graph and one store for the whole index
 
 
@@ -45,6 +48,7 @@ class IndexConfig:
     ef: int = 128
     threads: int = 0  # 0: all cores
     segment_size: int = 1_000_000  # documents per segment written by build, add and compact
+    language_graphs: str = "auto"  # "off": no per-language graphs (hbt.index.language_graphs)
 
 
 def passage_text(doc: Document) -> str:
@@ -57,6 +61,10 @@ def segment_name(number: int) -> str:
 
 def tombstone_name(generation: int) -> str:
     return f"deletes-{generation:06d}.npy"
+
+
+def language_graph_name(code: int) -> str:
+    return f"lang-{code:05d}.hnsw"
 
 
 @dataclass(frozen=True)
@@ -85,8 +93,18 @@ class SegmentEntry:
 
     @property
     def graph_bytes(self) -> int:
-        """The size of the graph file: about the memory the segment takes when open."""
-        return self.files[GRAPH_FILE].bytes
+        """The size of the graph files (language graphs included): about the memory the segment takes when open."""
+        return self.files[GRAPH_FILE].bytes + self.language_graph_bytes
+
+    @property
+    def language_graph_bytes(self) -> int:
+        return sum(self.files[name].bytes for name in self.language_graphs.values())
+
+    @property
+    def language_graphs(self) -> dict[str, str]:
+        """The segment's language graphs: language -> file name."""
+        return {self.language_codes[int(match[1])]: name for name in self.files
+                if (match := LANGUAGE_GRAPH_NAME.fullmatch(name))}
 
     @classmethod
     def from_json(cls, record: dict, where: str = "segment") -> "SegmentEntry":
@@ -126,11 +144,12 @@ class Manifest:
     languages: dict[str, int]  # live documents per language
     created: str
     updated: str
+    language_graphs: str = "auto"  # what new segments build; absent from manifests written before it
 
     @property
     def config(self) -> IndexConfig:
         return IndexConfig(M=self.M, ef_construction=self.ef_construction, ef=self.ef,
-                           segment_size=self.segment_size)
+                           segment_size=self.segment_size, language_graphs=self.language_graphs)
 
     @classmethod
     def from_json(cls, record: dict, path: Path) -> "Manifest":
@@ -138,12 +157,14 @@ class Manifest:
         _check_manifest(record, path)
         fields = {name: record[name] for name in MANIFEST_FIELDS if name not in ("bundle", "segments", "space")}
         return cls(**fields, bundle=IndexBundle(**{name: record["bundle"][name] for name in BUNDLE_FIELDS}),
-                   segments=tuple(SegmentEntry.from_json(e) for e in record["segments"]))
+                   segments=tuple(SegmentEntry.from_json(e) for e in record["segments"]),
+                   language_graphs=record.get("language_graphs", "auto"))
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "space": SPACE} | {
             name: getattr(self, name) for name in MANIFEST_FIELDS if name not in ("bundle", "segments", "space")} | {
-            "bundle": asdict(self.bundle), "segments": [entry.to_json() for entry in self.segments]}
+            "bundle": asdict(self.bundle), "segments": [entry.to_json() for entry in self.segments],
+            "language_graphs": self.language_graphs}
 
 
 def live_count(entry: dict) -> int:
@@ -210,7 +231,10 @@ def _check_manifest(manifest: dict, path: Path) -> None:
     """Refuse a manifest that lacks a field, or whose fields would make the reader open other files,
     allocate without bound or disagree with themselves."""
     try:
-        _fields(manifest, MANIFEST_FIELDS, "manifest")
+        if manifest.get("language_graphs", "auto") not in LANGUAGE_GRAPH_MODES:
+            raise ValueError(f"language_graphs is not one of {LANGUAGE_GRAPH_MODES}")
+        _fields({name: value for name, value in manifest.items() if name != "language_graphs"}, MANIFEST_FIELDS,
+                "manifest")
         _fields(manifest["bundle"], BUNDLE_FIELDS, "manifest.bundle")
         if not 0 < manifest["dimension"] <= 65536:
             raise ValueError(f"dimension {manifest['dimension']!r} out of range")
@@ -240,8 +264,10 @@ def _check_entry(entry: dict, where: str) -> None:
         raise ValueError(f"segment name {entry['name']!r} is not seg-NNNNNN")
     if entry["tombstones"] is not None and not TOMBSTONE_NAME.fullmatch(entry["tombstones"]):
         raise ValueError(f"tombstone file {entry['tombstones']!r} is not deletes-NNNNNN.npy")
-    if set(entry["files"]) - {LEXICAL_FILE} != set(SEGMENT_FILES) | ({entry["tombstones"]} if entry["tombstones"]
-                                                                   else set()):
+    graphs = {name for name in entry["files"] if (match := LANGUAGE_GRAPH_NAME.fullmatch(name))
+              and int(match[1]) < len(entry["language_codes"])}
+    tombstones = {entry["tombstones"]} if entry["tombstones"] else set()
+    if set(entry["files"]) - {LEXICAL_FILE} - graphs != set(SEGMENT_FILES) | tombstones:
         raise ValueError(f"segment {entry['name']} lists files {sorted(entry['files'])}")
     for name, record in entry["files"].items():
         _fields(record, FILE_FIELDS, f"{where}.files.{name}")

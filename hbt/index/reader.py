@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Collection, Iterable
 
@@ -11,6 +12,7 @@ from hbt.bundle import check_fingerprint
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
 from hbt.index.calibrate import machine_costs
+from hbt.index.fanout import fan_out
 from hbt.index.format import Manifest, SegmentEntry, read_manifest
 from hbt.index.lexical import collection_frequencies, lexical_parts, search_snapshot
 from hbt.index.planner import ZEN4, Costs
@@ -62,6 +64,7 @@ class Index(CommitFacts):
         if segment is None:
             segment = Segment(directory, entry, self.manifest.dimension)
             segment.graph  # read now: opening is the time to pay for it, not the first query
+            segment.language_graphs
         return SegmentView(segment, entry, load_tombstones(directory, entry))
 
     def reopen(self) -> "Index":
@@ -82,8 +85,9 @@ class Index(CommitFacts):
         allowed = frozenset(langs) if langs else None
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.manifest.dimension)
         scores, keys, plans = [np.zeros((len(vectors), 0), np.float32)], [np.zeros((len(vectors), 0), np.int64)], []
-        for position, view in enumerate(self.segments):
-            segment_scores, labels, plan = view.search(vectors, k, ef or self.manifest.ef, allowed, exact, self.costs)
+        found = fan_out([functools.partial(view.search, vectors, k, ef or self.manifest.ef, allowed, exact, self.costs)
+                         for view in self.segments])  # the segments side by side
+        for position, (view, (segment_scores, labels, plan)) in enumerate(zip(self.segments, found)):
             scores.append(segment_scores)
             keys.append(document_key(position, labels))
             plans.append(f"{view.segment.name}: {plan.describe()}")

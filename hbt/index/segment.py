@@ -19,11 +19,11 @@ import numpy as np
 from hbt.bundle import sha256_file
 from hbt.corpus import Document
 from hbt.errors import DataError, SearchIndexError
-from hbt.index import durable
+from hbt.index import durable, language_graphs
 from hbt.index.format import DOCS_FILE, GRAPH_FILE, LANGS_FILE, FileRecord, IndexConfig, SegmentEntry, passage_text
 from hbt.index.graph import INSERT_BATCH, add_shuffled, load_graph, new_graph
 from hbt.index.lexical import LEXICAL_FILE, LexicalWriter, open_lexical
-from hbt.index.planner import ZEN4, Costs, Plan, choose_plan, widen
+from hbt.index.planner import ZEN4, Costs, Plan, choose_plan, exact_scores, widen
 
 SQL_CHUNK = 900  # bound variables per statement: SQLite's limit is 999 in older builds
 EXACT_CHUNK = 65_536  # vectors scored at a time when an exact scan is too large to cache
@@ -96,13 +96,15 @@ class SegmentWriter:
         np.save(self.directory / LANGS_FILE, np.frombuffer(self.langs, dtype=np.uint16))
         if self.lexical is not None:
             self.lexical.finish(self.directory / LEXICAL_FILE)
-        files = {name: file_record(self.directory / name) for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE)
-                 + ((LEXICAL_FILE,) if self.lexical is not None else ())}
-        durable.fsync_dir(self.directory)
         counts = np.bincount(np.frombuffer(self.langs, dtype=np.uint16), minlength=len(self.language_codes))
         codes = sorted(self.language_codes, key=self.language_codes.get)
-        return SegmentEntry(self.directory.name, self.count, 0, None, tuple(codes),
-                            {lang: int(n) for lang, n in zip(codes, counts) if n}, files)
+        languages = {lang: int(n) for lang, n in zip(codes, counts) if n}
+        graphs = language_graphs.write_language_graphs(self.directory, self.graph, np.frombuffer(
+            self.langs, dtype=np.uint16), codes, languages, self.config)
+        files = {name: file_record(self.directory / name) for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE)
+                 + ((LEXICAL_FILE,) if self.lexical is not None else ()) + tuple(graphs)}
+        durable.fsync_dir(self.directory)
+        return SegmentEntry(self.directory.name, self.count, 0, None, tuple(codes), languages, files)
 
     def close(self) -> None:
         self.db.close()
@@ -129,8 +131,8 @@ class Segment:
     def __init__(self, directory: Path, entry: SegmentEntry, dimension: int):
         self.directory, self.name, self.count = directory, entry.name, entry.count
         self.dimension = dimension
-        self.language_codes = entry.language_codes
-        for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE):
+        self.language_codes, self.language_graph_files = entry.language_codes, entry.language_graphs
+        for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE, *self.language_graph_files.values()):
             _check_size(directory / name, entry.files[name].bytes)
         self.codes = load_array(directory / LANGS_FILE)  # [count] each label's language code
         if self.codes.shape != (self.count,) or self.codes.dtype != np.uint16 or (
@@ -143,6 +145,7 @@ class Segment:
         self.lexical = open_lexical(directory, entry)  # memory-mapped; None in a segment written before them
         self.lock = threading.Lock()  # one SQLite connection, and hnswlib's ef is per graph, not per query
         self._graph = None
+        self._language_graphs: dict[str, object] | None = None
 
     @property
     def graph(self):
@@ -151,14 +154,22 @@ class Segment:
             self._graph = load_graph(self.directory / GRAPH_FILE, self.dimension, self.count)
         return self._graph
 
+    @property
+    def language_graphs(self) -> dict[str, object]:
+        """The per-language graphs by language (``hbt.index.language_graphs``), read at first use."""
+        if self._language_graphs is None:
+            self._language_graphs = language_graphs.load_language_graphs(self, self.language_graph_files)
+        return self._language_graphs
+
     def vectors(self, labels: np.ndarray) -> np.ndarray:
         return np.asarray(self.graph.get_items(labels), dtype=np.float32).reshape(len(labels), -1)
 
-    def knn(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and similarities [Q, k] from the graph."""
+    def knn(self, queries: np.ndarray, k: int, ef: int, graph=None) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and similarities [Q, k] from the graph (or one of its language graphs)."""
+        graph = self.graph if graph is None else graph
         with self.lock:
-            self.graph.set_ef(ef)
-            labels, distances = self.graph.knn_query(queries, k=k)
+            graph.set_ef(ef)
+            labels, distances = graph.knn_query(queries, k=k)
         return labels.astype(np.int64), 1.0 - distances
 
     def query(self, sql: str, values: list) -> list[tuple]:
@@ -258,8 +269,17 @@ class SegmentView:
     def search(self, queries: np.ndarray, k: int, ef: int, langs: frozenset | None,
                exact: bool = False, costs: Costs = ZEN4) -> tuple[np.ndarray, np.ndarray, Plan]:
         """Similarities and labels [Q, min(k, pool)] of the best admitted documents, best first."""
+        plan = choose_plan(self.pool(langs), self.segment.count, k, ef, exact, costs)
+        if langs is not None and not exact and plan.kind != "skip" and self.segment.language_graphs:
+            found = language_graphs.search(self, queries, k, ef, langs, plan, costs)
+            if found is not None:
+                return found
+        return self.run(queries, k, langs, plan, costs, cache=not exact)
+
+    def run(self, queries: np.ndarray, k: int, langs: frozenset | None, plan: Plan, costs: Costs = ZEN4,
+            cache: bool = True) -> tuple[np.ndarray, np.ndarray, Plan]:
+        """``plan`` carried out on the main graph (widened if it comes back short) or by an exact scan."""
         pool = self.pool(langs)
-        plan = choose_plan(pool, self.segment.count, k, ef, exact, costs)
         k = min(k, pool)
         if plan.kind == "skip":
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), plan
@@ -273,7 +293,7 @@ class SegmentView:
                 first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # admitted ones, in graph order
                 return np.take_along_axis(scores, first, 1), np.take_along_axis(labels, first, 1), plan
             plan = widen(plan, self.segment.count, pool, costs)
-        scores, labels = self._exact(queries, k, langs, cache=not exact)
+        scores, labels = self._exact(queries, k, langs, cache)
         return scores, labels, plan
 
     def _block(self, language: str) -> tuple[np.ndarray, np.ndarray]:
@@ -294,7 +314,7 @@ class SegmentView:
             blocks = ((part, self.segment.vectors(part)) for part in parts)
         best_scores, best_labels = [], []
         for labels, vectors in blocks:
-            scores = queries @ vectors.T  # [Q, block]
+            scores = exact_scores(queries, vectors)  # [Q, block]
             top = _top_k(scores, labels, k)
             best_scores.append(np.take_along_axis(scores, top, 1))
             best_labels.append(labels[top])  # [Q, k]

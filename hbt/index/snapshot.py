@@ -136,7 +136,7 @@ class CommitFacts:
 def summary(manifest: Manifest) -> dict:
     """A JSON-able summary of a commit: documents, languages, segments and tombstones, bundle, HNSW settings."""
     fields = ("count", "languages", "generation", "dimension", "M", "ef_construction", "ef", "segment_size",
-              "created", "updated", "hbt_version")
+              "language_graphs", "created", "updated", "hbt_version")
     return {name: getattr(manifest, name) for name in fields} | {"bundle": asdict(manifest.bundle), "segments": [
         {"name": e.name, "documents": e.live, "deleted": e.deleted, "languages": e.languages}
         for e in manifest.segments]}

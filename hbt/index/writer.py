@@ -224,7 +224,8 @@ def new_manifest(bundle: IndexBundle, dimension: int, config: IndexConfig) -> Ma
     """The manifest of an index with no commit yet (generation 0, no segments)."""
     return Manifest(generation=0, hbt_version=__version__, bundle=bundle, dimension=dimension, M=config.M,
                     ef_construction=config.ef_construction, ef=config.ef, segment_size=config.segment_size,
-                    next_segment=0, segments=(), count=0, languages={}, created=_now(), updated=_now())
+                    next_segment=0, segments=(), count=0, languages={}, created=_now(), updated=_now(),
+                    language_graphs=config.language_graphs)
 
 
 def lexical_writer(encoder) -> LexicalWriter | None:
