@@ -178,7 +178,7 @@ def test_graphs_go_to_languages_between_the_bounds_within_the_memory_share(monke
     languages = {f"l{i}": n for i, n in enumerate(shares)}
     count = sum(shares)
     chosen = graph_languages(languages, count, ef, Costs(exact, beam))
-    lower, upper = ef * beam / exact, count * TYPICAL_K * OVERFETCH / ef
+    lower, upper = ef * beam / exact * language_graphs.LOWER_MARGIN, count * TYPICAL_K * OVERFETCH / ef
     assert all(lower < languages[lang] < upper for lang in chosen)
     assert sum(languages[lang] for lang in chosen) <= language_graphs.MEMORY_SHARE * count
     skipped = [n for lang, n in languages.items() if lang not in chosen and lower < n < upper]

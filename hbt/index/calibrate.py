@@ -1,9 +1,11 @@
 """The planner's two costs measured on this machine, on a segment's own graph, once per machine.
 
 An exact scan's cost per vector is the scan's own product (``exact_scores``) and a top-k
-selection over a block of vectors; a graph search's cost per unit of beam is the difference between two
-beam widths on the graph itself (its size, M and memory layout included), one query at a
-time and on one thread, as the planner compares them. Each is the best of a few repeats,
+selection over a block of vectors; a graph search's cost per unit of beam is a whole search
+at ef 128 on the graph itself (its size, M and memory layout included), of stored vectors,
+divided by 128: one query at a time and on one thread, as the planner compares them. (The
+difference between two beam widths left out the search's fixed part and, on a loaded
+machine, doubled the cost: it subtracts two noisy times.) Each is the best of a few repeats,
 so a busy shared machine inflates it less. A measurement takes 50 ms to 1 s (more on a
 busy machine), so it is kept in the user's cache directory, per CPU model, dimension, M
 and size (a power of two: a larger graph misses the CPU caches more), and an index opens
@@ -26,10 +28,10 @@ from hbt.machine import cpu_model
 
 PROBES = 8  # queries timed
 BLOCK = 4096  # vectors per timed exact scan
-LOW_EF, HIGH_EF = 16, 128
+HIGH_EF = 128
 REPEATS = 5
 CACHE_FILE = "planner-costs.json"
-METHOD = "scan 2"  # in the cache key: costs measured another way (the scan once went through BLAS) are measured again
+METHOD = "scan 2, whole search"  # in the cache key: costs measured another way (the scan once went through BLAS) are measured again
 
 
 def _best_seconds(work: Callable[[], object]) -> float:
@@ -54,18 +56,20 @@ def measure_costs(graph, dimension: int) -> Costs:
             np.argpartition(-scores, 10, axis=1)[:, :10]
 
     exact = _best_seconds(scan) * 1e6 / (PROBES * BLOCK)
-    k = min(10, graph.get_current_count())
-    if k == 0:
-        return Costs(exact, ZEN4.beam, "exact measured; beam: Zen 4 default (empty graph)")
-    seconds = {}
-    for ef in (LOW_EF, HIGH_EF):
-        graph.set_ef(ef)
-        seconds[ef] = _best_seconds(lambda: graph.knn_query(queries, k=k, num_threads=1))
-    beam = (seconds[HIGH_EF] - seconds[LOW_EF]) * 1e6 / (PROBES * (HIGH_EF - LOW_EF))
-    # A graph smaller than the beam visits every node at both widths: no difference to measure.
-    if beam <= 0 or graph.get_current_count() < 4 * HIGH_EF:
+    count = graph.get_current_count()
+    # A graph smaller than a few beams is searched whole: its searches say nothing about a beam's cost.
+    if count < 4 * HIGH_EF:
         return Costs(exact, ZEN4.beam, "exact measured; beam: Zen 4 default (graph too small to time)")
-    return Costs(exact, beam)
+    # Probes that look like the data (stored vectors): random directions end a search early.
+    probes = np.asarray(graph.get_items(rng.choice(count, size=PROBES, replace=False)), dtype=np.float32)
+
+    def search() -> None:
+        for probe in probes:
+            graph.knn_query(probe[None], k=10, num_threads=1)
+
+    graph.set_ef(HIGH_EF)
+    # A whole search per unit of beam, its fixed part included, as the planner prices a search.
+    return Costs(exact, _best_seconds(search) * 1e6 / (PROBES * HIGH_EF))
 
 
 def machine_costs(graph, dimension: int, M: int) -> Costs:

@@ -8,8 +8,8 @@ builds one (``lang-NNNNN.hnsw``, NNNNN its language code) for each language whos
 document count lies between two bounds, both derived from the index's ``ef`` and the
 planner's costs measured on the machine (``hbt.index.calibrate``):
 
-- lower: ``ef·beam / exact`` documents, below which an exact scan costs less than any
-  graph search (at 1M documents, the 0.1% language);
+- lower: half of ``ef·beam / exact`` documents, the count at which an exact scan costs
+  one graph search (the planner still picks the cheaper of the two at query time);
 - upper: the share ``k·OVERFETCH / ef`` (k = TYPICAL_K), above which filtered search on
   the main graph keeps its beam at ``ef``, so it costs what an unfiltered query does.
 
@@ -34,11 +34,14 @@ from hbt.index.planner import OVERFETCH, Costs, Plan, choose_plan, widen
 
 TYPICAL_K = 10  # the k a segment's graphs are chosen for: hbt-search's default
 MEMORY_SHARE = 0.3  # language graphs hold at most this share of a segment's documents (copies of their vectors)
+LOWER_MARGIN = 0.5  # a graph from half the documents at which an exact scan costs one graph search
 
 
 def graph_languages(languages: dict[str, int], count: int, ef: int, costs: Costs) -> list[str]:
     """The languages (live documents each, of a segment of ``count``) that get a graph of their own, rarest first."""
-    lower = ef * costs.beam / costs.exact  # an exact scan of fewer documents costs less than a graph search
+    # An exact scan of fewer documents costs less than a graph search; halved, as measured costs on a busy
+    # machine are off by up to 2x, and a graph of so few documents costs little memory.
+    lower = ef * costs.beam / costs.exact * LOWER_MARGIN
     upper = count * TYPICAL_K * OVERFETCH / ef  # more: filtered search on the main graph needs no wider beam
     chosen, budget = [], MEMORY_SHARE * count
     for language, documents in sorted(languages.items(), key=lambda item: (item[1], item[0])):
