@@ -5,10 +5,12 @@
 
 Embeds MLQA-R's test half once (memoized, as the hybrid study embeds it), then evaluates
 every setting with the exact ranker and with the index ranker at the default ef, once
-per ``--depth``. The difference has two parts, reported apart: the index returns a top
-``depth`` (a relevant candidate beyond it counts as not retrieved, where exact ranks
-every candidate), and HNSW may miss or misorder within it. ``--reference`` compares the
-exact figures with an earlier report's (e.g. the study's), every number at full precision.
+per ``--depth``: as planned on this machine, and with the graphs forced (``GRAPHS``
+costs). The difference has two parts, reported apart: the index returns a top ``depth``
+(a relevant candidate beyond it counts as not retrieved, where exact ranks every
+candidate), and HNSW may miss or misorder within it. The plans each run took are
+counted. ``--reference`` compares the exact figures with an earlier report's (e.g. the
+study's), every number at full precision.
 """
 
 from __future__ import annotations
@@ -56,30 +58,34 @@ def main(bundle, data_dir, split, depths, reference, out):
     from hbt.bench.hybrid_study import memoized
     from hbt.encoder import Encoder
     from hbt.machine import cpu_model
-    from hbt.retrieval import Ranker
+    from hbt.retrieval import GRAPHS, Ranker
 
     encoder = Encoder(bundle)
     encode_queries, encode_passages = memoized(encoder.encode_queries), memoized(encoder.encode_passages)
     data = lareqa.load_dataset(data_dir, "mlqa-r", split=split)
-    rankers = {ranker.describe(): ranker for ranker in [Ranker("exact"), *(Ranker("index", depth=d) for d in depths)]}
+    rankers = {ranker.describe(): ranker for ranker in [Ranker("exact"), *(Ranker("index", depth=d, costs=costs)
+                                                                          for d in depths for costs in (None, GRAPHS))]}
     runs, per_question = {}, {}
     for name, ranker in rankers.items():
         per_question[name] = {}
         runs[name] = lareqa.evaluate(data, encode_queries, encode_passages, SETTINGS, ranker=ranker,
                                      per_question=per_question[name])
-        click.echo(f"{name}: " + "  ".join(f"{s} {v['mean']['map']:.4f}" for s, v in runs[name].items()))
+        click.echo(f"{name}: " + "  ".join(f"{s} {v['mean']['map']:.4f}" for s, v in runs[name].items())
+                   + f"  plans {dict(ranker.plans)}")
     maps = {name: {s: runs[name][s]["mean"]["map"] for s in SETTINGS} for name in runs}
     cut = {f"exact, top {d} only": setting_maps(truncated(per_question["exact"], d)) for d in depths}
     results = {"cpu": cpu_model(), "bundle": str(bundle), "fingerprint": encoder.manifest.fingerprint,
-               "split": split, "map": maps | cut, "settings": runs}
+               "split": split, "map": maps | cut, "plans": {name: dict(r.plans) for name, r in rankers.items()},
+               "settings": runs}
     lines = [f"# MLQA-R {split} through hbt's index against exact ranking", "",
              f"Bundle `{encoder.manifest.source}` ({encoder.manifest.quantization}), measured on {cpu_model()}. "
              "Both rankers score the same vectors; mAP, and the index's difference from exact.", "",
-             "| ranker | " + " | ".join(SETTINGS) + " |", "|---|" + "---|" * len(SETTINGS)]
+             "| ranker | " + " | ".join(SETTINGS) + " | plans (segment searches) |", "|---|" + "---|" * (len(SETTINGS) + 1)]
     exact = maps["exact"]
     for name, values in (maps | cut).items():
         cells = [f"{values[s]:.4f}" + ("" if name == "exact" else f" ({values[s] - exact[s]:+.4f})") for s in SETTINGS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        plans = ", ".join(f"{kind} {count}" for kind, count in sorted(rankers[name].plans.items())) if name in rankers else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {plans} |")
     lines += ["", "\"exact, top N only\" is the exact ranking cut at N: the part of the difference that the cut "
               "alone makes; the rest is HNSW's."]
     if reference:

@@ -12,6 +12,7 @@ sequence must occur in the passage's (the BGE-M3 / RocketQA protocol).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
@@ -20,7 +21,7 @@ import string
 import sys
 import tempfile
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from hbt.corpus import Document, read_lines
 from hbt.errors import DataError
-from hbt.index import Index, IndexConfig, build_index, passage_text
+from hbt.index import Costs, Index, IndexConfig, build_index, passage_text
 from hbt.metrics import relevant_ranks, summarize
 
 DEPTH = 100  # ranks beyond this count as not retrieved
@@ -131,15 +132,22 @@ class ExactPool:
 
 
 class IndexPool:
-    """hbt's index over the corpus, searched through its public API for the top ``depth``, as deployed."""
+    """hbt's index over the corpus, searched through its public API for the top ``depth``, as deployed.
 
-    def __init__(self, index: Index, docs: Sequence[Document], ef: int | None, depth: int):
-        self.index, self.ef, self.depth = index, ef, depth
+    ``plans`` counts the segment searches by the plan the index chose (exact, hnsw, ...):
+    the planner weighs this machine's measured costs, so another machine may plan otherwise.
+    """
+
+    def __init__(self, index: Index, docs: Sequence[Document], ef: int | None, depth: int,
+                 plans: collections.Counter[str]):
+        self.index, self.ef, self.depth, self.plans = index, ef, depth, plans
         self._row_of_id = {d.id: row for row, d in enumerate(docs)}
         self._row_of_key: dict[int, int] = {}
 
     def top(self, query_vectors: np.ndarray, depth: int = DEPTH, langs: Sequence[str] | None = None) -> np.ndarray:
-        keys = self.index.search(query_vectors, depth, self.ef, langs).keys  # [Q, k'], best first
+        ranking = self.index.search(query_vectors, depth, self.ef, langs)
+        self.plans.update(plan.partition(": ")[2].partition(" (")[0] for plan in ranking.plans)
+        keys = ranking.keys  # [Q, k'], best first
         unknown = set(np.unique(keys).tolist()) - set(self._row_of_key)
         if unknown:
             self._row_of_key.update({key: self._row_of_id[doc.id] for key, doc in self.index.documents(unknown).items()})
@@ -181,11 +189,15 @@ class Ranker:
 
     A qrels run counts the top ``depth`` of either; LAReQA ranks every candidate exactly,
     or the index's top ``depth`` (a relevant candidate beyond it counts as not retrieved).
+    ``costs`` are the index planner's (None: this machine's, as deployed; ``GRAPHS`` makes
+    exact scans dear, to rank through the graphs). ``plans`` counts the plans its searches ran.
     """
 
     kind: str = "exact"
     ef: int | None = None
     depth: int = DEPTH
+    costs: Costs | None = None
+    plans: collections.Counter[str] = field(default_factory=collections.Counter, compare=False)
 
     def __post_init__(self):
         if self.kind not in RANKERS:
@@ -194,9 +206,14 @@ class Ranker:
             raise DataError(f"ef = {self.ef}: an ef applies to the index ranker only, and must be at least 1")
         if self.depth < 1:
             raise DataError(f"depth = {self.depth}: must be at least 1")
+        if self.costs is not None and self.kind != "index":
+            raise DataError("planner costs apply to the index ranker only")
 
     def describe(self) -> str:
-        return "exact" if self.kind == "exact" else f"index top {self.depth}, ef {self.ef or IndexConfig().ef}"
+        if self.kind == "exact":
+            return "exact"
+        costs = "" if self.costs is None else f", {self.costs.source}"
+        return f"index top {self.depth}, ef {self.ef or IndexConfig().ef}{costs}"
 
     @contextlib.contextmanager
     def pool(self, docs: Sequence[Document], vectors: np.ndarray) -> Iterator[ExactPool | IndexPool]:
@@ -207,14 +224,15 @@ class Ranker:
         with tempfile.TemporaryDirectory(prefix="hbt-eval-index-") as folder:
             directory = Path(folder) / "index"
             build_index(docs, _Embedded(docs, vectors, Path(folder)), directory)
-            index = Index(directory)
+            index = Index(directory, costs=self.costs)
             try:
-                yield IndexPool(index, docs, self.ef, self.depth)
+                yield IndexPool(index, docs, self.ef, self.depth, self.plans)
             finally:
                 index.close()
 
 
 EXACT = Ranker()
+GRAPHS = Costs(exact=1e9, beam=1e-9, source="graphs forced")  # the planner scans only when a graph cannot serve
 
 
 def _require(docs: list[Document]) -> None:

@@ -199,6 +199,7 @@ def test_bench_accuracy_through_the_index(tiny_bundle, toy_dataset, tmp_path):
         assert result.exit_code == 0, result.output
         report = json.loads((out / "results.json").read_text())
         assert report["search"] == searched[name]
+        assert (sum(report["plans"].values()) > 0) == (name != "exact")  # the index's plans, counted
         assert report["settings"] == json.loads((tmp_path / "exact" / "results.json").read_text())["settings"]
         assert ("--ann is deprecated; use --ranker index" in result.output) == (name == "ann")
     assert_one_line_error(CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "xquad-r",

@@ -22,23 +22,25 @@ from hbt.download import SOURCES, RemoteFile
 from hbt.errors import DataError
 from hbt.index import Index, build_index
 from hbt.metrics import relevant_ranks
-from hbt.retrieval import (DEPTH, RANKERS, Ranker, evaluate_mkqa, evaluate_qrels, has_answer, normalize_answer,
+from hbt.retrieval import (DEPTH, GRAPHS, RANKERS, Ranker, evaluate_mkqa, evaluate_qrels, has_answer, normalize_answer,
                            ranks_in, read_mkqa, read_qrels)
 from tests.conftest import DATA_DIR
 from tests.fakes import HashEncoder
 from tests.test_export import assert_one_line_error
 
 
-@pytest.mark.parametrize("kind", RANKERS)
-def test_both_rankers_agree_with_brute_force_on_the_whole_top_k(kind):
-    """Unfiltered and filtered to one language or two: the top 100 and the relevant ranks."""
+@pytest.mark.parametrize("kind, costs", [("exact", None), ("index", None), ("index", GRAPHS)])
+def test_both_rankers_agree_with_brute_force_on_the_whole_top_k(kind, costs):
+    """Unfiltered and filtered to one language or two: the top 100 and the relevant ranks, through the plans this
+    machine's costs choose (at this size, scans) and through the graphs."""
     rng = np.random.default_rng(0)
     passages = rng.normal(size=(500, 16)).astype(np.float32)
     passages /= np.linalg.norm(passages, axis=1, keepdims=True)
     docs = [Document(f"d{i}", f"text {i}", lang="abc"[i % 3]) for i in range(500)]
     queries = passages[:50] + 0.3 * rng.normal(size=(50, 16)).astype(np.float32)
     relevant = [list(rng.choice(500, size=3, replace=False)) for _ in range(50)]
-    with Ranker(kind).pool(docs, passages) as pool:
+    ranker = Ranker(kind, costs=costs)
+    with ranker.pool(docs, passages) as pool:
         for langs in (None, ["b"], ["a", "c"]):
             rows = np.array([i for i, d in enumerate(docs) if langs is None or d.lang in langs])
             scores = queries @ passages[rows].T
@@ -52,6 +54,9 @@ def test_both_rankers_agree_with_brute_force_on_the_whole_top_k(kind):
             assert all(np.array_equal(a, b) for a, b in zip(found, expected)) and len(found) == 50
             unfiltered = found if langs is None else unfiltered
     assert any(np.isinf(r).any() for r in expected) == (kind == "index")  # only the index's top 100 cuts ranks off
+    if costs is GRAPHS:
+        assert set(ranker.plans) == {"hnsw", "filtered-hnsw"}
+    assert sum(ranker.plans.values()) == (0 if kind == "exact" else 6)  # a search per top and ranks, per filter
     with Ranker(kind, depth=10).pool(docs, passages) as pool:
         ranks = pool.ranks(queries, relevant)
     if kind == "index":  # ranked to its depth only
@@ -68,6 +73,8 @@ def test_rankers_refuse_what_they_cannot_do():
             Ranker(**ranker)
     with pytest.raises(DataError, match="depth = 0: must be at least 1"):
         Ranker("index", depth=0)
+    with pytest.raises(DataError, match="planner costs apply to the index ranker only"):
+        Ranker("exact", costs=GRAPHS)
     assert Ranker("index", 64, 500).describe() == "index top 500, ef 64" and Ranker().describe() == "exact"
     docs = [Document("d0", "one"), Document("d0", "two")]
     with pytest.raises(DataError, match="duplicate document id 'd0'"):  # as a deployed index refuses them

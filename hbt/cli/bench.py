@@ -142,7 +142,8 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split
         results = retrieval.evaluate_mkqa(retrieval.read_mkqa(paths["mkqa"], wanted), list(read_corpus(paths["corpus"])),
                                           encoder.encode_queries, with_progress(encoder.encode_passages, "embedding corpus"),
                                           ranking)
-    report = {"dataset": dataset, "sample": share, "split": split, "search": ranking.describe(), "runtime": runtime,
+    report = {"dataset": dataset, "sample": share, "split": split, "search": ranking.describe(),
+              "plans": dict(ranking.plans), "runtime": runtime,
               "environment": environment(encoder.manifest, files, encoder.int8_check), "settings": results}
     out = out or Path("reports") / f"{dataset}-{Path(bundle).name}"
     precision = "fp32" if encoder.manifest.quantization == "none" else encoder.manifest.quantization
