@@ -20,6 +20,7 @@ have none until ``hbt-index upgrade`` adds it (``has_lexical``).
 
 from __future__ import annotations
 
+import functools
 import json
 import mmap
 import struct
@@ -234,9 +235,11 @@ class LexicalIndex:
         return [np.repeat(terms[starts[label] : starts[label + 1]], counts[starts[label] : starts[label + 1]])
                 for label in np.asarray(labels, dtype=np.int64)]
 
-    def search(self, query: LexicalQuery, k: int, admitted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: LexicalQuery, k: int,
+               admitted: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows and BM25 scores of the best ``k`` documents holding a query term, best first,
-        ties by row. ``admitted``: [documents] bool, the rows a filter lets through."""
+        ties by row. ``admitted``: the rows a filter lets through, as a [documents] bool array or as
+        a function of the rows read (which then costs what the postings cost, not the segment's size)."""
         positions, found = self._find(query.terms)
         spans = [(self.offsets[p], self.offsets[p + 1], w) for p, w in zip(positions[found], query.weights[found])]
         if not spans or k < 1:
@@ -244,7 +247,7 @@ class LexicalIndex:
         rows = np.concatenate([self.rows[start:end] for start, end, _ in spans])  # [P]
         contributions = np.concatenate([self.weights[start:end] * weight for start, end, weight in spans])
         if admitted is not None:
-            keep = admitted[rows]
+            keep = admitted(rows) if callable(admitted) else admitted[rows]
             rows, contributions = rows[keep], contributions[keep]
         if not len(rows):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
@@ -308,10 +311,11 @@ def pad(keys: list[np.ndarray], scores: list[np.ndarray]) -> tuple[np.ndarray, n
 
 def merge_lexical(parts: list[tuple[np.ndarray, np.ndarray]], k: int,
                   ids: Callable[[np.ndarray], dict[int, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """The k best of several parts' padded rankings (keys, scores [Q, w] each), padded, by score then id.
+    """The k best of several parts' padded rankings (keys, scores [Q, w] each), padded, best first.
 
-    BM25 ties are common (documents of one length holding one rare piece once), so the ids
-    are asked once per query, for the keys tied within the k best or with the k-th only.
+    Documents tied with the k-th make the cut by id; other ties keep the parts' order (a
+    ``Searcher`` orders its hits by score, then id). BM25 ties are common (documents of one
+    length holding one rare piece once), so the ids are asked only for the cut's tie.
     """
     queries = len(parts[0][0]) if parts else 0
     merged_keys, merged_scores = [], []
@@ -322,12 +326,10 @@ def merge_lexical(parts: list[tuple[np.ndarray, np.ndarray]], k: int,
         keys, scores = keys[order], scores[order]
         reach = k + int(np.count_nonzero(scores[k:] == scores[k - 1])) if len(scores) > k else k  # the k-th's ties
         keys, scores = keys[:reach], scores[:reach]
-        runs = np.flatnonzero(np.diff(scores) != 0) + 1  # starts of runs of equal scores, after the first
-        groups = [group for group in np.split(np.arange(len(scores)), runs) if len(group) > 1]
-        if groups:
-            named = ids(keys[np.concatenate(groups)])
-            for group in groups:
-                keys[group] = sorted(keys[group].tolist(), key=lambda key: named[key])
+        if reach > k:
+            tied = np.flatnonzero(scores == scores[k - 1])  # contiguous: sorted by score
+            named = ids(keys[tied])
+            keys[tied] = sorted(keys[tied].tolist(), key=lambda key: named[key])
         merged_keys.append(keys[:k])
         merged_scores.append(scores[:k])
     return pad(merged_keys, merged_scores)
@@ -341,7 +343,8 @@ def search_views(views: list, queries: list[LexicalQuery], k: int, langs: frozen
     """
     parts = []
     for position, view in enumerate(views):
-        admitted = view.admitted(langs)
+        # Filtered over the postings read alone: a mask of the whole segment would cost 1M steps a query.
+        admitted = view.live_mask.__getitem__ if langs is None else functools.partial(view._admits, langs=langs)
         found = [view.segment.lexical.search(query, k, admitted) for query in queries]
         parts.append(pad([document_key(position, rows) for rows, _ in found], [scores for _, scores in found]))
     return merge_lexical(parts, k, ids)
