@@ -8,7 +8,8 @@
 
 Every (batch size, precision, system) trains in a process of its own, so the peak
 RSS it reports is its own; the runs alternate systems within each batch size, so
-a load that comes and goes on a shared CPU falls on all of them. Each trains the
+a load that comes and goes on a shared CPU falls on all of them, and ``--together``
+runs them at the same time, for a CPU whose load changes within minutes. Each trains the
 same model from the same batches: hbt's sampler (seed 0, hybrid) draws them and the
 sentence-transformers runs read them in that order (a sequential sampler),
 prefixes applied, word embeddings frozen or not alike, the same threads (the
@@ -56,12 +57,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def step_figures(stamps: list[float], batch_size: int, losses: list[float]) -> dict:
+def stamp() -> tuple[float, float]:
+    """Wall and process CPU time (all threads) now."""
+    return time.perf_counter(), time.process_time()
+
+
+def step_figures(stamps: list[tuple[float, float]], batch_size: int, losses: list[float]) -> dict:
+    """Examples/s from the median step's wall time (skipping warm-up and the final checkpoint), and the median
+    step's CPU seconds: the work a step takes, which a shared CPU's load stretches far less than its wall time."""
     import numpy as np
 
-    step_seconds = float(np.median(np.diff(stamps)))  # the median skips warm-up and the final checkpoint
-    return {"steps_per_second": round(1 / step_seconds, 3), "examples_per_second": round(batch_size / step_seconds, 2),
-            "losses": losses}
+    wall, cpu = np.diff(np.array(stamps), axis=0).T
+    step_seconds = float(np.median(wall))
+    return {"seconds_per_step": round(step_seconds, 3), "steps_per_second": round(1 / step_seconds, 3),
+            "examples_per_second": round(batch_size / step_seconds, 3), "cpu_seconds_per_step": round(float(np.median(cpu)), 2), "losses": losses}
 
 
 def run_hbt(run: Run) -> dict:
@@ -71,7 +80,7 @@ def run_hbt(run: Run) -> dict:
 
     def log(record):
         losses.append(record["loss"])
-        stamps.append(time.perf_counter())
+        stamps.append(stamp())
 
     with tempfile.TemporaryDirectory() as work:
         config = TrainConfig(base=run.base, data=run.data, out=work, batching="hybrid", steps=run.steps,
@@ -126,7 +135,7 @@ def run_sentence_transformers(run: Run) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
+            stamps.append(stamp())
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -148,13 +157,15 @@ def run_sentence_transformers(run: Run) -> dict:
     return step_figures(stamps, run.batch_size, losses)
 
 
-def measure(run: Run) -> dict:
-    """One run in a fresh process: its figures and its own peak RSS."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(run))]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode:
-        raise click.ClickException(f"{run.system} at batch {run.batch_size} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def measure(runs: list[Run]) -> list[dict]:
+    """Each run in a fresh process, all at once: their figures and each one's own peak RSS."""
+    workers = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(run))],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for run in runs]
+    outputs = [worker.communicate() for worker in workers]
+    for run, worker, (_, stderr) in zip(runs, workers, outputs):
+        if worker.returncode:
+            raise click.ClickException(f"{run.system} at batch {run.batch_size} failed:\n{stderr[-3000:]}")
+    return [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
 
 
 @click.command()
@@ -173,10 +184,12 @@ def measure(run: Run) -> dict:
 @click.option("--hard-negatives/--no-hard-negatives", default=True, show_default=True,
               help="As hbt-train: with sentence units, the answer sentence's neighbour as a hard negative. "
                    "The sentence-transformers runs need --no-hard-negatives (MNRL wants one on every row).")
+@click.option("--together", is_flag=True, help="Run the systems of each batch size and precision at the same time, "
+              "so a shared CPU's changing load falls on all of them alike (each gets an equal share of the cores).")
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the figures here as JSON.")
 @click.option("--worker", hidden=True, help="Run one measurement (a Run as JSON) and print its figures.")
 def main(base, data, systems, steps, batch_sizes, precisions, chunk, freeze_embeddings, passage_unit, hard_negatives,
-         out, worker):
+         together, out, worker):
     if worker:
         run = Run(**json.loads(worker))
         figures = run_hbt(run) if run.system.startswith("hbt") else run_sentence_transformers(run)
@@ -199,13 +212,15 @@ def main(base, data, systems, steps, batch_sizes, precisions, chunk, freeze_embe
                "runs": []}
     for batch_size in batch_sizes:
         for precision in dict.fromkeys(resolved):
-            for system in systems:
-                run = Run(system, base, str(data), steps, batch_size, precision, chunk, freeze_embeddings, passage_unit,
-                          hard_negatives)
-                figures = measure(run)
-                results["runs"].append({"system": system, "batch_size": batch_size, "precision": precision, **figures})
-                click.echo(f"{system:15} batch {batch_size:4} {precision}: {figures['examples_per_second']:7.2f} examples/s, "
-                           f"peak RSS {figures['peak_rss_mb']:6.0f} MB  ({results['cpu']}, {results['usable_cores']} cores)")
+            runs = [Run(system, base, str(data), steps, batch_size, precision, chunk, freeze_embeddings, passage_unit,
+                        hard_negatives) for system in systems]
+            for group in [runs] if together else [[run] for run in runs]:
+                for run, figures in zip(group, measure(group)):
+                    results["runs"].append({"system": run.system, "batch_size": batch_size, "precision": precision,
+                                            "together": together, **figures})
+                    click.echo(f"{run.system:15} batch {batch_size:4} {precision}: {figures['examples_per_second']:7.2f} "
+                               f"examples/s, {figures['cpu_seconds_per_step']:6.1f} CPU s/step, peak RSS "
+                               f"{figures['peak_rss_mb']:6.0f} MB  ({results['cpu']}, {results['usable_cores']} cores)")
                 if out:  # after every run: a long sweep keeps what it measured
                     Path(out).write_text(json.dumps(results, indent=2))
     for batch_size in batch_sizes:  # the bf16 question: do the loss curves of the same batches part?
