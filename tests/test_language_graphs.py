@@ -24,7 +24,8 @@ from tests.fakes import HashEncoder
 ENCODER = HashEncoder(dimension=16)
 # Costs under which any graph search beats an exact scan: every language gets a graph, and the planner uses it.
 GRAPHS_WIN = Costs(exact=1.0, beam=0.001)
-CONFIG = IndexConfig(M=8, ef_construction=64, ef=16)  # ef 16: languages up to 94% of a segment get a graph
+CONFIG = IndexConfig(M=8, ef_construction=64, ef=16)
+LANGS = ["en", "sw", "fr", "de"]  # ef 16: languages up to 94% of a segment get a graph
 
 
 @pytest.fixture(autouse=True)
@@ -205,3 +206,16 @@ def test_the_planner_takes_a_language_graph_when_the_measured_costs_say_so(tmp_p
     # one of 60 on the main graph for half its documents).
     ranking = Index(out, costs=GRAPHS_WIN).search(query, 20, langs=["sw", "fr"])
     assert "sw: " in ranking.plans[0] and "fr: " in ranking.plans[0]
+
+
+def test_a_snapshot_keeps_its_language_graphs_after_a_merge_removes_their_files(tmp_path):
+    out = tmp_path / "index"
+    build_index(documents(300, LANGS), ENCODER, out, CONFIG)
+    add_documents(out, documents(300, LANGS, seed=1, prefix="a"), ENCODER)
+    snapshot = Index(out, costs=GRAPHS_WIN)
+    query = ENCODER.encode_queries(["q"])
+    before = snapshot.search(query, 20, ef=64, langs=["sw"])
+    compact_index(out, expunge_deletes=True)  # one new segment: the files the snapshot opened are gone
+    assert not any((out / view.segment.name).exists() for view in snapshot.segments)
+    after = snapshot.search(query, 20, ef=64, langs=["sw"])
+    assert "language-graphs" in after.plans[0] and np.array_equal(before.keys, after.keys)
