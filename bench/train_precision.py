@@ -45,12 +45,14 @@ def main():
 @click.option("--run", "runs", required=True, multiple=True, help="PRECISION=DIR: a finished hbt-train run.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(os.environ.get("HBT_DATA", "../shared/data")))
 def run(work, runs, data_dir):
-    """Export and evaluate each run's best checkpoint; rerun to continue."""
+    """Export and evaluate each finished run's best checkpoint; rerun to continue, and once the other run finishes."""
     work.mkdir(parents=True, exist_ok=True)
+    unfinished = []
     for trained, run_dir in parse_runs(runs).items():
         last = json.loads((run_dir / "last" / "hbt_train.json").read_text()) if (run_dir / "last").exists() else {}
         if last.get("step") != last.get("config", {}).get("steps", -1):  # its best may still change
-            raise click.ClickException(f"{run_dir}: training not finished; finish it (hbt-train ... --resume) first")
+            unfinished.append(str(run_dir))
+            continue
         for bundle_precision in BUNDLES:
             folder = work / "eval" / f"trained-{trained}" / bundle_precision
             bundle = folder / "bundle"
@@ -61,6 +63,9 @@ def run(work, runs, data_dir):
                 execute(["python", "-m", "hbt.bench.hybrid_study", "evaluate", "--bundle", str(bundle), "--evaluation",
                          EVALUATION, "--data-dir", str(data_dir), "--out", str(folder)], work)
         (work / "eval" / f"trained-{trained}" / "run.txt").write_text(str(run_dir.resolve()) + "\n")
+    if unfinished:
+        raise click.ClickException(f"training not finished: {', '.join(unfinished)}; "
+                                   "finish it (hbt-train ... --resume), then run this again")
 
 
 def checkpoint(run_dir: Path) -> dict:
