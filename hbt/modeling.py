@@ -21,6 +21,7 @@ from hbt.tokenizer import Tokenizer
 
 # The tokenizer's files besides its vocabulary, which transformers and sentence-transformers read.
 TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+HF_TOKENIZER_CLASSES = {"sentencepiece": "XLMRobertaTokenizer", "wordpiece": "BertTokenizer"}  # transformers' slow ones
 # Position ids of these architectures start after the padding id, so that many positions are never used.
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert")
 ACTIVATIONS = {"identity": torch.nn.Identity, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU, "relu": torch.nn.ReLU,
@@ -154,6 +155,11 @@ class DualEncoder(torch.nn.Module):
         for file in (self.source.tokenizer_file, *(self.source.model_dir / f for f in TOKENIZER_CONFIGS)):
             if file.is_file():
                 shutil.copyfile(file, directory / file.name)
+        if not (directory / "tokenizer_config.json").is_file():
+            # sentence-transformers (hence hbt-export's check against its encode()) finds the
+            # tokenizer through this file; a source that had none would give an unreadable checkpoint.
+            write_json(directory / "tokenizer_config.json", {
+                "tokenizer_class": HF_TOKENIZER_CLASSES[self.tokenizer.spec.kind], "model_max_length": self.max_length})
         layout = self.layout
         modules = [("Transformer", "")]
         write_json(directory / ST_TRANSFORMER_CONFIG, {"max_seq_length": self.max_length, "do_lower_case": False})
