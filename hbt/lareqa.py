@@ -190,6 +190,9 @@ def load_dataset(data_dir: Path, name: str, languages: list[str] | None = None,
 
 
 SETTINGS = ("mono", "cross", "multi", "x-en")
+# The index ranker's depth here: mAP counts every candidate, and at 100 the cut alone costs MLQA-R test's
+# multilingual pool .0027 mAP, at 1000 .0002 (bench/reports/eval-through-index).
+INDEX_DEPTH = 1000
 
 
 def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_passages: Callable,

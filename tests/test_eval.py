@@ -191,7 +191,7 @@ def test_bench_accuracy_through_the_index(tiny_bundle, toy_dataset, tmp_path):
     """--ranker index (with --ef and --depth) reports what it searched, and on pools this small the exact figures; --ann,
     deprecated, means --ranker index; --ef with the exact ranker is refused."""
     runs = {"exact": [], "index": ["--ranker", "index", "--ef", "40", "--depth", "50"], "ann": ["--ann"]}
-    searched = {"exact": "exact", "index": "index top 50, ef 40", "ann": "index top 100, ef 128"}
+    searched = {"exact": "exact", "index": "index top 50, ef 40", "ann": "index top 1000, ef 128"}  # LAReQA's depth
     for name, options in runs.items():
         out = tmp_path / name
         result = CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "xquad-r",

@@ -72,9 +72,9 @@ def with_progress(encode, description: str, chunk: int = 1024):
               help="exact: score every candidate; index: build hbt's index in a temporary folder and search it "
                    "(top --depth, language filters), as deployed.")
 @click.option("--ef", type=click.IntRange(1), help="--ranker index: the search's ef (default: the index's, 128).")
-@click.option("--depth", type=click.IntRange(1), default=100, show_default=True,
-              help="Results counted per query: miracl/beir, and LAReQA through the index (its exact ranker "
-                   "ranks every candidate).")
+@click.option("--depth", type=click.IntRange(1),
+              help="Results counted per query: miracl/beir (default 100), and LAReQA through the index (default "
+                   "1000; its exact ranker ranks every candidate).")
 @renamed_option("--ann", "--ranker index", is_flag=True, default=None)
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/<dataset>-<bundle>).")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Encoder threads (0: all cores).")
@@ -115,6 +115,7 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split
         raise DataError(f"--split {split}: only mlqa-r has a dev/test split; drop --split for {dataset}")
     if ef is not None and not (ranker == "index" or ann):
         raise DataError(f"--ef {ef}: the exact ranker has no ef; add --ranker index")
+    depth = depth or (lareqa.INDEX_DEPTH if dataset in lareqa.DATASETS else retrieval.DEPTH)
     ranking = retrieval.Ranker("index" if ann else ranker, ef, depth)
     encoder = Encoder(bundle, threads=threads or None, runtime=runtime)
     extra = []  # report lines beyond the standard tables
