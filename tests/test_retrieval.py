@@ -52,7 +52,8 @@ def test_both_rankers_agree_with_brute_force_on_the_whole_top_k(kind, costs):
                         if kind == "exact" else [ranks_in(found, wanted) for found, wanted in zip(brute_force, admitted)])
             found = pool.ranks(queries, admitted, langs)
             assert all(np.array_equal(a, b) for a, b in zip(found, expected)) and len(found) == 50
-            unfiltered = found if langs is None else unfiltered
+            if langs is None:
+                unfiltered = found
     assert any(np.isinf(r).any() for r in expected) == (kind == "index")  # only the index's top 100 cuts ranks off
     if costs is GRAPHS:
         assert set(ranker.plans) == {"hnsw", "filtered-hnsw"}
