@@ -5,8 +5,11 @@ never from its inner modules (a test checks). Inside: ``format`` (the files and 
 manifest's rules), ``durable`` (fsync, atomic rename, the writers' lock), ``graph``
 (hnswlib), ``segment`` (one segment written and searched), ``planner`` (exact scan or
 HNSW per filter), ``calibrate`` (the planner's costs measured on this machine),
-``snapshot`` (what every snapshot answers, document keys, the merge), ``reader`` (a
-commit's snapshot), ``writer`` (the lock, names, commits), ``merge`` (the merge policy),
+``language_graphs`` (a graph per mid-sized language of each segment), ``lexical`` (BM25
+over the bundle tokenizer's pieces, a part of each segment), ``fanout`` (segments searched
+on threads, off by default), ``snapshot`` (what every snapshot answers, document keys, the
+merge), ``reader`` (a commit's snapshot), ``writer`` (the lock, names, commits), ``merge``
+(the merge policy),
 ``ops`` (build, add, delete, compact, staged segments), ``upgrade`` (format 1) and
 ``verify``. Importing this package loads neither hnswlib nor an encoder.
 """
