@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import statistics
@@ -25,7 +24,7 @@ import numpy as np
 from hbt.bench.encode_speed import sample_sentences
 from hbt.bench.latency import workload
 from hbt.bench.reports import environment, write_report
-from hbt.bench.serve import HOST, cpu_seconds, get, post, server
+from hbt.bench.serve import Load, cpu_seconds, get, server
 from hbt.encoder import Encoder
 from hbt.serve.app import ServeConfig
 from hbt.serve.embeddings import padded_chunks
@@ -38,39 +37,9 @@ MODES = {
 }
 
 
-class Load:
-    """Closed-loop clients: each keeps one request in flight on its own keep-alive connection."""
-
-    def __init__(self, port: int, bodies: list[bytes]):
-        self.port, self.bodies = port, itertools.cycle(bodies)
-
-    async def run(self, concurrency: int, seconds: float) -> dict:
-        self.latencies, self.failures = [], []
-        start = time.perf_counter()
-        await asyncio.gather(*(self._client(start + seconds) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-        ms = np.array(self.latencies) * 1000
-        return {"seconds": elapsed, "requests": len(ms), "failed": len(self.failures),
-                "failures": sorted(set(self.failures))[:5], "rps": len(ms) / elapsed,
-                **{f"p{q}_ms": float(np.percentile(ms, q)) if len(ms) else float("nan") for q in (50, 99)}}
-
-    async def _client(self, stop_at: float) -> None:
-        connection = None
-        while time.perf_counter() < stop_at:
-            start = time.perf_counter()
-            try:
-                connection = connection or await asyncio.open_connection(HOST, self.port)
-                status, payload = await post(*connection, "/v1/embeddings", next(self.bodies))
-            except (OSError, asyncio.IncompleteReadError, ValueError) as e:
-                self.failures.append(f"{type(e).__name__}: {e}")
-                connection = None
-                continue
-            if status != 200 or b'"embedding"' not in payload:
-                self.failures.append(f"HTTP {status}: {payload[:200].decode(errors='replace')}")
-                continue
-            self.latencies.append(time.perf_counter() - start)
-        if connection:
-            connection[1].close()
+def embeddings_load(port: int, bodies: list[bytes]) -> Load:
+    """Closed-loop clients of POST /v1/embeddings."""
+    return Load(port, bodies, "/v1/embeddings", lambda payload: b'"embedding"' in payload)
 
 
 def histogram(port: int, name: str) -> tuple[float, float]:
@@ -85,7 +54,7 @@ def histogram(port: int, name: str) -> tuple[float, float]:
 def measure(port: int, pid: int, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
     """One round: throughput, latency, mean batch tokens and the server's CPU per request."""
     tokens, cpu = histogram(port, "hbt_embedding_batch_tokens"), cpu_seconds(pid)
-    row = asyncio.run(Load(port, bodies).run(concurrency, seconds))
+    row = asyncio.run(embeddings_load(port, bodies).run(concurrency, seconds))
     after = histogram(port, "hbt_embedding_batch_tokens")
     row["mean_batch_tokens"] = (after[0] - tokens[0]) / max(after[1] - tokens[1], 1)
     row["server_cpu_ms_per_request"] = (cpu_seconds(pid) - cpu) * 1000 / max(row["requests"], 1)
@@ -136,9 +105,9 @@ def markdown(results: dict) -> str:
     for concurrency, modes in results["points"].items():
         for mode, rounds in modes.items():
             baseline = modes[base]
-            ratios = [row["rps"] / b["rps"] for row, b in zip(rounds, baseline)]
-            middle = sorted(rounds, key=lambda row: row["rps"])[len(rounds) // 2]  # the median round
-            lines.append(f"| {mode} | {concurrency} | {middle['rps']:.1f} | {statistics.median(ratios):.2f} "
+            ratios = [row["qps"] / b["qps"] for row, b in zip(rounds, baseline)]
+            middle = sorted(rounds, key=lambda row: row["qps"])[len(rounds) // 2]  # the median round
+            lines.append(f"| {mode} | {concurrency} | {middle['qps']:.1f} | {statistics.median(ratios):.2f} "
                          f"({', '.join(f'{r:.2f}' for r in ratios)}) | {middle['p50_ms']:.1f} | "
                          f"{middle['p99_ms']:.1f} | {middle['mean_batch_tokens']:.0f} | "
                          f"{middle['server_cpu_ms_per_request']:.1f} | {sum(r['failed'] for r in rounds)} | "
@@ -170,7 +139,7 @@ def verdict(results: dict) -> list[str]:
     modes = results["points"][clients]
     if "token-budget" not in modes or results["baseline"] == "token-budget":
         return []
-    ratio = statistics.median(row["rps"] / b["rps"] for row, b in zip(modes["token-budget"],
+    ratio = statistics.median(row["qps"] / b["qps"] for row, b in zip(modes["token-budget"],
                                                                         modes[results["baseline"]]))
     cpu = {mode: statistics.median(row["server_cpu_ms_per_request"] for row in rows) for mode, rows in modes.items()}
     return [f"**Target** (token-budget batching ≥ 1.2 × {results['baseline']} at concurrency {clients}): "
@@ -217,12 +186,12 @@ def main(bundle, data_dir, out, concurrency, modes, rounds, seconds, warmup, tex
         for clients in (int(c) for c in concurrency.split(",")):
             points = results["points"][clients] = {mode: [] for mode in modes}
             for mode, (port, _) in servers.items():
-                asyncio.run(Load(port, bodies).run(clients, warmup))
+                asyncio.run(embeddings_load(port, bodies).run(clients, warmup))
             for round_number in range(rounds):
                 for mode, (port, pid) in servers.items():
                     row = measure(port, pid, bodies, clients, seconds)
                     points[mode].append(row)
-                    click.echo(f"concurrency {clients} round {round_number + 1} {mode:>18}: {row['rps']:6.1f} req/s, "
+                    click.echo(f"concurrency {clients} round {round_number + 1} {mode:>18}: {row['qps']:6.1f} req/s, "
                                f"p50 {row['p50_ms']:6.1f} ms, p99 {row['p99_ms']:6.1f} ms, batch "
                                f"{row['mean_batch_tokens']:5.0f} tokens, server CPU "
                                f"{row['server_cpu_ms_per_request']:.1f} ms/request, failed {row['failed']}, "

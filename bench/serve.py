@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 from pathlib import Path
 
 import click
@@ -54,8 +55,9 @@ SOAK_WARMUP = 60  # seconds at concurrency 64 before the soak's first RSS
 class Load:
     """Closed-loop clients: each keeps one request in flight on its own keep-alive connection."""
 
-    def __init__(self, port: int, bodies: list[bytes]):
-        self.port, self.bodies = port, itertools.cycle(bodies)
+    def __init__(self, port: int, bodies: list[bytes], path: str = "/search",
+                 answered: Callable[[bytes], bool] = lambda payload: bool(json.loads(payload)["results"][0]["hits"])):
+        self.port, self.bodies, self.path, self.answered = port, itertools.cycle(bodies), path, answered
         self.latencies: list[float] = []
         self.failures: list[str] = []
 
@@ -67,8 +69,8 @@ class Load:
         ms = np.array(self.latencies) * 1000
         return {"concurrency": concurrency, "seconds": elapsed, "requests": len(ms) + len(self.failures),
                 "failed": len(self.failures), "failures": sorted(set(self.failures))[:5],
-                "qps": len(ms) / elapsed, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-                "mean_ms": float(ms.mean())}
+                "qps": len(ms) / elapsed, "mean_ms": float(ms.mean()) if len(ms) else float("nan"),
+                **{f"p{q}_ms": float(np.percentile(ms, q)) if len(ms) else float("nan") for q in (50, 99)}}
 
     async def _client(self, stop_at: float) -> None:
         connection = None
@@ -77,8 +79,8 @@ class Load:
             start = time.perf_counter()
             try:
                 connection = connection or await asyncio.open_connection(HOST, self.port)
-                status, payload = await post(*connection, "/search", body)
-                if status != 200 or not json.loads(payload)["results"][0]["hits"]:
+                status, payload = await post(*connection, self.path, body)
+                if status != 200 or not self.answered(payload):
                     self.failures.append(f"HTTP {status}: {payload[:200].decode(errors='replace')}")
                     continue
             except (OSError, asyncio.IncompleteReadError, ValueError) as e:
