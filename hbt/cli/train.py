@@ -75,7 +75,7 @@ def main(languages, dry_run, resume, bf16, **options):
       hbt-train --data train.jsonl.gz --batching mono --out runs/mono --dry-run
 
     The second is the study's recipe for LAReQA-style retrieval (about 10 minutes on 2 AMD Zen 4
-    cores, about 6 on 2 Intel Sapphire Rapids vCPUs: both have native bf16, which --precision auto
+    cores, 6 to 8 on 2 Intel Sapphire Rapids vCPUs: both have native bf16, which --precision auto
     picks; docs/train.md). The result is runs/NAME/best (a Hugging Face directory):
     hbt-export runs/NAME/best --out bundle.
     """
