@@ -72,10 +72,10 @@ class Tokenizer:
                               "upgrade hbt or re-export the bundle")
         self._to_ids = to_ids
 
-    def encode(self, texts: list[str], max_length: int) -> tuple[list[np.ndarray], int]:
-        """Model ids per text, and how many texts were cut to ``max_length``."""
+    def encode(self, texts: list[str], max_length: int | None) -> tuple[list[np.ndarray], int]:
+        """Model ids per text, and how many texts were cut to ``max_length`` (None: none are cut)."""
         spec = self.spec
-        content = max_length - 2  # room for bos and eos
+        content = max_length - 2 if max_length is not None else float("inf")  # room for bos and eos
         ids, truncated = [], 0
         for mapped in self._to_ids(list(texts)):
             if len(mapped) > content:

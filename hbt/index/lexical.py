@@ -54,7 +54,7 @@ MAX_COUNT = np.iinfo(np.uint16).max
 def text_pieces(tokenizer, texts: list[str]) -> list[np.ndarray]:
     """Each text's piece ids (int32), untruncated, without bos, eos or unk: the lexical terms."""
     unk = tokenizer.spec.unk_id  # stands for any unknown character: it would match unrelated texts
-    ids, _ = tokenizer.encode(texts, max_length=1 << 62)
+    ids, _ = tokenizer.encode(texts, max_length=None)
     return [inner[inner != unk].astype(np.int32) for inner in (i[1:-1] for i in ids)]
 
 
