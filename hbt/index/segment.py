@@ -93,14 +93,15 @@ class SegmentWriter:
         self.db.commit()
         self.db.close()
         self.graph.save_index(str(self.directory / GRAPH_FILE))
-        np.save(self.directory / LANGS_FILE, np.frombuffer(self.langs, dtype=np.uint16))
+        label_codes = np.frombuffer(self.langs, dtype=np.uint16)  # each label's language code
+        np.save(self.directory / LANGS_FILE, label_codes)
         if self.lexical is not None:
             self.lexical.finish(self.directory / LEXICAL_FILE)
-        counts = np.bincount(np.frombuffer(self.langs, dtype=np.uint16), minlength=len(self.language_codes))
+        counts = np.bincount(label_codes, minlength=len(self.language_codes))
         codes = sorted(self.language_codes, key=self.language_codes.get)
         languages = {lang: int(n) for lang, n in zip(codes, counts) if n}
-        graphs = language_graphs.write_language_graphs(self.directory, self.graph, np.frombuffer(
-            self.langs, dtype=np.uint16), codes, languages, self.config)
+        graphs = language_graphs.write_language_graphs(self.directory, self.graph, label_codes, codes, languages,
+                                                       self.config)
         files = {name: file_record(self.directory / name) for name in (GRAPH_FILE, DOCS_FILE, LANGS_FILE)
                  + ((LEXICAL_FILE,) if self.lexical is not None else ()) + tuple(graphs)}
         durable.fsync_dir(self.directory)
