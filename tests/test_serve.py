@@ -86,13 +86,6 @@ def test_mode_passes_through_to_the_searcher(client, searcher, mode):
     assert answer["plan"].startswith(f"mode {'hybrid' if mode == 'auto' else mode}")
 
 
-def test_serve_knows_the_searchers_modes():
-    from hbt.search import MODES
-    from hbt.serve.app import SEARCH_MODES
-
-    assert SEARCH_MODES == MODES
-
-
 def test_language_filter(client):
     answer = search(client, {"query": "cat", "k": 10, "langs": ["de", "ru"]}).json()
     assert sorted(hit["id"] for hit in answer["results"][0]["hits"]) == ["cat-de", "cat-ru"]

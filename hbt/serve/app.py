@@ -28,6 +28,7 @@ except ImportError as e:
 
 from hbt import __version__
 from hbt.errors import HbtError
+from hbt.search import MODES
 from hbt.serve.batching import MicroBatcher
 from hbt.serve.embeddings import EmbeddingService, OpenAIError, parse_embeddings
 from hbt.serve.openapi import describe
@@ -39,8 +40,6 @@ ENDPOINTS = {"/": "page", "/search": "search", "/info": "info", "/health": "heal
              "/openapi.json": "openapi", "/v1/embeddings": "embeddings", "/v1/models": "models"}
 PUBLIC = {"page", "static", "health"}  # open without the token: the page holds no data, it asks for the token
 FIELDS = ("query", "queries", "k", "ef", "langs", "mode")
-# hbt.search.MODES (a test keeps them equal): serve takes its Searcher as given and never imports hbt.search.
-SEARCH_MODES = ("auto", "dense", "lexical", "hybrid")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")  # Host names always served
 
 
@@ -152,8 +151,8 @@ def parse_query(body: bytes, content_type: str | None, config: ServeConfig, lang
             raise BadRequest(422, f"unknown language {unknown[0]!r}: this index holds "
                                   f"{', '.join(sorted(lang for lang in languages if lang))}")
     mode = fields.get("mode", "auto")
-    if mode not in SEARCH_MODES:
-        raise BadRequest(422, f"mode {json.dumps(mode)}: one of {', '.join(SEARCH_MODES)} (default auto)")
+    if mode not in MODES:
+        raise BadRequest(422, f"mode {json.dumps(mode)}: one of {', '.join(MODES)} (default auto)")
     return Query(texts, k, ef, langs or None, mode)
 
 
@@ -423,7 +422,7 @@ def create_app(searcher, config: ServeConfig = ServeConfig(), encoder=None) -> S
     async def openapi(request: Request) -> Response:
         search = {"max_k": config.max_k, "max_ef": config.max_ef, "max_queries": config.max_queries,
                   "max_query_chars": config.max_query_chars,
-                  "languages": sorted(searcher.index.languages), "modes": SEARCH_MODES} if searcher else None
+                  "languages": sorted(searcher.index.languages), "modes": MODES} if searcher else None
         return JSONResponse(describe(__version__, search=search, models=embeddings.names,
                                      dimension=encoder.dimension, max_inputs=config.max_inputs,
                                      max_input_chars=config.max_input_chars, token=bool(config.token)))
