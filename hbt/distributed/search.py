@@ -40,11 +40,7 @@ class SegmentGroup:
     def search(self, vectors: np.ndarray, k: int, ef: int | None, langs: frozenset | None,
                exact: bool) -> tuple[np.ndarray, np.ndarray, dict[int, Document], list[str]]:
         """The group's top k: keys in the whole commit and scores [Q, k'], their documents, and the plans."""
-        ranking = self.index.search(vectors, k, ef, langs, exact)
-        keys = document_key(self.positions[key_position(ranking.keys)], key_label(ranking.keys))
-        documents = self.index.documents(np.unique(ranking.keys))
-        pairs = zip(keys.ravel().tolist(), ranking.keys.ravel().tolist())
-        return keys, ranking.scores, {key: documents[local] for key, local in pairs}, ranking.plans
+        return self._in_commit(self.index.search(vectors, k, ef, langs, exact))
 
     def lexical_frequencies(self, pieces: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
         return self.index.lexical_frequencies(pieces)
@@ -54,7 +50,10 @@ class SegmentGroup:
                                                                           list[str]]:
         """The group's BM25 top k, planned on the whole collection's ``statistics``: keys (padded with -1) and
         scores [Q, k'] in the whole commit, their documents, and the plan."""
-        ranking = self.index.search_lexical(pieces, k, langs, statistics)
+        return self._in_commit(self.index.search_lexical(pieces, k, langs, statistics))
+
+    def _in_commit(self, ranking: Ranking) -> tuple[np.ndarray, np.ndarray, dict[int, Document], list[str]]:
+        """The group's ranking with keys of the whole commit (padding -1 kept), their documents, and the plans."""
         real = ranking.keys >= 0
         keys = np.where(real, document_key(self.positions[key_position(np.maximum(ranking.keys, 0))],
                                            key_label(ranking.keys)), -1)
