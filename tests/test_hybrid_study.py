@@ -70,6 +70,7 @@ def test_every_arm_trains_at_the_recipe_budget_on_three_seeds_and_never_on_tatoe
     assert {f"{row}-s{seed}" for row in ("hybrid", "x-x-mono", "x-y") for seed in (0, 1, 2)} | {"zero-shot"} == set(training)
     order = [(job.directory, job.evaluations) for job in queue([0, 1, 2])]
     assert order.index(("x-y-s0", ("mlqa-r-test",))) < order.index(("hybrid-s1", ("mlqa-r-test",)))
+    assert order.index(("x-y-s2", ("mlqa-r-test",))) < order.index(("zero-shot", ("tatoeba",)))
 
 
 def fake_run(work, run, model, evaluation, groups, seed_shift, step):
