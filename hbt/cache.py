@@ -1,4 +1,5 @@
-"""Where hbt keeps what it measured on this machine (planner costs, int8 verdicts): the user's cache directory."""
+"""Where hbt keeps what it makes once per machine: the offline default converted for torch, planner
+costs, int8 verdicts. One directory for all of them: the user's cache directory."""
 
 from __future__ import annotations
 
