@@ -24,7 +24,7 @@ import numpy as np
 
 from hbt.corpus import Document, open_text
 from hbt.errors import DataError
-from hbt.index import passage_text
+from hbt.index import passage_text, text_pieces
 from hbt.metrics import summarize
 from hbt.retrieval import EXACT, Ranker
 
@@ -197,17 +197,19 @@ INDEX_DEPTH = 1000
 
 def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_passages: Callable,
              settings=("mono", "cross", "multi"), progress: Callable[[str], None] = lambda s: None,
-             ranker: Ranker = EXACT, per_question: dict | None = None) -> dict:
+             ranker: Ranker = EXACT, per_question: dict | None = None, tokenizer=None) -> dict:
     """Embed once, then score every setting with ``ranker``: exact ranks, or the index's top ``ranker.depth``.
 
     The candidates of all languages form one corpus (each candidate tagged with its
-    language); a setting's pool is a language filter on it. ``per_question``, when given,
+    language); a setting's pool is a language filter on it, on both sides in the lexical and
+    hybrid modes (``tokenizer``, the bundle's, gives the pieces). ``per_question``, when given,
     receives each group's (qa ids, relevant ranks), keyed ``mono/en``, ``cross/en-de``,
     ``x-en/de-en``, ``multi/en``: for paired tests between models.
     """
     unknown = set(settings) - set(SETTINGS)
     if unknown:
         raise DataError(f"unknown setting {', '.join(sorted(unknown))}; choose from {', '.join(SETTINGS)}")
+    ranker.require_tokenizer(tokenizer)
     langs = list(dataset)
     if "x-en" in settings and "en" not in langs:
         raise DataError("the x-en setting needs English among the dataset's languages")
@@ -219,19 +221,20 @@ def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_pass
     for lang in langs:
         progress(f"embedding {lang}")
         ids = sorted(dataset[lang].questions)
-        questions[lang] = (ids, encode_queries([dataset[lang].questions[i] for i in ids]))
+        texts = [dataset[lang].questions[i] for i in ids]
+        questions[lang] = (ids, encode_queries(texts), text_pieces(tokenizer, texts) if ranker.lexical else None)
         # Untitled sentences: passage_text is the sentence itself, embedded one language at a time.
         candidates = [Document(f"{lang}/{i}", text, lang=lang) for i, text in enumerate(dataset[lang].candidates)]
         first_row[lang] = len(docs)
         docs += candidates
         vectors.append(encode_passages([passage_text(d) for d in candidates]))
 
-    with ranker.pool(docs, np.vstack(vectors)) as pool:
+    with ranker.pool(docs, np.vstack(vectors), tokenizer) as pool:
         def ranks_for(group: str, query_lang: str, pool_langs: list[str]) -> list[np.ndarray]:
-            ids, query_vectors = questions[query_lang]
+            ids, query_vectors, pieces = questions[query_lang]
             relevant = [[first_row[l] + dataset[l].answers[qid] for l in pool_langs if qid in dataset[l].answers]
                         for qid in ids]
-            ranks = pool.ranks(query_vectors, relevant, pool_langs)
+            ranks = pool.ranks(query_vectors, relevant, pool_langs, pieces)
             kept = [(qid, found) for qid, wanted, found in zip(ids, relevant, ranks) if wanted]
             out = [found for _, found in kept]
             if per_question is not None:

@@ -4,7 +4,9 @@ An evaluation embeds a passage corpus once, as the index embeds it (``passage_te
 title plus text), and ranks it for every query with a ``Ranker``: ``exact`` scores every
 passage (one matrix product, the reference), ``index`` builds hbt's index from the same
 vectors in a temporary directory and searches it as a deployment does (segments, the
-planner, language filters, ``ef``). Qrels runs score mAP, Recall@k and nDCG@10 from the
+planner, language filters, ``ef``). Its ``mode`` is the searcher's (``hbt.search.SearchMode``):
+lexical and hybrid take the lexical side from that index (BM25 over the bundle tokenizer's
+pieces, the pool as a language filter) and fuse as ``Searcher`` fuses (``LexicalSide``). Qrels runs score mAP, Recall@k and nDCG@10 from the
 ranks of the relevant documents; MKQA scores Recall@k as "an answer occurs in one of the
 top k passages", matched as DPR's ``has_answer`` matches: the answer's normalized token
 sequence must occur in the passage's (the BGE-M3 / RocketQA protocol).
@@ -29,8 +31,9 @@ import numpy as np
 
 from hbt.corpus import Document, read_lines
 from hbt.errors import DataError
-from hbt.index import Costs, Index, IndexConfig, build_index, passage_text
+from hbt.index import Costs, Index, IndexConfig, Ranking, build_index, passage_text
 from hbt.metrics import relevant_ranks, summarize
+from hbt.search import FUSION_DEPTH, SearchMode, fuse
 
 DEPTH = 100  # ranks beyond this count as not retrieved
 QRELS_DATASETS = ("miracl", "beir")
@@ -95,18 +98,84 @@ def retrieve(query_vectors: np.ndarray, passages: np.ndarray, depth: int = DEPTH
 
 
 RANKERS = ("exact", "index")
+DENSE = SearchMode("dense")
+# The exact ranker reads only the index's lexical parts: the cheapest graph, no language graphs.
+LEXICAL_ONLY = IndexConfig(M=4, ef_construction=8, language_graphs="off")
+BLOCK = 128  # queries ranked completely at once by the exact ranker's lexical and hybrid modes
+
+
+def ranks_after(head: np.ndarray, order: np.ndarray, relevant, size: int) -> np.ndarray:
+    """1-based ranks of ``relevant`` (rows < ``size``) in ``head``, then the rows of ``order`` not in ``head``, in
+    that order; inf for a row in neither (beyond an index's depth)."""
+    position = np.full(size, np.inf)
+    taken = np.zeros(size, dtype=bool)
+    taken[head] = True
+    rest = order[~taken[order]]
+    position[rest] = np.arange(len(head) + 1, len(head) + len(rest) + 1)
+    position[head] = np.arange(1, len(head) + 1)
+    return np.sort(position[np.asarray(relevant, dtype=np.int64)])
+
+
+class _Rows:
+    """An index's document keys as corpus rows (-1, a ranking's padding, stays -1)."""
+
+    def __init__(self, index: Index, docs: Sequence[Document]):
+        self.index = index
+        self._row_of_id = {d.id: row for row, d in enumerate(docs)}
+        self._row_of_key: dict[int, int] = {-1: -1}
+
+    def __call__(self, keys: np.ndarray) -> np.ndarray:
+        unknown = set(np.unique(keys).tolist()) - set(self._row_of_key)
+        if unknown:
+            self._row_of_key.update({key: self._row_of_id[doc.id] for key, doc in self.index.documents(unknown).items()})
+        return np.vectorize(self._row_of_key.__getitem__, otypes=[np.int64])(keys) if keys.size else keys
+
+
+class LexicalSide:
+    """What a pool needs beyond dense search, as ``Searcher`` runs it: the mode a pool resolves to
+    (``auto``: hybrid for a one-language pool), BM25 from the index's lexical parts (the pool as a language
+    filter, the collection's statistics) and hybrid's head: ``hbt.search.fuse`` of each side's top
+    ``FUSION_DEPTH``, the searcher's list for any k up to that depth."""
+
+    def __init__(self, index: Index, rows: _Rows, mode: SearchMode):
+        self.index, self.rows, self.mode = index, rows, mode
+
+    def chosen(self, langs: Sequence[str] | None) -> str:
+        return self.mode.resolve(langs, self.index)
+
+    def lexical(self, pieces: list[np.ndarray], k: int, langs: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and BM25 scores [Q, k'] of each query's best matches, best first, padded with row -1."""
+        ranking = self.index.search_lexical(pieces, k, langs)
+        return self.rows(ranking.keys), ranking.scores
+
+    def fused(self, dense_rows: np.ndarray, dense_scores: np.ndarray, pieces: list[np.ndarray],
+              langs: Sequence[str] | None) -> list[np.ndarray]:
+        """Each query's fused rows, best first: the dense side is ``dense_rows`` [Q, >= FUSION_DEPTH], best first."""
+        lexical = Ranking(*self.lexical(pieces, FUSION_DEPTH, langs), [])
+        dense = Ranking(dense_rows[:, :FUSION_DEPTH], dense_scores[:, :FUSION_DEPTH], [])
+        keys, _ = fuse(dense, lexical, 2 * FUSION_DEPTH, self.mode)  # every candidate of both sides
+        return [np.array(row, dtype=np.int64) for row in keys]
+
+
+def _require_pieces(pieces: list[np.ndarray] | None, chosen: str) -> list[np.ndarray]:
+    if pieces is None:
+        raise DataError(f"mode {chosen} ranks by the queries' pieces, and none were given: pass the bundle's tokenizer")
+    return pieces
 
 
 class ExactPool:
     """Every admitted passage scored by one matrix product: the reference ranking.
 
     Rows are positions in the corpus; ``langs`` admits the passages of those languages,
-    in corpus order (each admitted set's matrix is kept for the next query batch).
+    in corpus order (each admitted set's matrix is kept for the next query batch). With a
+    ``lexical`` side, lexical runs rank the unmatched after the matches in corpus order (their
+    BM25 ties at 0), hybrid runs the candidates neither side fused in dense order: complete rankings.
     """
 
-    def __init__(self, docs: Sequence[Document], vectors: np.ndarray):
+    def __init__(self, docs: Sequence[Document], vectors: np.ndarray, lexical: LexicalSide | None = None):
         self.vectors = vectors  # [N, d]
         self.langs = np.array([d.lang for d in docs], dtype=object)
+        self.lexical = lexical
         self._admitted: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     def _admit(self, langs: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -123,12 +192,29 @@ class ExactPool:
         rows, vectors = self._admit(langs)
         return rows[retrieve(query_vectors, vectors, depth)]
 
-    def ranks(self, query_vectors: np.ndarray, relevant: list[list[int]],
-              langs: Sequence[str] | None = None) -> list[np.ndarray]:
+    def ranks(self, query_vectors: np.ndarray, relevant: list[list[int]], langs: Sequence[str] | None = None,
+              pieces: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """Each query's relevant rows' exact ranks among the admitted, all of them (ties: corpus order)."""
         rows, vectors = self._admit(langs)
         scores = query_vectors @ vectors.T  # [Q, n]
-        return [relevant_ranks(row, np.searchsorted(rows, wanted)) for row, wanted in zip(scores, relevant)]
+        chosen = self.lexical.chosen(langs) if self.lexical else "dense"
+        if chosen == "dense":
+            return [relevant_ranks(row, np.searchsorted(rows, wanted)) for row, wanted in zip(scores, relevant)]
+        pieces, out = _require_pieces(pieces, chosen), []
+        for start in range(0, len(scores), BLOCK):  # a block's complete orders [B, n] at a time
+            block = slice(start, start + BLOCK)
+            if chosen == "lexical":
+                found, _ = self.lexical.lexical(pieces[block], len(rows), langs)
+                heads, orders = [row[row >= 0] for row in found], [rows] * len(found)
+            else:
+                local = np.argsort(-scores[block], axis=1, kind="stable")  # dense order, ties by corpus order
+                orders = rows[local]
+                depth = min(FUSION_DEPTH, len(rows))
+                heads = self.lexical.fused(orders[:, :depth], np.take_along_axis(scores[block], local[:, :depth], 1),
+                                           pieces[block], langs)
+            out += [ranks_after(head, order, wanted, len(self.vectors))
+                    for head, order, wanted in zip(heads, orders, relevant[block])]
+        return out
 
 
 class IndexPool:
@@ -136,27 +222,34 @@ class IndexPool:
 
     ``plans`` counts the segment searches by the plan the index chose (exact, hnsw, ...):
     the planner weighs this machine's measured costs, so another machine may plan otherwise.
+    With a ``lexical`` side, hybrid runs its fused head, then the dense top ``depth``.
     """
 
     def __init__(self, index: Index, docs: Sequence[Document], ef: int | None, depth: int,
-                 plans: collections.Counter[str]):
-        self.index, self.ef, self.depth, self.plans = index, ef, depth, plans
-        self._row_of_id = {d.id: row for row, d in enumerate(docs)}
-        self._row_of_key: dict[int, int] = {}
+                 plans: collections.Counter[str], lexical: LexicalSide | None = None):
+        self.index, self.ef, self.depth, self.plans, self.lexical = index, ef, depth, plans, lexical
+        self.rows, self.size = lexical.rows if lexical else _Rows(index, docs), len(docs)
 
-    def top(self, query_vectors: np.ndarray, depth: int = DEPTH, langs: Sequence[str] | None = None) -> np.ndarray:
+    def _dense(self, query_vectors: np.ndarray, depth: int, langs: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
         ranking = self.index.search(query_vectors, depth, self.ef, langs)
         self.plans.update(plan.partition(": ")[2].partition(" (")[0] for plan in ranking.plans)
-        keys = ranking.keys  # [Q, k'], best first
-        unknown = set(np.unique(keys).tolist()) - set(self._row_of_key)
-        if unknown:
-            self._row_of_key.update({key: self._row_of_id[doc.id] for key, doc in self.index.documents(unknown).items()})
-        return np.vectorize(self._row_of_key.__getitem__, otypes=[np.int64])(keys) if keys.size else keys
+        return self.rows(ranking.keys), ranking.scores  # [Q, k'], best first
 
-    def ranks(self, query_vectors: np.ndarray, relevant: list[list[int]],
-              langs: Sequence[str] | None = None) -> list[np.ndarray]:
+    def top(self, query_vectors: np.ndarray, depth: int = DEPTH, langs: Sequence[str] | None = None) -> np.ndarray:
+        return self._dense(query_vectors, depth, langs)[0]
+
+    def ranks(self, query_vectors: np.ndarray, relevant: list[list[int]], langs: Sequence[str] | None = None,
+              pieces: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """Each query's relevant rows' ranks in the index's top ``depth``; inf beyond it."""
-        return [ranks_in(row, wanted) for row, wanted in zip(self.top(query_vectors, self.depth, langs), relevant)]
+        chosen = self.lexical.chosen(langs) if self.lexical else "dense"
+        if chosen == "lexical":
+            found, _ = self.lexical.lexical(_require_pieces(pieces, chosen), self.depth, langs)
+            return [ranks_in(row[row >= 0], wanted) for row, wanted in zip(found, relevant)]
+        rows, scores = self._dense(query_vectors, self.depth, langs)
+        if chosen == "dense":
+            return [ranks_in(row, wanted) for row, wanted in zip(rows, relevant)]
+        heads = self.lexical.fused(rows, scores, _require_pieces(pieces, chosen), langs)
+        return [ranks_after(head, row, wanted, self.size) for head, row, wanted in zip(heads, rows, relevant)]
 
 
 @dataclass(frozen=True)
@@ -168,11 +261,12 @@ class _Embedded:
     """The evaluation's passage vectors as ``build_index``'s encoder: it serves them in corpus order and
     refuses any text it did not embed, so the index holds exactly the vectors the exact ranker scores."""
 
-    def __init__(self, docs: Sequence[Document], vectors: np.ndarray, directory: Path):
+    def __init__(self, docs: Sequence[Document], vectors: np.ndarray, directory: Path, tokenizer=None):
         self.texts, self.vectors, self.served = [passage_text(d) for d in docs], vectors, 0
         self.dimension = vectors.shape[1]
         self.bundle_dir = directory
         self.manifest = _Identity("evaluation-vectors")
+        self.tokenizer = tokenizer  # the bundle's: build_index writes lexical parts with it (None: none)
 
     def encode_passages(self, texts: list[str]) -> np.ndarray:
         end = self.served + len(texts)
@@ -191,6 +285,8 @@ class Ranker:
     or the index's top ``depth`` (a relevant candidate beyond it counts as not retrieved).
     ``costs`` are the index planner's (None: this machine's, as deployed; ``GRAPHS`` makes
     exact scans dear, to rank through the graphs). ``plans`` counts the plans its searches ran.
+    ``mode`` is the searcher's: any but dense builds the index with the bundle's tokenizer, for
+    its lexical parts, with either ranker (the exact one scores the dense side of every candidate).
     """
 
     kind: str = "exact"
@@ -198,6 +294,7 @@ class Ranker:
     depth: int = DEPTH
     costs: Costs | None = None
     plans: collections.Counter[str] = field(default_factory=collections.Counter, compare=False)
+    mode: SearchMode = DENSE
 
     def __post_init__(self):
         if self.kind not in RANKERS:
@@ -209,24 +306,43 @@ class Ranker:
         if self.costs is not None and self.kind != "index":
             raise DataError("planner costs apply to the index ranker only")
 
+    @property
+    def lexical(self) -> bool:
+        """Whether the mode may rank lexically, so that the index needs its lexical parts."""
+        return self.mode.mode != "dense"
+
     def describe(self) -> str:
+        mode = "" if not self.lexical else ", " + (
+            "mode auto (hybrid within one language, dense otherwise)" if self.mode.mode == "auto"
+            else self.mode.describe(self.mode.mode))
         if self.kind == "exact":
-            return "exact"
+            return "exact" + mode
         costs = "" if self.costs is None else f", {self.costs.source}"
-        return f"index top {self.depth}, ef {self.ef or IndexConfig().ef}{costs}"
+        return f"index top {self.depth}, ef {self.ef or IndexConfig().ef}{costs}{mode}"
+
+    def require_tokenizer(self, tokenizer) -> None:
+        """Refuse a mode that ranks lexically without the bundle's tokenizer (before anything is embedded)."""
+        if self.lexical and tokenizer is None:
+            raise DataError(f"mode {self.mode.mode} ranks by the bundle tokenizer's pieces, and this bundle has no "
+                            "tokenizer; use mode dense")
 
     @contextlib.contextmanager
-    def pool(self, docs: Sequence[Document], vectors: np.ndarray) -> Iterator[ExactPool | IndexPool]:
-        """The corpus ready to rank: ``vectors`` [N, d] are ``docs``' ``passage_text`` embedded."""
-        if self.kind == "exact":
+    def pool(self, docs: Sequence[Document], vectors: np.ndarray, tokenizer=None) -> Iterator[ExactPool | IndexPool]:
+        """The corpus ready to rank: ``vectors`` [N, d] are ``docs``' ``passage_text`` embedded; ``tokenizer``
+        (the bundle's) gives the lexical terms, which every mode but dense needs."""
+        self.require_tokenizer(tokenizer)
+        if self.kind == "exact" and not self.lexical:
             yield ExactPool(docs, vectors)
             return
         with tempfile.TemporaryDirectory(prefix="hbt-eval-index-") as folder:
             directory = Path(folder) / "index"
-            build_index(docs, _Embedded(docs, vectors, Path(folder)), directory)
+            build_index(docs, _Embedded(docs, vectors, Path(folder), tokenizer if self.lexical else None), directory,
+                        IndexConfig() if self.kind == "index" else LEXICAL_ONLY)
             index = Index(directory, costs=self.costs)
+            lexical = LexicalSide(index, _Rows(index, docs), self.mode) if self.lexical else None
             try:
-                yield IndexPool(index, docs, self.ef, self.depth, self.plans)
+                yield (ExactPool(docs, vectors, lexical) if self.kind == "exact"
+                       else IndexPool(index, docs, self.ef, self.depth, self.plans, lexical))
             finally:
                 index.close()
 
@@ -235,14 +351,17 @@ EXACT = Ranker()
 GRAPHS = Costs(exact=1e9, beam=1e-9, source="graphs forced")  # the planner scans only when a graph cannot serve
 
 
-def _require(docs: list[Document]) -> None:
+def _require(docs: list[Document], ranker: Ranker) -> None:
     if not docs:
         raise DataError("the corpus has no documents; give a JSONL or TSV corpus with at least one")
+    if ranker.lexical:
+        raise DataError(f"mode {ranker.mode.mode}: only LAReQA (xquad-r, mlqa-r) ranks lexically here; "
+                        "use mode dense for a corpus")
 
 
 def evaluate_qrels(queries: dict[str, str], qrels: dict[str, set[str]], docs: list[Document],
                    encode_queries, encode_passages, ranker: Ranker = EXACT) -> dict:
-    _require(docs)
+    _require(docs, ranker)
     judged = sorted(set(queries) & set(qrels))
     if not judged:
         raise DataError(f"the qrels and the queries share no query id (queries like {next(iter(queries), '-')!r}, "
@@ -323,7 +442,7 @@ def read_mkqa(path: Path, languages: list[str] | None = None, answer_language: s
 
 def evaluate_mkqa(mkqa: dict[str, list[MkqaQuery]], docs: list[Document], encode_queries, encode_passages,
                   ks=(20, 100), ranker: Ranker = EXACT) -> dict:
-    _require(docs)
+    _require(docs, ranker)
     with ranker.pool(docs, encode_passages([passage_text(d) for d in docs])) as pool:
         found = {lang: pool.top(encode_queries([q.text for q in queries]), max(ks)) for lang, queries in mkqa.items()}
     normalized = {}  # document row -> its normalized text, for the documents some query retrieved

@@ -298,3 +298,161 @@ def test_latency_on_a_damaged_index_is_one_line(tiny_bundle, tmp_path):
                                             "--data-dir", str(tmp_path), "--queries", "5", "--out", str(tmp_path / "r")])
     assert "--queries is deprecated; use --num-queries" in result.output
     assert_one_line_error(result, str(tmp_path / "index"), "no such table")
+
+
+def pooled_dataset(root, rng, langs=("aa", "bb"), candidates=150):
+    """Random sentences over a few words the tiny tokenizer knows, so that BM25 matches some candidates of
+    every question and ties among them; pools above hybrid's FUSION_DEPTH, so that some run past the fusion."""
+    words = ["text", "fresh", "alpha", "beta", "gamma", "title", "of", "d", "1", "2", "3", "4"]
+    for lang in langs:
+        sentences = [" ".join(rng.choice(words, 4)) for _ in range(candidates)]
+        qas = [(f"q{j}", " ".join(rng.choice(words, 3)) + "?", int(rng.integers(candidates))) for j in range(12)]
+        write_lareqa(root / "xquad-r", lang, [(sentences, qas)])
+    return load_dataset(root, "xquad-r")
+
+
+def fused_reference(data, encoder, index, fusion) -> dict:
+    """Each group's relevant ranks from ``hbt.fusion`` applied to brute-force dense scores and the index's BM25
+    (each side's top FUSION_DEPTH), the candidates neither side brought after them in dense order."""
+    from hbt.fusion import convex_fusion, reciprocal_rank_fusion
+    from hbt.index import text_pieces
+    from hbt.search import FUSION_DEPTH
+
+    langs = list(data)
+    first = dict(zip(langs, np.cumsum([0] + [len(data[lang].candidates) for lang in langs])))
+    vectors = np.vstack([encoder.encode(data[lang].candidates) for lang in langs])
+    row_of = {f"{lang}/{i}": first[lang] + i for lang in langs for i in range(len(data[lang].candidates))}
+    expected = {}
+    groups = {f"mono/{lang}": (lang, [lang]) for lang in langs} | {f"multi/{lang}": (lang, langs) for lang in langs}
+    groups |= {f"cross/{x}-{y}": (x, [y]) for x in langs for y in langs if x != y}
+    for group, (query_lang, pool_langs) in groups.items():
+        rows = np.concatenate([first[lang] + np.arange(len(data[lang].candidates)) for lang in pool_langs])
+        ids = sorted(data[query_lang].questions)
+        texts = [data[query_lang].questions[q] for q in ids]
+        lexical = index.search_lexical(text_pieces(encoder.tokenizer, texts), FUSION_DEPTH, pool_langs)
+        documents = index.documents({int(key) for key in lexical.keys.ravel() if key >= 0})
+        out = {}
+        for q, (qid, scores) in enumerate(zip(ids, encoder.encode(texts) @ vectors[rows].T)):
+            order = rows[np.argsort(-scores, kind="stable")]
+            dense = [(int(row), float(score)) for row, score in zip(order, np.sort(scores)[::-1])][:FUSION_DEPTH]
+            found = [(row_of[documents[key].id], score) for key, score in zip(lexical.keys[q], lexical.scores[q])
+                     if key >= 0]
+            fused = ([row for row, _ in convex_fusion(dense, found, 0.3)] if fusion == "convex" else
+                     [row for row, _ in reciprocal_rank_fusion([[r for r, _ in dense], [r for r, _ in found]])])
+            ranking = fused + [int(row) for row in order if row not in set(fused)]
+            wanted = [first[lang] + data[lang].answers[qid] for lang in pool_langs if qid in data[lang].answers]
+            if wanted:
+                out[qid] = np.sort([ranking.index(row) + 1 for row in wanted]).astype(float)
+        expected[group] = out
+    return expected
+
+
+@pytest.mark.parametrize("fusion", ["convex", "rrf"])
+def test_hybrid_ranks_as_hbt_fusion_fuses_the_two_sides(tmp_path, fusion):
+    """Hybrid, with either ranker, is ``hbt.fusion`` over brute-force dense and the index's BM25 within each
+    pool (the index scanning to depth 1000: its graphs may miss some of 150); auto is hybrid where the pool is one language
+    (mono, cross) and dense in the multilingual pool."""
+    from hbt.corpus import Document
+    from hbt.index import Costs, Index, build_index
+    from hbt.search import SearchMode
+    from tests.pieces import PieceEncoder
+
+    data = pooled_dataset(tmp_path / "data", np.random.default_rng(5))
+    encoder = PieceEncoder(dimension=8)
+    docs = [Document(f"{lang}/{i}", text, lang=lang) for lang in data for i, text in enumerate(data[lang].candidates)]
+    build_index(docs, encoder, tmp_path / "index")
+    index = Index(tmp_path / "index")
+    try:
+        expected = fused_reference(data, encoder, index, fusion)
+    finally:
+        index.close()
+
+    def run(kind, mode):
+        found = {}
+        index = {"costs": Costs(exact=1e-9, beam=1e9, source="scans forced"), "depth": 1000}  # every candidate, exactly
+        evaluate(data, encoder.encode, encoder.encode, ranker=Ranker(kind, mode=SearchMode(mode, fusion=fusion),
+                                                                     **(index if kind == "index" else {})),
+                 per_question=found, tokenizer=encoder.tokenizer)
+        return {group: {qid: found.tolist() for qid, found in zip(ids, ranks)} for group, (ids, ranks) in found.items()}
+
+    for kind in RANKERS:
+        hybrid = run(kind, "hybrid")
+        assert hybrid.keys() == expected.keys()
+        for group, ranks in expected.items():
+            assert len(ranks) > 0 and hybrid[group] == {qid: found.tolist() for qid, found in ranks.items()}, (kind, group)
+        assert any(rank > 100 for ranks in expected.values() for found in ranks.values() for rank in found)
+        dense, auto = run(kind, "dense"), run(kind, "auto")
+        assert hybrid != dense
+        assert auto == {group: (dense if group.startswith("multi/") else hybrid)[group] for group in auto}
+
+
+def test_lexical_ranks_the_candidate_sharing_a_rare_piece_first(tmp_path):
+    """Each question holds a word only its answer holds among common sentences: lexical ranks it first with either
+    ranker, in its own language's pool; the random dense vectors do not."""
+    from hbt.index import text_pieces
+    from hbt.search import SearchMode
+    from tests.pieces import PieceEncoder
+
+    encoder = PieceEncoder(dimension=8)
+    rare = ["Katze schläft", "窓辺で眠っている", "แมวนอนอยู่", "Кошка спит"]
+    common = [f"text {i} of d, title {i % 5}" for i in range(40)]
+    sentences = common[:20] + [f"text {j} of d, {word}" for j, word in enumerate(rare)] + common[20:]
+    for lang in ("aa", "bb"):
+        write_lareqa(tmp_path / "xquad-r", lang, [(sentences, [(f"q{j}", f"{word}?", 20 + j)
+                                                               for j, word in enumerate(rare)])])
+    pieces = text_pieces(encoder.tokenizer, sentences)
+    for j in range(len(rare)):  # the premise: a piece of the answer that no other candidate holds
+        assert set(pieces[20 + j].tolist()) - {p for i, row in enumerate(pieces) if i != 20 + j for p in row.tolist()}
+    data = load_dataset(tmp_path, "xquad-r")
+    for kind in RANKERS:
+        for mode, first in (("lexical", True), ("dense", False)):
+            results = evaluate(data, encoder.encode, encoder.encode, ("mono",), ranker=Ranker(kind, mode=SearchMode(mode)),
+                               tokenizer=encoder.tokenizer)
+            assert (results["mono"]["mean"]["recall@1"] == 1.0) == first, (kind, mode)
+
+
+def test_modes_that_rank_lexically_need_the_tokenizer_and_a_lareqa_dataset(toy_dataset):
+    from hbt.corpus import Document
+    from hbt.retrieval import evaluate_qrels
+    from hbt.search import SearchMode
+
+    data = load_dataset(toy_dataset, "xquad-r")
+    for mode in ("lexical", "hybrid", "auto"):
+        with pytest.raises(DataError, match=f"mode {mode} ranks by the bundle tokenizer's pieces"):
+            evaluate(data, fake_encoder, fake_encoder, ranker=Ranker(mode=SearchMode(mode)))
+        with pytest.raises(DataError, match="only LAReQA"):
+            evaluate_qrels({"q": "alpha"}, {"q": {"d"}}, [Document("d", "alpha")], fake_encoder, fake_encoder,
+                           Ranker(mode=SearchMode(mode)))
+
+
+def test_bench_accuracy_modes(tiny_bundle, toy_dataset, tmp_path):
+    """--mode dense is today's run (the default); the other modes say what they ranked by, in the report and its
+    title; the options mean what hbt-search's mean, with its defaults; bad combinations are one line."""
+    from hbt.search import LEXICAL_WEIGHT
+
+    def run(name, *options):
+        out = tmp_path / name
+        result = CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--dataset", "xquad-r",
+                                                "--data-dir", str(toy_dataset), "--out", str(out), *options])
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "results.json").read_text()), (out / "report.md").read_text()
+
+    (default, default_md), (dense, dense_md) = run("default"), run("dense", "--mode", "dense")
+    assert dense["settings"] == default["settings"] and dense_md == default_md and dense["mode"] == "dense"
+    assert dense["search"] == "exact"
+    hybrid, hybrid_md = run("hybrid", "--mode", "hybrid", "--cache", str(tmp_path / "cache"))
+    assert hybrid["mode"] == "hybrid" and hybrid["search"] == "exact, mode hybrid (convex, lexical weight 0.3)"
+    assert hybrid_md.splitlines()[0].endswith(hybrid["search"]) and "language_bias" in hybrid["settings"]["multi"]["mean"]
+    cached = sorted((tmp_path / "cache").glob("*.npy"))
+    assert len(cached) == 4  # questions and candidates of two languages
+    again, _ = run("again", "--mode", "hybrid", "--cache", str(tmp_path / "cache"))
+    assert again["settings"] == hybrid["settings"] and sorted((tmp_path / "cache").glob("*.npy")) == cached
+    lexical, _ = run("lexical", "--mode", "lexical", "--ranker", "index", "--fusion", "rrf")
+    assert lexical["search"] == "index top 1000, ef 128, mode lexical"
+    options = {o.name: o for o in bench_cli.commands["accuracy"].params}
+    assert options["lexical_weight"].default == LEXICAL_WEIGHT and options["fusion"].default == "convex"
+    for bad, message in ((["--dataset", "tatoeba", "--mode", "lexical"], "--mode lexical: only xquad-r, mlqa-r"),
+                         (["--dataset", "xquad-r", "--mode", "hybrid", "--lexical-weight", "1.5"], "1.5"),
+                         (["--dataset", "xquad-r", "--mode", "hybrid", "--fusion", "max"], "max")):
+        assert_one_line_error(CliRunner().invoke(bench_cli, ["accuracy", "--bundle", str(tiny_bundle), "--data-dir",
+                                                             str(toy_dataset), *bad]), message)

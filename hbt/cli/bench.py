@@ -51,6 +51,30 @@ def with_progress(encode, description: str, chunk: int = 1024):
     return encode_with_bar
 
 
+def cached(encode, folder: Path | None, tag: str):
+    """``encode`` whose vectors are kept in ``folder``, named by a hash of ``tag`` (bundle, runtime, side) and
+    the texts, so that an evaluation run again embeds nothing it embedded before."""
+    if folder is None:
+        return encode
+    import hashlib
+    import json
+
+    import numpy as np
+
+    def encode_cached(texts):
+        path = Path(folder) / f"{hashlib.sha256(json.dumps([tag, texts]).encode()).hexdigest()[:32]}.npy"
+        if path.is_file():
+            return np.load(path)
+        vectors = encode(texts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.stem}.partial.npy")
+        np.save(partial, vectors)
+        partial.replace(path)  # whole or absent, for a run stopped midway
+        return vectors
+
+    return encode_cached
+
+
 @main.command()
 @click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle made by hbt-export.")
 @click.option("--dataset", required=True,
@@ -76,12 +100,23 @@ def with_progress(encode, description: str, chunk: int = 1024):
               help="Results counted per query: miracl/beir (default 100), and LAReQA through the index (default "
                    "1000; its exact ranker ranks every candidate).")
 @renamed_option("--ann", "--ranker index", is_flag=True, default=None)
+@click.option("--mode", type=click.Choice(["dense", "lexical", "hybrid", "auto"]), default="dense", show_default=True,
+              help="LAReQA: rank as hbt-search --mode does. dense: the vectors; lexical: BM25 over the bundle "
+                   "tokenizer's pieces (the index's lexical parts, each pool a language filter); hybrid: both, fused "
+                   "over each side's top 100, the rest in dense order; auto: the searcher's default, hybrid when "
+                   "the pool is one language.")
+@click.option("--lexical-weight", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Hybrid: the lexical side's weight in the convex fusion of min-max normalized scores.")
+@click.option("--fusion", type=click.Choice(["convex", "rrf"]), default="convex", show_default=True,
+              help="Hybrid: convex combination of scores, or reciprocal rank fusion.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the embeddings here, by bundle, runtime and texts: a rerun (another --mode) embeds nothing.")
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/<dataset>-<bundle>).")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Encoder threads (0: all cores).")
 @runtime_option("for queries and passages")
 @user_errors
 def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split, corpus, queries, qrels, ranker, ef,
-             depth, ann, out, threads, runtime):
+             depth, ann, mode, lexical_weight, fusion, cache, out, threads, runtime):
     """Retrieval accuracy per setting and language, written as a report directory.
 
     \b
@@ -97,6 +132,7 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split
       hbt-bench accuracy --bundle bundles/e5-small-int8 --dataset mlqa-r --out reports/mlqa-r
       hbt-bench accuracy --bundle B --dataset xquad-r --lang de --lang hi --settings cross
       hbt-bench accuracy --bundle B --dataset mlqa-r --split test --ranker index
+      hbt-bench accuracy --bundle B --dataset xquad-r --mode hybrid --cache ~/.cache/hbt/embeddings
       hbt-bench accuracy --bundle B --dataset tatoeba --lang kab --lang amh
     """
     from tqdm import tqdm
@@ -106,6 +142,7 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split
     from hbt.corpus import read_corpus, read_queries
     from hbt.encoder import Encoder
     from hbt.errors import DataError
+    from hbt.search import SearchMode
 
     known = (*lareqa.DATASETS, "tatoeba", *retrieval.QRELS_DATASETS, "mkqa")
     if dataset not in known:
@@ -115,41 +152,48 @@ def accuracy(bundle, dataset, data_dir, settings, langs, languages, share, split
         raise DataError(f"--split {split}: only mlqa-r has a dev/test split; drop --split for {dataset}")
     if ef is not None and not (ranker == "index" or ann):
         raise DataError(f"--ef {ef}: the exact ranker has no ef; add --ranker index")
+    if mode != "dense" and dataset not in lareqa.DATASETS:
+        raise DataError(f"--mode {mode}: only {', '.join(lareqa.DATASETS)} rank lexically; use --mode dense for {dataset}")
     depth = depth or (lareqa.INDEX_DEPTH if dataset in lareqa.DATASETS else retrieval.DEPTH)
-    ranking = retrieval.Ranker("index" if ann else ranker, ef, depth)
+    ranking = retrieval.Ranker("index" if ann else ranker, ef, depth, mode=SearchMode(mode, lexical_weight, fusion))
     encoder = Encoder(bundle, threads=threads or None, runtime=runtime)
+    tag = f"{encoder.manifest.fingerprint} {runtime}"
+    encode_queries, encode_passages = (cached(encoder.encode_queries, cache, f"{tag} query"),
+                                       cached(encoder.encode_passages, cache, f"{tag} passage"))
     extra = []  # report lines beyond the standard tables
     if dataset in lareqa.DATASETS:
         data = lareqa.load_dataset(data_dir, dataset, wanted, share, split)
         files = sorted((data_dir / dataset).glob("*.json.gz"))
         with tqdm(total=len(data), desc="embedding", unit=" languages") as bar:
-            results = lareqa.evaluate(data, encoder.encode_queries, encoder.encode_passages, tuple(settings.split(",")),
-                                      progress=lambda message: bar.update(1), ranker=ranking)
+            results = lareqa.evaluate(data, encode_queries, encode_passages, tuple(settings.split(",")),
+                                      progress=lambda message: bar.update(1), ranker=ranking,
+                                      tokenizer=encoder.tokenizer)
     elif dataset == "tatoeba":
         files = sorted((data_dir / dataset).glob("*.gz"))
         with tqdm(total=len(wanted or tatoeba.languages(data_dir / dataset)), desc="embedding", unit=" languages") as bar:
-            results = tatoeba.evaluate(data_dir, encoder.encode_queries, wanted, progress=lambda message: bar.update(1))
+            results = tatoeba.evaluate(data_dir, encode_queries, wanted, progress=lambda message: bar.update(1))
         extra = tatoeba.markdown_groups(results)
     elif dataset in retrieval.QRELS_DATASETS:
         paths = retrieval.find_files(data_dir, dataset, {"corpus": corpus, "queries": queries, "qrels": qrels})
         files = list(paths.values())
         topics = dict(zip(*read_queries(paths["queries"])))
         results = retrieval.evaluate_qrels(topics, retrieval.read_qrels(paths["qrels"]),
-                                           list(read_corpus(paths["corpus"])), encoder.encode_queries,
-                                           with_progress(encoder.encode_passages, "embedding corpus"), ranking)
+                                           list(read_corpus(paths["corpus"])), encode_queries,
+                                           with_progress(encode_passages, "embedding corpus"), ranking)
     else:
         paths = retrieval.find_files(data_dir, dataset, {"mkqa": queries, "corpus": corpus})
         files = list(paths.values())
         results = retrieval.evaluate_mkqa(retrieval.read_mkqa(paths["mkqa"], wanted), list(read_corpus(paths["corpus"])),
-                                          encoder.encode_queries, with_progress(encoder.encode_passages, "embedding corpus"),
+                                          encode_queries, with_progress(encode_passages, "embedding corpus"),
                                           ranking)
-    report = {"dataset": dataset, "sample": share, "split": split, "search": ranking.describe(),
+    report = {"dataset": dataset, "sample": share, "split": split, "mode": mode, "search": ranking.describe(),
               "plans": dict(ranking.plans), "runtime": runtime,
               "environment": environment(encoder.manifest, files, encoder.int8_check), "settings": results}
     out = out or Path("reports") / f"{dataset}-{Path(bundle).name}"
     precision = "fp32" if encoder.manifest.quantization == "none" else encoder.manifest.quantization
     precision += "" if runtime == "onnxruntime" else f" on {runtime}"
     title = f"{dataset}{'' if split == 'all' else ' ' + split}: {encoder.manifest.source} ({precision})"
+    title += "" if mode == "dense" else f", {ranking.describe()}"
     write_report(report, out, markdown(report, title) + "".join(line + "\n" for line in extra))
     for setting, values in results.items():
         click.echo(f"{setting:>6}: " + "  ".join(f"{m} {v:.3f}" for m, v in values["mean"].items()
