@@ -428,7 +428,7 @@ def test_modes_that_rank_lexically_need_the_tokenizer_and_a_lareqa_dataset(toy_d
 def test_bench_accuracy_modes(tiny_bundle, toy_dataset, tmp_path):
     """--mode dense is today's run (the default); the other modes say what they ranked by, in the report and its
     title; the options mean what hbt-search's mean, with its defaults; bad combinations are one line."""
-    from hbt.search import LEXICAL_WEIGHT
+    from hbt.search import FUSIONS, LEXICAL_WEIGHT, MODES
 
     def run(name, *options):
         out = tmp_path / name
@@ -451,6 +451,7 @@ def test_bench_accuracy_modes(tiny_bundle, toy_dataset, tmp_path):
     assert lexical["search"] == "index top 1000, ef 128, mode lexical"
     options = {o.name: o for o in bench_cli.commands["accuracy"].params}
     assert options["lexical_weight"].default == LEXICAL_WEIGHT and options["fusion"].default == "convex"
+    assert set(options["mode"].type.choices) == set(MODES) and set(options["fusion"].type.choices) == set(FUSIONS)
     for bad, message in ((["--dataset", "tatoeba", "--mode", "lexical"], "--mode lexical: only xquad-r, mlqa-r"),
                          (["--dataset", "xquad-r", "--mode", "hybrid", "--lexical-weight", "1.5"], "1.5"),
                          (["--dataset", "xquad-r", "--mode", "hybrid", "--fusion", "max"], "max")):

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from hbt.cli import runtime_option, user_errors
+from hbt.cli.modes import mode_options
 
 
 def _default_data_dir() -> Path:
@@ -100,15 +101,8 @@ def cached(encode, folder: Path | None, tag: str):
               help="Results counted per query: miracl/beir (default 100), and LAReQA through the index (default "
                    "1000; its exact ranker ranks every candidate).")
 @renamed_option("--ann", "--ranker index", is_flag=True, default=None)
-@click.option("--mode", type=click.Choice(["dense", "lexical", "hybrid", "auto"]), default="dense", show_default=True,
-              help="LAReQA: rank as hbt-search --mode does. dense: the vectors; lexical: BM25 over the bundle "
-                   "tokenizer's pieces (the index's lexical parts, each pool a language filter); hybrid: both, fused "
-                   "over each side's top 100, the rest in dense order; auto: the searcher's default, hybrid when "
-                   "the pool is one language.")
-@click.option("--lexical-weight", type=click.FloatRange(0, 1), default=0.3, show_default=True,
-              help="Hybrid: the lexical side's weight in the convex fusion of min-max normalized scores.")
-@click.option("--fusion", type=click.Choice(["convex", "rrf"]), default="convex", show_default=True,
-              help="Hybrid: convex combination of scores, or reciprocal rank fusion.")
+@mode_options("dense", "LAReQA: rank as hbt-search does, each pool a language filter; hybrid fuses each side's top "
+                       "100, the rest in dense order. ")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the embeddings here, by bundle, runtime and texts: a rerun (another --mode) embeds nothing.")
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/<dataset>-<bundle>).")
