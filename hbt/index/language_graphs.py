@@ -10,17 +10,17 @@ planner's costs measured on the machine (``hbt.index.calibrate``):
 
 - lower: half of ``ef·beam / exact`` documents, the count at which an exact scan costs
   one graph search (the planner still picks the cheaper of the two at query time);
-- upper: the share ``k·OVERFETCH / (SEARCH_EF_FACTOR·ef)`` (k = TYPICAL_K), above which
-  filtered search on the main graph needs no wider beam than the language's graph.
+- upper: the share ``k·OVERFETCH / ef`` (k = TYPICAL_K), above which filtered search on
+  the main graph keeps its beam at ``ef``, so it costs what an unfiltered query does.
 
-A language graph is searched at SEARCH_EF_FACTOR times the index's ``ef``: at the same ef
-a graph of a share of the documents can find fewer true neighbours than the main graph.
-At 1M benchmark documents (34k real vectors and 29 rotated copies of them: 30 far-apart
-clusters, every query's neighbours in the real one), the 10% language's own graph had
-recall@10 .984 at ef 128, and an unfiltered 100k sample of the same corpus .977, against
-the main graph's .997: a few queries found none of their neighbours (the search ended in
-another cluster), as a smaller graph has fewer nodes per cluster to route through. At ef
-256 the language's graph had .998.
+A language graph is built with CONSTRUCTION_FACTOR times the index's ``ef_construction``:
+built like the main graph, a graph of a share of the documents can find fewer true
+neighbours at the same ef. At 1M benchmark documents (34k real vectors and 29 rotated
+copies: 30 far-apart clusters, every query's neighbours in the real one), the 10%
+language's graph had recall@10 .984 at ef 128, an unfiltered 100k sample of the same
+corpus .977, the main graph .997; some queries found none of their neighbours. Built at
+ef_construction 400, the language's graph had .997 at ef 128 and no such query. Its
+search costs the same; its build about twice as much (a few percent of the segment's).
 
 A graph holds copies of its vectors (hnswlib keeps them in the graph), so the graphs of
 a segment hold at most MEMORY_SHARE of its documents together, rarest languages first.
@@ -31,6 +31,7 @@ rebuilds the graphs of the segment it writes.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -45,18 +46,15 @@ from hbt.index.planner import OVERFETCH, Costs, Plan, choose_plan, widen
 TYPICAL_K = 10  # the k a segment's graphs are chosen for: hbt-search's default
 MEMORY_SHARE = 0.3  # language graphs hold at most this share of a segment's documents (copies of their vectors)
 LOWER_MARGIN = 0.5  # a graph from half the documents at which an exact scan costs one graph search
-SEARCH_EF_FACTOR = 2  # a language graph's beam, in multiples of the index's ef: its recall then matches the main graph's
+CONSTRUCTION_FACTOR = 2  # a language graph's ef_construction, in multiples of the index's: its recall matches the main's
 
 
 def graph_languages(languages: dict[str, int], count: int, ef: int, costs: Costs) -> list[str]:
     """The languages (live documents each, of a segment of ``count``) that get a graph of their own, rarest first."""
     # An exact scan of fewer documents costs less than a graph search; halved, as measured costs on a busy
-    # machine are off by up to 2x, and a graph of so few documents costs little memory. The index's ef, not
-    # the wider beam language graphs are searched with: the beam's cost is measured on the main graph, and
-    # a small graph costs less per unit of beam (at ef 128 a 16k-vector graph took 0.53 ms, its scan 1.87).
+    # machine are off by up to 2x, and a graph of so few documents costs little memory.
     lower = ef * costs.beam / costs.exact * LOWER_MARGIN
-    # More documents: filtered search on the main graph needs no wider beam than the language graph's.
-    upper = count * TYPICAL_K * OVERFETCH / (SEARCH_EF_FACTOR * ef)
+    upper = count * TYPICAL_K * OVERFETCH / ef  # more: filtered search on the main graph needs no wider beam
     chosen, budget = [], MEMORY_SHARE * count
     for language, documents in sorted(languages.items(), key=lambda item: (item[1], item[0])):
         if lower < documents < upper and documents <= budget:
@@ -79,7 +77,8 @@ def write_language_graphs(directory: Path, graph, codes: np.ndarray, language_co
     for language in graph_languages(languages, len(codes), config.ef, costs):
         code = language_codes.index(language)
         labels = np.flatnonzero(codes == code)
-        language_graph = new_graph(graph.dim, len(labels), config)
+        language_graph = new_graph(graph.dim, len(labels), replace(
+            config, ef_construction=config.ef_construction * CONSTRUCTION_FACTOR))
         for start in range(0, len(labels), INSERT_BATCH):
             part = labels[start : start + INSERT_BATCH]
             add_shuffled(language_graph, np.asarray(graph.get_items(part), dtype=np.float32), part, config.threads)
@@ -110,8 +109,8 @@ def search(view, queries: np.ndarray, k: int, ef: int, langs: frozenset, plan: P
     # documents: a 1% language scanned for 1.2 ms where its graph takes about 0.3). Against the main graph's
     # filtered search, both priced by the beam, the cheaper wins.
     graph_only = Costs(math.inf, costs.beam, costs.source)
-    parts = {language: choose_plan(view.languages[language], graphs[language].get_current_count(), k,
-                                   ef * SEARCH_EF_FACTOR, costs=graph_only) for language in own}
+    parts = {language: choose_plan(view.languages[language], graphs[language].get_current_count(), k, ef,
+                                   costs=graph_only) for language in own}
     rest_plan = choose_plan(view.pool(rest), view.segment.count, k, ef, costs=costs)
     cost = sum(part.cost(costs) for part in parts.values()) + rest_plan.cost(costs)
     if plan.kind != "exact" and cost >= plan.cost(costs):
