@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from hbt.errors import SearchIndexError
 from hbt.fusion import convex_fusion, min_max, reciprocal_rank_fusion
+from hbt.index import lexical
 from hbt.index.lexical import K1, B, LexicalIndex, LexicalWriter, plan_query, text_pieces, write_lexical
 
 
@@ -57,6 +58,63 @@ def test_bm25_equals_brute_force(tmp_path_factory, corpus, query, k, batch, seed
         assert len(set(rows.tolist())) == len(rows) and np.all(reference[rows] > 0)
         # Best first; exact ties (identical documents) by row.
         assert all((s1 > s2) or (s1 == s2 and r1 < r2) for s1, s2, r1, r2 in zip(scores, scores[1:], rows, rows[1:]))
+
+
+def sum_every_posting(index: LexicalIndex, query, k: int, admitted=None) -> tuple[np.ndarray, np.ndarray]:
+    """The search before MaxScore, as the reference: every posting of every query term summed by row."""
+    positions, found = index._find(query.terms)
+    spans = [(index.offsets[p], index.offsets[p + 1], w) for p, w in zip(positions[found], query.weights[found])]
+    if not spans:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    rows = np.concatenate([index.rows[start:end] for start, end, _ in spans])
+    contributions = np.concatenate([index.weights[start:end] * weight for start, end, weight in spans])
+    if admitted is not None:
+        keep = admitted(rows) if callable(admitted) else admitted[rows]
+        rows, contributions = rows[keep], contributions[keep]
+    order = np.argsort(rows, kind="stable")
+    rows, contributions = rows[order], contributions[order].astype(np.float64)
+    starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1]))) if len(rows) else np.zeros(0, int)
+    candidates = rows[starts].astype(np.int64)
+    scores = np.add.reduceat(contributions, starts) if len(rows) else contributions
+    order = np.lexsort((candidates, -scores))[:k]
+    return candidates[order], scores[order]
+
+
+@settings(max_examples=300, deadline=None)
+@given(corpus=st.lists(st.lists(st.integers(0, 9), max_size=12), min_size=1, max_size=40), copies=st.integers(1, 4),
+       queries=st.lists(st.lists(st.integers(0, 11), min_size=1, max_size=8), min_size=1, max_size=4),
+       k=st.integers(1, 90), first_round=st.sampled_from([1, 2, 5, 30, lexical.FIRST_ROUND]),
+       kind=st.sampled_from(["all", "mask", "function"]), seed=st.integers(0, 2**16))
+def test_maxscore_equals_summing_every_posting(tmp_path_factory, corpus, copies, queries, k, first_round, kind, seed):
+    # Copies of each document make exact ties, which the row must break; small rounds make MaxScore
+    # stop early and look candidates up, as it does at 1M documents.
+    path = tmp_path_factory.mktemp("lexical") / "lexical.bin"
+    rng = np.random.default_rng(seed)
+    write_lexical(path, [np.array(d, dtype=np.int32) for d in rng.permutation(np.array(corpus * copies, dtype=object))])
+    index = LexicalIndex(path)
+    mask = rng.random(index.documents) < rng.uniform(0.05, 1)
+    admitted = {"all": None, "mask": mask, "function": mask.__getitem__}[kind]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lexical, "FIRST_ROUND", first_round)
+        for pieces in queries * 2:  # twice: the terms' largest weights are found, then remembered
+            query = index.query(np.array(pieces), max_df=1.0)
+            rows, scores, postings = index.search_counted(query, k, admitted)
+            expected_rows, expected_scores = sum_every_posting(index, query, k, admitted)
+            np.testing.assert_array_equal(rows, expected_rows)
+            np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_maxscore_leaves_a_frequent_term_unread(tmp_path, monkeypatch):
+    """A rare term's documents beat any holding only the frequent one: the frequent list is only looked up."""
+    rare, frequent = 1, 2
+    corpus = [np.array([rare, frequent])] * 3 + [np.array([frequent])] * 5000 + [np.array([3])] * 5000
+    write_lexical(tmp_path / "lexical.bin", corpus)
+    index = LexicalIndex(tmp_path / "lexical.bin")
+    query = index.query(np.array([rare, frequent]), max_df=1.0)
+    monkeypatch.setattr(lexical, "FIRST_ROUND", 1)
+    rows, scores, postings = index.search_counted(query, 2)
+    assert rows.tolist() == [0, 1] and postings == 3 + 3  # the rare term's postings, then 3 look-ups
+    np.testing.assert_array_equal(scores, sum_every_posting(index, query, 2)[1])
 
 
 def test_frequent_pieces_are_left_out_unless_nothing_else_is_there():

@@ -49,6 +49,12 @@ MAX_DF = 0.05
 DF_FLOOR = 100
 ARRAYS = {"terms": np.int32, "offsets": np.int64, "rows": np.int32, "weights": np.float32, "counts": np.uint16}
 MAX_COUNT = np.iinfo(np.uint16).max
+# Upper bounds of scores are raised by this factor before a document is judged unable to reach the k-th:
+# float64 sums of float32 terms in a different order may differ in the last bits, never by 1e-9.
+BOUND_MARGIN = 1 + 1e-9
+# A search round costs a few tens of numpy calls, as much as summing thousands of postings: the first
+# round reads the rarest terms up to this many postings, each later one GROWTH times as many as before.
+FIRST_ROUND, GROWTH = 4096, 4
 
 
 def text_pieces(tokenizer, texts: list[str]) -> list[np.ndarray]:
@@ -195,6 +201,9 @@ class LexicalIndex:
                                    "hbt-index upgrade, or rebuild the index") from e
         self.terms, self.offsets, self.rows, self.weights, self.counts = (arrays[name] for name in ARRAYS)
         self._by_row: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # Each term's largest weight, found the first time a query holds the term (NaN until then): later
+        # queries then read none of a frequent term's postings unless they need them.
+        self._largest = np.full(len(self.terms), np.nan, dtype=np.float32)
 
     def _check(self, terms, offsets, rows, weights, counts) -> None:
         """The arrays agree, so that no search can read out of bounds."""
@@ -240,29 +249,88 @@ class LexicalIndex:
         """Rows and BM25 scores of the best ``k`` documents holding a query term, best first,
         ties by row. ``admitted``: the rows a filter lets through, as a [documents] bool array or as
         a function of the rows read (which then costs what the postings cost, not the segment's size)."""
+        rows, scores, _ = self.search_counted(query, k, admitted)
+        return rows, scores
+
+    def search_counted(self, query: LexicalQuery, k: int,
+                       admitted: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, int]:
+        """``search``, and the postings it read: those summed and those looked up (its cost).
+
+        MaxScore, in rounds. A term adds at most its bound, idf x its largest weight; ``rest[j]``
+        is the most that terms j, j+1, ... add together, the terms ordered rarest first. Each
+        round sums the postings of the rarest terms into candidates, until the k-th best score so
+        far exceeds the rest of the terms: a document holding none of the terms summed cannot
+        then reach the k best, so the candidates hold them. Their scores are completed by looking
+        them up in the frequent terms' posting lists (rows ascending: a binary search), dropping
+        on the way those that the terms left cannot lift to the k-th. Frequent terms hold most of
+        a query's postings, and most of those are never read.
+        """
         positions, found = self._find(query.terms)
-        spans = [(self.offsets[p], self.offsets[p + 1], w) for p, w in zip(positions[found], query.weights[found])]
-        if not spans or k < 1:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        rows = np.concatenate([self.rows[start:end] for start, end, _ in spans])  # [P]
-        contributions = np.concatenate([self.weights[start:end] * weight for start, end, weight in spans])
-        if admitted is not None:
-            keep = admitted(rows) if callable(admitted) else admitted[rows]
-            rows, contributions = rows[keep], contributions[keep]
+        if k < 1 or not found.any():
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64), 0
+        positions = positions[found]
+        starts, ends = self.offsets[positions], self.offsets[positions + 1]
+        order = np.argsort(ends - starts, kind="stable")  # rarest first
+        positions, starts, ends, idf = positions[order], starts[order], ends[order], query.weights[found][order]
+        terms = len(starts)
+        largest = self._largest[positions]
+        for i in np.flatnonzero(np.isnan(largest)):
+            largest[i] = self._largest[positions[i]] = self.weights[starts[i] : ends[i]].max()
+        bounds = (largest * idf).astype(np.float64)  # the product in float32, as the contributions': their maximum
+        rest = np.append(np.cumsum(bounds[::-1])[::-1], 0.0) * BOUND_MARGIN  # [terms + 1]
+        read_to = np.cumsum(ends - starts)  # postings of the rarest 1, 2, ... terms
+        read, kth = 0, -np.inf
+        while read < terms and not kth > rest[read]:
+            if kth > 0:  # the last round: up to the first term whose rest the k-th so far exceeds
+                upto = int(np.argmax(rest < kth))
+            else:  # fewer than k candidates yet (a filter admits few): read ahead, more each round
+                upto = int(np.searchsorted(read_to, max(FIRST_ROUND, GROWTH * read_to[read - 1] if read else 0))) + 1
+            read = min(max(upto, read + 1), terms)
+            rows, scores = self._accumulate(starts[:read], ends[:read], idf[:read], admitted)  # afresh: few rounds
+            kth = -np.partition(-scores, k - 1)[k - 1] if len(scores) >= k else -np.inf
+        postings = int(read_to[read - 1])
+        for j in range(read, terms):
+            if len(scores) > k:  # drop the candidates that the terms left cannot lift to the k-th
+                kth = -np.partition(-scores, k - 1)[k - 1]
+                keep = (scores + rest[j]) * BOUND_MARGIN >= kth
+                rows, scores = rows[keep], scores[keep]
+            scores += self._look_up(rows, starts[j], ends[j], idf[j])
+            postings += len(rows)
         if not len(rows):
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        # Sum each row's contributions over the postings read, sorted by row: the cost follows the
-        # postings, never the segment's size (an array over every document costs 8 MB a query at 1M).
-        order = np.argsort(rows, kind="stable")  # stable: a row's terms add up in query order, as before
-        rows, contributions = rows[order], contributions[order].astype(np.float64)
-        starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
-        candidates, scores = rows[starts].astype(np.int64), np.add.reduceat(contributions, starts)
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64), postings
+        rows = rows.astype(np.int64)
         if len(scores) > k:
             kth = -np.partition(-scores, k - 1)[k - 1]
             chosen = scores >= kth  # all tied with the k-th: the row decides below
-            candidates, scores = candidates[chosen], scores[chosen]
-        order = np.lexsort((candidates, -scores))[:k]
-        return candidates[order], scores[order]
+            rows, scores = rows[chosen], scores[chosen]
+        order = np.lexsort((rows, -scores))[:k]
+        return rows[order], scores[order], postings
+
+    def _look_up(self, rows: np.ndarray, start: int, end: int, idf: np.float32) -> np.ndarray:
+        """Each of ``rows``' (ascending) contribution from one term (postings ``start .. end``), 0 where absent."""
+        span = self.rows[start:end]
+        at = np.minimum(np.searchsorted(span, rows), len(span) - 1)
+        return np.where(span[at] == rows, self.weights[start:end][at] * idf, np.float32(0))
+
+    def _accumulate(self, starts: np.ndarray, ends: np.ndarray, idf: np.ndarray, admitted
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates (rows ascending, distinct) and their scores summed over the terms of postings ``starts .. ends``."""
+        rows = np.concatenate([self.rows[a:b] for a, b in zip(starts, ends)])  # [p]
+        contributions = np.concatenate([self.weights[a:b] * w for a, b, w in zip(starts, ends, idf)])  # [p]
+        if admitted is not None:  # filtered over the postings read alone
+            keep = admitted(rows) if callable(admitted) else admitted[rows]
+            rows, contributions = rows[keep], contributions[keep]
+        # Sum each row's contributions, sorted by row: the cost follows the postings, never the segment's
+        # size (an array over every document costs 8 MB a query at 1M). One int64 key per posting, the row
+        # above the contribution's bits (positive floats order as their bits): a plain sort, with no
+        # permutation to apply, and each row's contributions summed in one order, whatever the terms' order.
+        keys = np.sort((rows.astype(np.int64) << 32) | contributions.view(np.uint32))
+        rows, contributions = (keys >> 32).astype(np.int32), (keys & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
+        if not len(rows):
+            return rows, contributions.astype(np.float64)
+        first = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+        return rows[first], np.add.reduceat(contributions.astype(np.float64), first)
 
 
 def has_lexical(manifest: Manifest) -> bool:
