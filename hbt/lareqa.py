@@ -202,7 +202,9 @@ def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_pass
 
     The candidates of all languages form one corpus (each candidate tagged with its
     language); a setting's pool is a language filter on it, on both sides in the lexical and
-    hybrid modes (``tokenizer``, the bundle's, gives the pieces). ``per_question``, when given,
+    hybrid modes (``tokenizer``, the bundle's, gives the pieces). Each group's questions go to the
+    pool with their language, as a searcher's caller gives it, so ``auto`` fuses in mono only, as
+    the product does. ``per_question``, when given,
     receives each group's (qa ids, relevant ranks), keyed ``mono/en``, ``cross/en-de``,
     ``x-en/de-en``, ``multi/en``: for paired tests between models.
     """
@@ -234,7 +236,7 @@ def evaluate(dataset: dict[str, Language], encode_queries: Callable, encode_pass
             ids, query_vectors, pieces = questions[query_lang]
             relevant = [[first_row[l] + dataset[l].answers[qid] for l in pool_langs if qid in dataset[l].answers]
                         for qid in ids]
-            ranks = pool.ranks(query_vectors, relevant, pool_langs, pieces)
+            ranks = pool.ranks(query_vectors, relevant, pool_langs, pieces, query_lang)
             kept = [(qid, found) for qid, wanted, found in zip(ids, relevant, ranks) if wanted]
             out = [found for _, found in kept]
             if per_question is not None:

@@ -33,7 +33,7 @@ from hbt.corpus import Document, read_lines
 from hbt.errors import DataError
 from hbt.index import Costs, Index, IndexConfig, Ranking, build_index, passage_text
 from hbt.metrics import relevant_ranks, summarize
-from hbt.search import FUSION_DEPTH, SearchMode, fuse
+from hbt.search import FUSION_DEPTH, SearchMode, as_mode, fuse
 
 DEPTH = 100  # ranks beyond this count as not retrieved
 QRELS_DATASETS = ("miracl", "beir")
@@ -132,16 +132,17 @@ class _Rows:
 
 
 class LexicalSide:
-    """What a pool needs beyond dense search, as ``Searcher`` runs it: the mode a pool resolves to
-    (``auto``: hybrid for a one-language pool), BM25 from the index's lexical parts (the pool as a language
-    filter, the collection's statistics) and hybrid's head: ``hbt.search.fuse`` of each side's top
+    """What a pool needs beyond dense search, as ``Searcher`` runs it: the mode a pool resolves to (``auto``:
+    hybrid for a pool of the queries' own language alone), BM25 from the index's lexical parts (the pool as a
+    language filter, the collection's statistics) and hybrid's head: ``hbt.search.fuse`` of each side's top
     ``FUSION_DEPTH``, the searcher's list for any k up to that depth."""
 
     def __init__(self, index: Index, rows: _Rows, mode: SearchMode):
         self.index, self.rows, self.mode = index, rows, mode
 
-    def chosen(self, langs: Sequence[str] | None) -> str:
-        return self.mode.resolve(langs, self.index)
+    def chosen(self, langs: Sequence[str] | None, query_lang: str | None) -> str:
+        """The mode the searcher runs for queries in ``query_lang`` (None: unknown) over the pool ``langs``."""
+        return as_mode(self.mode, query_lang).resolve(langs, self.index)
 
     def lexical(self, pieces: list[np.ndarray], k: int, langs: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
         """Rows and BM25 scores [Q, k'] of each query's best matches, best first, padded with row -1."""
@@ -193,11 +194,12 @@ class ExactPool:
         return rows[retrieve(query_vectors, vectors, depth)]
 
     def ranks(self, query_vectors: np.ndarray, relevant: list[list[int]], langs: Sequence[str] | None = None,
-              pieces: list[np.ndarray] | None = None) -> list[np.ndarray]:
-        """Each query's relevant rows' exact ranks among the admitted, all of them (ties: corpus order)."""
+              pieces: list[np.ndarray] | None = None, query_lang: str | None = None) -> list[np.ndarray]:
+        """Each query's relevant rows' exact ranks among the admitted, all of them (ties: corpus order);
+        ``query_lang``, the queries' language, is what ``auto`` needs to fuse."""
         rows, vectors = self._admit(langs)
         scores = query_vectors @ vectors.T  # [Q, n]
-        chosen = self.lexical.chosen(langs) if self.lexical else "dense"
+        chosen = self.lexical.chosen(langs, query_lang) if self.lexical else "dense"
         if chosen == "dense":
             return [relevant_ranks(row, np.searchsorted(rows, wanted)) for row, wanted in zip(scores, relevant)]
         pieces, out = _require_pieces(pieces, chosen), []
@@ -239,9 +241,10 @@ class IndexPool:
         return self._dense(query_vectors, depth, langs)[0]
 
     def ranks(self, query_vectors: np.ndarray, relevant: list[list[int]], langs: Sequence[str] | None = None,
-              pieces: list[np.ndarray] | None = None) -> list[np.ndarray]:
-        """Each query's relevant rows' ranks in the index's top ``depth``; inf beyond it."""
-        chosen = self.lexical.chosen(langs) if self.lexical else "dense"
+              pieces: list[np.ndarray] | None = None, query_lang: str | None = None) -> list[np.ndarray]:
+        """Each query's relevant rows' ranks in the index's top ``depth``; inf beyond it (``query_lang``: as
+        ``ExactPool.ranks``)."""
+        chosen = self.lexical.chosen(langs, query_lang) if self.lexical else "dense"
         if chosen == "lexical":
             found, _ = self.lexical.lexical(_require_pieces(pieces, chosen), self.depth, langs)
             return [ranks_in(row[row >= 0], wanted) for row, wanted in zip(found, relevant)]
@@ -313,8 +316,8 @@ class Ranker:
 
     def describe(self) -> str:
         mode = "" if not self.lexical else ", " + (
-            "mode auto (hybrid within one language, dense otherwise)" if self.mode.mode == "auto"
-            else self.mode.describe(self.mode.mode))
+            "mode auto (hybrid where the pool is the query's language alone, dense otherwise)"
+            if self.mode.mode == "auto" else self.mode.describe(self.mode.mode))
         if self.kind == "exact":
             return "exact" + mode
         costs = "" if self.costs is None else f", {self.costs.source}"

@@ -3,9 +3,13 @@
 Three ways to rank (``SearchMode``): ``dense`` (the encoder's vectors), ``lexical`` (BM25
 over the bundle tokenizer's pieces, ``hbt.index.lexical``) and ``hybrid`` (both, fused by
 ``hbt.fusion``). ``auto``, the default, follows the measurements in bench/reports/lexical:
-hybrid helps when the pool is one language (the mono setting: +0.024 mAP on MLQA-R) and
-costs accuracy across languages, so it is hybrid when the search is restricted to one
-language and the index has its lexical parts, dense otherwise.
+hybrid helps when the query and the pool share one language (mono: +.026 mAP on MLQA-R
+test zero-shot, +.029 with the recipe) and costs accuracy across languages (a query in
+one language over a pool of another: -.004 on MLQA-R, -.009 on XQuAD-R; the multilingual
+pool: -.004 to -.016). A language filter alone cannot tell the two apart; the query's
+language (``SearchMode.query_lang``) can. So auto is hybrid when the queries' language is
+given, the search is restricted to exactly that language and the index has its lexical
+parts, dense otherwise.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class SearchMode:
     mode: str = "auto"
     lexical_weight: float = LEXICAL_WEIGHT
     fusion: str = "convex"
+    query_lang: str | None = None  # the queries' language: auto fuses only when the search is restricted to it
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -65,22 +70,36 @@ class SearchMode:
             raise DataError(f"fusion {self.fusion!r}: choose one of {', '.join(FUSIONS)}")
         if not 0.0 <= self.lexical_weight <= 1.0:
             raise DataError(f"lexical weight {self.lexical_weight}: it must lie in [0, 1]")
+        if self.query_lang is not None and (not isinstance(self.query_lang, str) or not self.query_lang.strip()):
+            raise DataError(f"query language {self.query_lang!r}: give a language code, such as de, or none")
 
     def resolve(self, langs: Iterable[str] | None, index: IndexSnapshot) -> str:
-        """The mode that runs: auto is hybrid for a one-language search of an index with lexical parts."""
+        """The mode that runs: auto is hybrid when the search is restricted to exactly the queries' language
+        (``query_lang``) in an index with lexical parts, dense otherwise."""
         if self.mode != "auto":
             return self.mode
-        return "hybrid" if langs and len(set(langs)) == 1 and has_lexical(index.manifest) else "dense"
+        mono = self.query_lang is not None and set(langs or ()) == {self.query_lang}
+        return "hybrid" if mono and has_lexical(index.manifest) else "dense"
 
     def describe(self, chosen: str) -> str:
+        """The mode that ran, and for auto why: the plan's first words."""
         fused = f" ({self.fusion}" + (f", lexical weight {self.lexical_weight:g})" if self.fusion == "convex" else ")")
-        return f"mode {chosen}" + (fused if chosen == "hybrid" else "") + (" by auto" if self.mode == "auto" else "")
+        why = self._why(chosen) if self.mode == "auto" else ""
+        return f"mode {chosen}" + (fused if chosen == "hybrid" else "") + why
+
+    def _why(self, chosen: str) -> str:
+        if chosen == "hybrid":
+            return f" by auto (query language {self.query_lang}, searched alone)"
+        if self.query_lang is None:
+            return " by auto (query language not given)"
+        return f" by auto (query language {self.query_lang}: not the only language searched, or no lexical parts)"
 
 
 class SearchRequest(Protocol):
     """One request of a batch: its query texts and how to search them (``hbt.serve``'s Query is one).
 
-    A request may also carry ``mode`` (a ``SearchMode``, or its name); without one it runs ``auto``.
+    A request may also carry ``mode`` (a ``SearchMode``, or its name; without one it runs ``auto``) and
+    ``query_lang`` (its queries' language, which ``auto`` needs to fuse).
     """
 
     texts: list[str]
@@ -101,8 +120,10 @@ def check_queries(queries: list[str]) -> None:
                             "give valid UTF-8")
 
 
-def as_mode(mode: SearchMode | str | None) -> SearchMode:
-    return mode if isinstance(mode, SearchMode) else SearchMode(mode or "auto")
+def as_mode(mode: SearchMode | str | None, query_lang: str | None = None) -> SearchMode:
+    """A ``SearchMode`` from one or its name (None: auto); ``query_lang``, when given, is the queries' language."""
+    mode = mode if isinstance(mode, SearchMode) else SearchMode(mode or "auto")
+    return dataclasses.replace(mode, query_lang=query_lang) if query_lang is not None else mode
 
 
 def fuse(dense: Ranking, lexical: Ranking, k: int, mode: SearchMode) -> tuple[list[list[int]], list[list[float]]]:
@@ -178,7 +199,7 @@ class Searcher:
         plans: list[tuple[SearchMode, str] | Exception] = []
         for request in requests:
             try:
-                mode = as_mode(getattr(request, "mode", None))
+                mode = as_mode(getattr(request, "mode", None), getattr(request, "query_lang", None))
                 plans.append((mode, mode.resolve(request.langs, index)))
             except DataError as e:
                 plans.append(e)

@@ -114,19 +114,23 @@ def test_hybrid_fuses_the_two_rankings(segmented, fusion, langs):
         assert "mode hybrid" in run.plan and "lexical:" in run.plan
 
 
-def test_auto_is_hybrid_for_one_language_and_dense_otherwise(segmented, tmp_path):
+def test_auto_is_hybrid_for_queries_searched_in_their_own_language_alone(segmented, tmp_path):
     directory, encoder = segmented
     searcher = Searcher(encoder, Index(directory))
-    assert searcher.run(["alpha"], langs=["de"]).plan.startswith("mode hybrid (convex, lexical weight 0.3) by auto")
-    assert searcher.run(["alpha"]).plan.startswith("mode dense by auto")
-    assert searcher.run(["alpha"], langs=["de", "en"]).plan.startswith("mode dense by auto")
+    german = SearchMode(query_lang="de")
+    assert searcher.run(["alpha"], langs=["de"], mode=german).plan.startswith(
+        "mode hybrid (convex, lexical weight 0.3) by auto (query language de, searched alone)")
+    assert searcher.run(["alpha"], langs=["de"]).plan.startswith("mode dense by auto (query language not given)")
+    assert searcher.run(["alpha"], langs=["en"], mode=german).plan.startswith("mode dense by auto")  # cross
+    assert searcher.run(["alpha"], mode=german).plan.startswith("mode dense by auto")
+    assert searcher.run(["alpha"], langs=["de", "en"], mode=german).plan.startswith("mode dense by auto")
     lexical_only = searcher.run(["alpha"], mode="lexical")
     assert "encode" not in lexical_only.timings and "lexical" in lexical_only.timings  # nothing embedded
     assert SearchMode().lexical_weight == LEXICAL_WEIGHT == 0.3
     # An index built before lexical parts: auto stays dense, lexical and hybrid name the fix.
     build_index(corpus(20), HashEncoder(), tmp_path / "old", CONFIG)
     old = Searcher(encoder, Index(tmp_path / "old"))
-    assert old.run(["alpha"], langs=["de"]).plan.startswith("mode dense by auto")
+    assert old.run(["alpha"], langs=["de"], mode=SearchMode(query_lang="de")).plan.startswith("mode dense by auto")
     for mode in ("lexical", "hybrid"):
         with pytest.raises(SearchIndexError, match=re.escape(f"hbt-index upgrade {tmp_path / 'old'}")):
             old.run(["alpha"], mode=mode)
@@ -217,7 +221,7 @@ def test_chinese_japanese_and_thai_passages_are_found_lexically_through_the_inde
             hits = searcher.search([question], k=3, langs=langs, mode="lexical")[0]
             assert hits[0].text == passage and hits[0].id == f"{lang}-0", (lang, langs)
             assert len(hits) == 1 or hits[0].score > hits[1].score
-        hybrid = searcher.run([question], k=3, langs=[lang])  # auto: hybrid within one language
+        hybrid = searcher.run([question], k=3, langs=[lang], mode=SearchMode(query_lang=lang))  # auto: hybrid
         assert hybrid.plan.startswith("mode hybrid") and f"{lang}-0" in {hit.id for hit in hybrid.hits[0]}
         assert all(hit.lang == lang for hit in hybrid.hits[0])  # the filter holds on both sides
 
@@ -250,7 +254,14 @@ def test_the_commands_search_in_every_mode_and_upgrade_an_old_index(tiny_bundle,
     refused = CliRunner().invoke(search_cli, ["query", "x", "--index", str(index), "--lexical-weight", "1.5"])
     assert refused.exit_code == 2 and "1.5" in refused.output
     help_text = invoke(search_cli, "query", "--help")
-    assert "auto: hybrid when the search is restricted to one language" in " ".join(help_text.split())
+    assert "auto: hybrid when the queries' language is known and the search is restricted to exactly that " \
+           "language" in " ".join(help_text.split()) and "--query-lang CODE" in help_text
+    by_auto = {given: json.loads(invoke(search_cli, "query", "東京", "--index", index, "--lang", "ja", *given,
+                                        "--json"))["plan"] for given in ((), ("--query-lang", "ja"),
+                                                                          ("--query-lang", "zh"))}
+    assert by_auto[()].startswith("mode dense by auto (query language not given)")
+    assert by_auto[("--query-lang", "ja")].startswith("mode hybrid (convex, lexical weight 0.3) by auto")
+    assert by_auto[("--query-lang", "zh")].startswith("mode dense by auto (query language zh")
     # An index of before lexical parts: the manifest without them, as an older hbt wrote it.
     digests = lexical_digests(index)
     manifest = json.loads((index / "manifest.json").read_text())
@@ -258,8 +269,8 @@ def test_the_commands_search_in_every_mode_and_upgrade_an_old_index(tiny_bundle,
         del entry["files"]["lexical.bin"]
         (index / entry["name"] / "lexical.bin").unlink()
     (index / "manifest.json").write_text(json.dumps(manifest))
-    assert json.loads(invoke(search_cli, "query", "東京", "--index", index, "--lang", "ja", "--json"))[
-        "plan"].startswith("mode dense by auto")
+    assert json.loads(invoke(search_cli, "query", "東京", "--index", index, "--lang", "ja", "--query-lang", "ja",
+                             "--json"))["plan"].startswith("mode dense by auto")
     refused = CliRunner().invoke(search_cli, ["query", "東京", "--index", str(index), "--mode", "lexical"])
     assert refused.exit_code != 0 and "hbt-index upgrade" in refused.output
     assert "lexical parts in all 1 segment(s)" in invoke(index_cli, "upgrade", index)

@@ -77,13 +77,18 @@ def test_search_returns_what_the_library_returns(client, searcher):
     assert answer["batch"] >= 2  # both queries of a request are encoded together
 
 
+@pytest.mark.parametrize("query_lang", [None, "de", "en"])
 @pytest.mark.parametrize("mode", ["auto", "dense", "lexical", "hybrid"])
-def test_mode_passes_through_to_the_searcher(client, searcher, mode):
-    answer = search(client, {"query": "Die Katze schläft", "k": 4, "langs": ["de"], "mode": mode}).json()
-    expected = searcher.run(["Die Katze schläft"], k=4, langs=["de"], mode=mode)
+def test_mode_and_query_language_pass_through_to_the_searcher(client, searcher, mode, query_lang):
+    from hbt.search import SearchMode
+
+    given = {"query_lang": query_lang} if query_lang else {}
+    answer = search(client, {"query": "Die Katze schläft", "k": 4, "langs": ["de"], "mode": mode} | given).json()
+    expected = searcher.run(["Die Katze schläft"], k=4, langs=["de"], mode=SearchMode(mode, query_lang=query_lang))
     assert [hit["id"] for hit in answer["results"][0]["hits"]] == [hit.id for hit in expected.hits[0]]
-    assert answer["plan"].split(";")[0] == expected.plan.split(";")[0]  # "mode hybrid (convex, ...) by auto"
-    assert answer["plan"].startswith(f"mode {'hybrid' if mode == 'auto' else mode}")
+    assert answer["plan"].split(";")[0] == expected.plan.split(";")[0]  # "mode hybrid (convex, ...) by auto (...)"
+    auto = "hybrid" if query_lang == "de" else "dense"  # fused only for German queries searched in German alone
+    assert answer["plan"].startswith(f"mode {auto if mode == 'auto' else mode}")
 
 
 def test_language_filter(client):
@@ -125,6 +130,7 @@ def test_openapi_and_page(client):
     assert (body["k"]["maximum"], body["queries"]["maxItems"], body["query"]["maxLength"]) == (20, 4, 100)
     assert body["langs"]["items"]["enum"] == ["ar", "de", "en", "ru", "zh"]
     assert body["mode"]["enum"] == ["auto", "dense", "lexical", "hybrid"]
+    assert body["query_lang"]["type"] == "string"
     assert "security" not in described
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html") and 'id="query"' in page.text
@@ -148,6 +154,8 @@ def test_openapi_and_page(client):
     ("application/json", b'{"query": "cat", "langs": "de"}', 422, "list of language codes"),
     ("application/json", b'{"query": "cat", "lang": ["de"]}', 422, "unknown field 'lang'"),
     ("application/json", b'{"query": "cat", "mode": "bm25"}', 422, 'mode "bm25": one of auto, dense'),
+    ("application/json", b'{"query": "cat", "query_lang": ["de"]}', 422, "query_lang must be the queries' language"),
+    ("application/json", b'{"query": "cat", "query_lang": " "}', 422, "query_lang must be the queries' language"),
     ("application/json", json.dumps({"query": "x" * 101}).encode(), 422, "at most 100"),
     ("application/json", json.dumps({"queries": ["cat"] * 5}).encode(), 422, "at most 4 per request"),
     ("application/json", b'{"query": "' + b"x" * 10_000 + b'"}', 413, "a body over"),

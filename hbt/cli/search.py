@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from hbt.cli import DefaultCommandGroup, user_errors
+from hbt.cli.modes import mode_options
 
 
 @click.group(cls=DefaultCommandGroup, default="query", context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,15 +27,10 @@ def main():
               help="Results per query (fewer when the index, or the --lang filter, admits fewer documents).")
 @click.option("--ef", type=click.IntRange(1), help="HNSW search beam (default: the index's).")
 @click.option("--lang", "langs", multiple=True, help="Only documents in this language (repeatable).")
-@click.option("--mode", type=click.Choice(["auto", "dense", "lexical", "hybrid"]), default="auto", show_default=True,
-              help="dense: the encoder's vectors; lexical: BM25 over the bundle tokenizer's pieces (any script, "
-                   "Chinese, Japanese and Thai included); hybrid: both, fused. auto: hybrid when the search is "
-                   "restricted to one language (--lang once), dense otherwise, as measured on MLQA-R: hybrid "
-                   "helps within one language (+.024 mAP) and costs across languages.")
-@click.option("--lexical-weight", type=click.FloatRange(0, 1), default=0.3, show_default=True,
-              help="Hybrid: the lexical side's weight in the convex fusion of min-max normalized scores.")
-@click.option("--fusion", type=click.Choice(["convex", "rrf"]), default="convex", show_default=True,
-              help="Hybrid: convex combination of scores, or reciprocal rank fusion (measured worse everywhere).")
+@mode_options("auto")
+@click.option("--query-lang", metavar="CODE",
+              help="The queries' language (as the index's --lang codes): auto fuses only when the search is "
+                   "restricted to exactly this language (--lang CODE).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query, with the plan and timings.")
 @click.option("-v", "--verbose", is_flag=True, help="Say which plan each segment ran, and the stage timings.")
 @click.option("--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -47,8 +43,8 @@ def main():
 @click.option("--actors", type=click.IntRange(1), help="With --ray: segment groups, one actor each (default: one "
               "per node).")
 @user_errors
-def query(texts, index_dir, k, ef, langs, mode, lexical_weight, fusion, as_json, verbose, queries, out, bundle,
-          ray_address, actors):
+def query(texts, index_dir, k, ef, langs, mode, lexical_weight, fusion, query_lang, as_json, verbose, queries, out,
+          bundle, ray_address, actors):
     """Search for TEXTS (or --queries FILE) and print the top k documents.
 
     \b
@@ -56,6 +52,7 @@ def query(texts, index_dir, k, ef, langs, mode, lexical_weight, fusion, as_json,
       hbt-search "इस बीमारी का इलाज क्या है?" --index my-index -k 5
       hbt-search "quantum computing" --index my-index --lang de --lang fr --json
       hbt-search "東京タワーの高さ" --index my-index --mode lexical
+      hbt-search "Wer entdeckte das Penicillin?" --index my-index --lang de --query-lang de
       hbt-search --queries topics.tsv --index my-index --out run.trec
     """
     from hbt.corpus import read_queries
@@ -69,7 +66,7 @@ def query(texts, index_dir, k, ef, langs, mode, lexical_weight, fusion, as_json,
     else:
         query_ids = [str(i) for i in range(1, len(texts) + 1)]
     check_queries(list(texts))  # before Ray starts a cluster for nothing
-    mode = SearchMode(mode, lexical_weight, fusion)
+    mode = SearchMode(mode, lexical_weight, fusion, query_lang)
     if ray_address is not None:
         from hbt.distributed.search import search_on_ray
 

@@ -39,7 +39,7 @@ STATIC = Path(__file__).parent / "static"
 ENDPOINTS = {"/": "page", "/search": "search", "/info": "info", "/health": "health", "/metrics": "metrics",
              "/openapi.json": "openapi", "/v1/embeddings": "embeddings", "/v1/models": "models"}
 PUBLIC = {"page", "static", "health"}  # open without the token: the page holds no data, it asks for the token
-FIELDS = ("query", "queries", "k", "ef", "langs", "mode")
+FIELDS = ("query", "queries", "k", "ef", "langs", "mode", "query_lang")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")  # Host names always served
 
 
@@ -71,6 +71,7 @@ class Query:
     ef: int | None = None
     langs: list[str] | None = None
     mode: str = "auto"  # passed to the Searcher, which runs it (hbt.search.SearchMode)
+    query_lang: str | None = None  # the queries' language: auto fuses only when langs is exactly it
 
 
 class BadRequest(Exception):
@@ -153,7 +154,11 @@ def parse_query(body: bytes, content_type: str | None, config: ServeConfig, lang
     mode = fields.get("mode", "auto")
     if mode not in MODES:
         raise BadRequest(422, f"mode {json.dumps(mode)}: one of {', '.join(MODES)} (default auto)")
-    return Query(texts, k, ef, langs or None, mode)
+    # Any code: a query may be in a language the index lacks (auto then ranks densely, as for any other pool).
+    query_lang = fields.get("query_lang")
+    if query_lang is not None and (not isinstance(query_lang, str) or not query_lang.strip()):
+        raise BadRequest(422, 'query_lang must be the queries\' language code, such as "de"')
+    return Query(texts, k, ef, langs or None, mode, query_lang)
 
 
 def _integer(fields: dict, name: str, default: int | None, maximum: int) -> int | None:

@@ -109,8 +109,11 @@ def search_path(*, max_k: int, max_ef: int, max_queries: int, max_query_chars: i
                 "langs": {"type": "array", "items": {"type": "string", "enum": languages} if languages else
                           {"type": "string"}, "description": "only documents in these languages"},
                 "mode": {"enum": list(modes), "default": "auto",
-                         "description": "dense, lexical (BM25), hybrid (both, fused), or auto: hybrid for a "
-                                        "one-language search of an index with lexical parts, else dense"}}}
+                         "description": "dense, lexical (BM25), hybrid (both, fused), or auto: hybrid when langs "
+                                        "is exactly [query_lang] in an index with lexical parts, else dense"},
+                "query_lang": {"type": "string", "minLength": 1, "pattern": r"\S",
+                               "description": "the queries' language (any code): auto fuses only when langs is "
+                                              "exactly this one language"}}}
     return {"post": {
         "summary": "Search the index with queries in any language.",
         "requestBody": {"required": True, "content": {"application/json": {

@@ -46,6 +46,13 @@ async function loadInfo() {
   $("summary").textContent = `${info.count} documents in ${languages.length} languages · commit ${info.generation}`;
   const chips = $("chips");
   chips.replaceChildren();
+  const queryLang = $("query-lang");
+  queryLang.replaceChildren(queryLang.options[0]); // keep "language not given", add the index's languages
+  for (const [code] of languages) {
+    const option = element("option", "", `${code} (${languageName(code)})`);
+    option.value = code;
+    queryLang.append(option);
+  }
   for (const [code, count] of languages) {
     const chip = element("button", "", code);
     chip.type = "button";
@@ -87,6 +94,7 @@ async function search() {
   try {
     const body = { query, k: 10, mode: $("mode").value };
     if (chosen.size) body.langs = [...chosen];
+    if ($("query-lang").value) body.query_lang = $("query-lang").value;
     const answer = await api("/search", body);
     if (sent !== latest) return;
     const hits = answer.results[0].hits;
@@ -104,9 +112,11 @@ $("search").addEventListener("submit", (event) => {
   search();
 });
 
-$("mode").addEventListener("change", () => {
-  if ($("query").value.trim()) search();
-});
+for (const id of ["mode", "query-lang"]) {
+  $(id).addEventListener("change", () => {
+    if ($("query").value.trim()) search();
+  });
+}
 
 $("auth").addEventListener("submit", (event) => {
   event.preventDefault();
