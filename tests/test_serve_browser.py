@@ -119,3 +119,14 @@ def test_the_mode_switch_reaches_the_searcher(page):
     hits = results(page)
     assert hits and "encode" not in page.text_content("#timings")  # lexical alone encodes nothing
     assert any("Honey never spoils" in hit["text"] for hit in hits[:3])
+
+
+def test_the_question_language_select_lets_auto_fuse_within_that_language(page):
+    page.click('#chips button[data-lang="en"]')  # English passages only
+    search_with_keyboard(page, "Honey never spoils")
+    assert "lexical" not in page.text_content("#timings")  # the question's language not given: dense
+    assert page.eval_on_selector_all("#query-lang option", "options => options.map(o => o.value)")[:2] == ["", "ar"]
+    page.select_option("#query-lang", "en")  # a change searches again: an English question over English, fused
+    page.wait_for_function("document.getElementById('timings').textContent.includes('lexical')")
+    page.select_option("#query-lang", "de")  # a German question over English passages: dense again
+    page.wait_for_function("!document.getElementById('timings').textContent.includes('lexical')")
