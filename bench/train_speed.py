@@ -93,16 +93,34 @@ def run_hbt(run: Run) -> dict:
     return step_figures(stamps, run.batch_size, losses)
 
 
+def st_training_arguments(work: str, steps: int, batch_size: int, bf16: bool):
+    """sentence-transformers' trainer set as hbt-train trains (its learning rate, decay, warm-up and
+    clipping), taking the batches in the order given (hbt's sampler drew them), saving nothing."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.sampler import DefaultBatchSampler
+    from torch.utils.data import SequentialSampler
+
+    from hbt.train import TrainConfig
+
+    defaults = TrainConfig(base="", data="", out="")
+    return SentenceTransformerTrainingArguments(
+        output_dir=work, max_steps=steps, per_device_train_batch_size=batch_size,
+        learning_rate=defaults.learning_rate, weight_decay=defaults.weight_decay,
+        warmup_ratio=defaults.warmup_fraction, max_grad_norm=defaults.max_grad_norm, bf16=bf16,
+        use_cpu=True, save_strategy="no", logging_steps=1, report_to=[], dataloader_num_workers=0, seed=0,
+        disable_tqdm=True,
+        batch_sampler=lambda dataset, batch_size, drop_last, **_: DefaultBatchSampler(
+            SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last))
+
+
 def run_sentence_transformers(run: Run) -> dict:
     """The same batches through SentenceTransformerTrainer with (Cached)MultipleNegativesRankingLoss."""
     import torch
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
                                                                    MultipleNegativesRankingLoss)
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from sentence_transformers.sampler import DefaultBatchSampler
-    from torch.utils.data import SequentialSampler
     from transformers import TrainerCallback
 
     from hbt import machine
@@ -142,15 +160,7 @@ def run_sentence_transformers(run: Run) -> dict:
                 losses.append(round(float(logs["loss"]), 5))
 
     with tempfile.TemporaryDirectory() as work:
-        defaults = TrainConfig(base="", data="", out="")
-        args = SentenceTransformerTrainingArguments(
-            output_dir=work, max_steps=run.steps, per_device_train_batch_size=run.batch_size,
-            learning_rate=defaults.learning_rate, weight_decay=defaults.weight_decay,
-            warmup_ratio=defaults.warmup_fraction, max_grad_norm=defaults.max_grad_norm, bf16=run.precision == "bf16",
-            use_cpu=True, save_strategy="no", logging_steps=1, report_to=[], dataloader_num_workers=0, seed=0,
-            disable_tqdm=True,
-            batch_sampler=lambda dataset, batch_size, drop_last, **_: DefaultBatchSampler(
-                SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last))
+        args = st_training_arguments(work, run.steps, run.batch_size, run.precision == "bf16")
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=loss,
                                              callbacks=[Clock()])
         trainer.train()

