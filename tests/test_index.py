@@ -284,7 +284,7 @@ def index_state(directory: Path, encoder) -> tuple | None:
     searcher = Searcher(encoder, index)
     ids = frozenset(h.id for h in searcher.search(["all"], k=10_000)[0])
     answers = tuple(tuple((h.id, round(h.score, 5)) for h in searcher.search([q], k=5, langs=langs, mode=mode)[0])
-                    for q in ("alpha", "fresh text 3") for langs in (None, ["de"]) for mode in ("auto", "lexical"))
+                    for q in ("alpha", "fresh text 3") for langs in (None, ["de"]) for mode in ("dense", "lexical", "hybrid"))
     return ids, answers
 
 
