@@ -160,11 +160,17 @@ def measure(size: int, vectors_file: Path, dimension: int, queries: np.ndarray, 
     return results
 
 
+SEGMENT_VARIANTS = {  # name: (segments, baseline it is compared with at equal recall)
+    "1": (1, None), "4 sequential": (4, "1"), "4 parallel": (4, "1"),
+    "1 bare": (1, None), "4 bare": (4, "1 bare")}
+
+
 def segments_against_one_graph(vectors_file: Path, dimension: int, queries: np.ndarray, sentences: list[str],
                                size: int, scratch: Path) -> dict:
-    """Recall and queries/s of one graph and of 4 segments (searched one after another, and side by side on the
-    cores), over a range of ef, each query timed in turns (compare at equal recall)."""
-    from hbt.index import Index, IndexConfig, build_index
+    """Recall and queries/s of one graph and of 4 segments over a range of ef, each query timed in turns (compare
+    at equal recall): through ``Index.search`` (4 segments one after another, and side by side on the cores), and
+    as bare hnswlib calls merged by numpy, which tells HNSW's own cost of four graphs from hbt's per-segment work."""
+    from hbt.index import Index, IndexConfig, build_index, document_key
     from hbt.index import fanout
 
     indexes = {}
@@ -176,23 +182,37 @@ def segments_against_one_graph(vectors_file: Path, dimension: int, queries: np.n
     truth = {segments: index.search(queries[:200], K, exact=True).keys for segments, index in indexes.items()}
     cores = len(os.sched_getaffinity(0))
 
-    def run(index, workers: int):
+    def through_index(index, workers: int):
         def search(q, ef):
             fanout.WORKERS = workers
             return index.search(q, K, ef=ef)
         return search
 
-    variants = {"1": run(indexes[1], cores), "4 sequential": run(indexes[4], 1), "4 parallel": run(indexes[4], cores)}
-    segments_of = {"1": 1, "4 sequential": 4, "4 parallel": 4}
+    def bare(index):
+        graphs = [view.segment.graph for view in index.segments]
+
+        def search(q, ef):
+            keys, distances = [], []
+            for position, graph in enumerate(graphs):
+                graph.set_ef(ef)
+                labels, found = graph.knn_query(q, k=K)
+                keys.append(document_key(position, labels.astype(np.int64)))
+                distances.append(found)
+            keys, distances = np.hstack(keys), np.hstack(distances)
+            best = np.argsort(distances, axis=1, kind="stable")[:, :K]
+            return SimpleNamespace(keys=np.take_along_axis(keys, best, 1))
+        return search
+
+    variants = {"1": through_index(indexes[1], cores), "4 sequential": through_index(indexes[4], 1),
+                "4 parallel": through_index(indexes[4], cores), "1 bare": bare(indexes[1]), "4 bare": bare(indexes[4])}
     curves: dict[str, list] = {name: [] for name in variants}
     for ef in (16, 32, 64, 128, 256):
         timings = interleaved({name: (lambda q, search=search: search(q, ef)) for name, search in variants.items()},
                               queries)
         for name, search in variants.items():
             # Queries/s as 1 / p50: on a shared machine the mean is the neighbours' stalls.
-            curves[name].append({"ef": ef, "recall_at_10": overlap(search(queries[:200], ef).keys,
-                                                                   truth[segments_of[name]]),
-                                 "qps": 1e3 / timings[name]["p50_ms"]})
+            recall = overlap(search(queries[:200], ef).keys, truth[SEGMENT_VARIANTS[name][0]])
+            curves[name].append({"ef": ef, "recall_at_10": recall, "qps": 1e3 / timings[name]["p50_ms"]})
     fanout.WORKERS = 1
     return {"documents": size, "cores": cores, "curves": curves, "at_equal_recall": equal_recall(curves)}
 
@@ -218,15 +238,26 @@ def lower_bound(vectors_file: Path, dimension: int, queries: np.ndarray) -> dict
     return {"p50_ms": rows, "planner_lower_bound": 128 * costs.beam / costs.exact, "costs": costs.describe()}
 
 
+def frontier(curve: list[dict]) -> list[dict]:
+    """The points of an ef curve that raise recall: a wider beam at the same recall only costs time."""
+    kept: list[dict] = []
+    for point in sorted(curve, key=lambda p: p["ef"]):
+        if not kept or point["recall_at_10"] > kept[-1]["recall_at_10"]:
+            kept.append(point)
+    return kept
+
+
 def equal_recall(curves: dict[str, list]) -> dict[str, dict]:
-    """Each 4-segment variant's queries/s against one graph's at the same recall@10 (one graph's QPS interpolated
-    on its recall curve), at each of the variant's points within one graph's recall range."""
-    one = sorted((p["recall_at_10"], p["qps"]) for p in curves["1"])
-    recalls, qps = np.array([r for r, _ in one]), np.array([q for _, q in one])
+    """Each 4-segment variant's queries/s against its one-graph baseline's at the same recall@10 (the baseline's
+    QPS interpolated on its recall frontier), at each of the variant's frontier points in the baseline's range."""
     ratios = {}
-    for name in ("4 sequential", "4 parallel"):
+    for name, (_, baseline) in SEGMENT_VARIANTS.items():
+        if baseline is None or name not in curves:
+            continue
+        one = frontier(curves[baseline])
+        recalls, qps = np.array([p["recall_at_10"] for p in one]), np.array([p["qps"] for p in one])
         ratios[name] = {f"{p['recall_at_10']:.3f}": p["qps"] / float(np.interp(p["recall_at_10"], recalls, qps))
-                        for p in curves[name] if recalls[0] <= p["recall_at_10"] <= recalls[-1]}
+                        for p in frontier(curves[name]) if recalls[0] <= p["recall_at_10"] <= recalls[-1]}
     return ratios
 
 
@@ -270,18 +301,21 @@ def markdown(runs: list[dict], segments: dict | None, bounds: dict | None = None
         lines += [f"| {int(n):,} | {row['exact']:.2f} | {row['graph']:.2f} |" for n, row in bounds["p50_ms"].items()]
     if segments:
         curves = segments["curves"]
+        titles = {"1": "1 graph", "4 sequential": "4 segments, one after another",
+                  "4 parallel": f"4 segments, side by side ({segments['cores']} threads)",
+                  "1 bare": "1 graph, bare hnswlib", "4 bare": "4 graphs, bare hnswlib"}
+        names = [name for name in titles if name in curves]
         lines += ["", f"One graph against 4 segments at {segments['documents']:,} documents (recall@10 / queries per "
-                  f"second as 1 / p50 latency, one query at a time, the three in turns on each query; side by side: "
-                  f"{segments['cores']} threads):", "", "| ef | 1 graph | 4 segments, one after another | 4 segments, side by side |",
-                  "|---|---|---|---|"]
-        for one, sequential, parallel in zip(curves["1"], curves["4 sequential"], curves["4 parallel"]):
-            lines.append(f"| {one['ef']} | {one['recall_at_10']:.3f} / {one['qps']:,.0f} | "
-                         f"{sequential['recall_at_10']:.3f} / {sequential['qps']:,.0f} | "
-                         f"{parallel['recall_at_10']:.3f} / {parallel['qps']:,.0f} |")
+                  "second as 1 / p50 latency, one query at a time, all in turns on each query; through "
+                  "``Index.search``, and as bare ``knn_query`` calls merged by numpy):", "",
+                  "| ef | " + " | ".join(titles[name] for name in names) + " |", "|---" * (len(names) + 1) + "|"]
+        for points in zip(*(curves[name] for name in names)):
+            lines.append(f"| {points[0]['ef']} | " + " | ".join(
+                f"{p['recall_at_10']:.3f} / {p['qps']:,.0f}" for p in points) + " |")
         lines += ["", "4 segments' queries/s as a multiple of one graph's at equal recall@10 (one graph's curve "
-                  "interpolated):", ""]
+                  "interpolated; bare against bare):", ""]
         for name, ratios in segments["at_equal_recall"].items():
-            lines.append(f"- {name}: " + ", ".join(f"{ratio:.2f}× at {recall}" for recall, ratio in ratios.items()))
+            lines.append(f"- {titles[name]}: " + ", ".join(f"{ratio:.2f}× at {recall}" for recall, ratio in ratios.items()))
     return "\n".join(lines) + "\n"
 
 

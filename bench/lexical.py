@@ -24,7 +24,6 @@ encoded once, beforehand, and the encoder's time per query is measured apart.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import tempfile
 import time
@@ -192,8 +191,9 @@ def bincount_search(index, query, k: int):
     return best[np.lexsort((best, -scores[best]))[:k]]
 
 
-def bench_modes(size: int, bundle: Path, data_dir: Path, scratch: Path, ef_construction: int) -> dict:
-    """Build an index of ``size`` documents, then time each mode's search side by side, one query at a time."""
+def bench_modes(size: int, bundle: Path, data_dir: Path, directory: Path, ef_construction: int) -> dict:
+    """Build an index of ``size`` documents in ``directory`` (or reuse the one a previous run left there), then
+    time each mode's search side by side, one query at a time."""
     from hbt.bench.ann import grow
     from hbt.corpus import Document
     from hbt.encoder import Encoder
@@ -213,17 +213,23 @@ def bench_modes(size: int, bundle: Path, data_dir: Path, scratch: Path, ef_const
         encode_ms.append((time.perf_counter() - begin) * 1e3)
     query_vectors = dict(zip(texts, encoder.encode_queries(texts)))
     real = np.random.default_rng(2).choice(len(sentences), size=min(REAL_PASSAGES, len(sentences)), replace=False)
-    passages = grow(encoder.encode_passages([sentences[i] for i in real]), size)
+    built = directory / "manifest.json"
+    passages = np.zeros((0, encoder.dimension), np.float32)
+    if not built.exists():
+        passages = grow(encoder.encode_passages([sentences[i] for i in real]), size)
     click.echo(f"  vectors ready in {time.perf_counter() - start:.0f} s", err=True)
     feed = VectorFeed(passages, query_vectors, encoder.tokenizer)
-    languages = np.random.default_rng(0).choice(3, size=size, p=[*SHARES.values(), 1 - sum(SHARES.values())])
-    names = [*SHARES, "other"]
-    documents = (Document(f"d{i}", sentences[i % len(sentences)], lang=names[languages[i]]) for i in range(size))
-    directory = scratch / f"index-{size}"
-    start = time.perf_counter()
-    build_index(documents, feed, directory, IndexConfig(M=32, ef_construction=ef_construction, ef=128))
-    build = time.perf_counter() - start
+    build = None
+    if not built.exists():
+        languages = np.random.default_rng(0).choice(3, size=size, p=[*SHARES.values(), 1 - sum(SHARES.values())])
+        names = [*SHARES, "other"]
+        documents = (Document(f"d{i}", sentences[i % len(sentences)], lang=names[languages[i]]) for i in range(size))
+        start = time.perf_counter()
+        build_index(documents, feed, directory, IndexConfig(M=32, ef_construction=ef_construction, ef=128))
+        build = time.perf_counter() - start
     index = Index(directory)
+    if index.count != size:
+        raise click.UsageError(f"{directory} holds {index.count:,} documents, not {size:,}: give another --index-dir")
     files = [p for p in directory.rglob("*") if p.is_file()]
     lexical_bytes = sum(p.stat().st_size for p in files if p.name == "lexical.bin")
     total_bytes = sum(p.stat().st_size for p in files)
@@ -257,7 +263,7 @@ def bench_modes(size: int, bundle: Path, data_dir: Path, scratch: Path, ef_const
     agree = np.mean([np.array_equal(lexical.search(q, K)[0], bincount_search(lexical, q, K)) for q in planned])
     figures = {name: percentiles(t) | {"stages_p50_ms": {s: float(np.median(v)) for s, v in stages[name].items()}}
                for name, t in times.items()}
-    return {"documents": size, "build_seconds": build, "ef_construction": ef_construction,
+    return {"documents": size, "build_seconds": build, "ef_construction": index.manifest.ef_construction,
             "real_passages": len(real), "lexical_bytes_per_document": lexical_bytes / size,
             "index_bytes_per_document": total_bytes / size, "lexical_share_of_index": lexical_bytes / total_bytes,
             "lexical_share_of_index_without_it": lexical_bytes / (total_bytes - lexical_bytes),
@@ -270,7 +276,9 @@ def modes_markdown(meta: dict, modes: dict) -> str:
     encode = modes["encode_query"]["p50_ms"]
     lines = [f"## Modes side by side at {modes['documents']:,} documents", "",
              f"One index built by `build_index` (M 32, ef_construction {modes['ef_construction']}, ef 128, lexical "
-             f"parts included) in {modes['build_seconds']:.0f} s; {modes['queries']} real questions, one at a time, "
+             f"parts included)" + (f" in {modes['build_seconds']:.0f} s" if modes["build_seconds"] else
+                                   " by an earlier run (`--index-dir`)") +
+             f"; {modes['queries']} real questions, one at a time, "
              f"the modes taking turns on each. `Searcher.run` without the encoder (its vectors computed before); "
              f"the encoder alone: p50 {encode:.2f} ms per query (e5-small int8, this CPU). Languages: l50 holds "
              "50% of the documents, l10 10% (a filter to one language: the mono setting, where auto is hybrid).", "",
@@ -287,7 +295,7 @@ def modes_markdown(meta: dict, modes: dict) -> str:
     lines += ["", f"Disk: the lexical parts {modes['lexical_bytes_per_document']:.0f} bytes/document, "
               f"{modes['lexical_share_of_index_without_it']:.1%} of the index without them "
               f"({modes['index_bytes_per_document']:.0f} bytes/document in all).", "",
-              f"Accumulating the postings (lexical stage alone, p50 / p99 ms): by sorting the postings read (the "
+              f"Accumulating the postings (lexical stage alone, p50 / p99 ms): MaxScore, sorting the postings it reads (the "
               f"product) {acc['sort (product)']['p50_ms']:.2f} / {acc['sort (product)']['p99_ms']:.2f}, into an "
               f"array over every document (before) {acc['bincount']['p50_ms']:.2f} / {acc['bincount']['p99_ms']:.2f};"
               f" the same top 10 for {modes['accumulation_same_top_10']:.1%} of the queries.", ""]
@@ -341,7 +349,9 @@ def markdown(meta: dict, runs: list[dict]) -> str:
               "embeddings the index holds.")
 @click.option("--ef-construction", type=click.IntRange(1), default=200, show_default=True,
               help="With --modes-at: the graph's build beam (searches run at ef 128 either way).")
-def main(data_dir, sizes, cutoffs, queries, fts5_queries, out, modes_at, bundle, ef_construction):
+@click.option("--index-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="With --modes-at: keep the index here, and reuse it when a run has left one (no build).")
+def main(data_dir, sizes, cutoffs, queries, fts5_queries, out, modes_at, bundle, ef_construction, index_dir):
     import os
     import sys
 
@@ -370,13 +380,13 @@ def main(data_dir, sizes, cutoffs, queries, fts5_queries, out, modes_at, bundle,
             if bundle is None:
                 raise click.UsageError("--modes-at needs --bundle")
             click.echo(f"modes at {modes_at:,} documents", err=True)
-            modes = bench_modes(modes_at, bundle, data_dir, Path(scratch), ef_construction)
+            modes = bench_modes(modes_at, bundle, data_dir, index_dir or Path(scratch) / f"index-{modes_at}",
+                                ef_construction)
             (out / "modes.json").write_text(json.dumps({"meta": meta, "modes": modes}, indent=2))
             (out / "modes.md").write_text(f"# Lexical search: the modes side by side\n\nCPU: {meta['machine']['cpu']}, "
                                           f"{meta['machine']['usable_cores']} usable cores shared with other work "
                                           f"(load average {meta['load_average']:.1f}). Command: "
                                           f"`{meta['command']}`.\n\n" + modes_markdown(meta, modes))
-            shutil.rmtree(Path(scratch) / f"index-{modes_at}")
         for size in [int(s) for s in sizes.split(",") if s]:
             click.echo(f"measuring {size:,} documents", err=True)
             cuts = sorted({float(c) for c in cutoffs.split(",")} | {MAX_DF}, reverse=True)
