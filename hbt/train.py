@@ -16,7 +16,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass, replace
@@ -385,6 +387,39 @@ def use_machine(config: TrainConfig, device: torch.device) -> tuple[TrainConfig,
     return replace(config, precision=choice.precision), record, [line, *([choice.warning] if choice.warning else [])]
 
 
+class StopRequest:
+    """Ctrl-C or SIGTERM during training, noted and honoured at the end of the step. A checkpoint
+    taken inside a step holds the sampler past its batch (and perhaps half an optimizer update), so
+    --resume would skip that batch. A second signal stops at once, without a checkpoint."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested, self._previous = False, {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # only it may set handlers
+            self._previous = {number: signal.signal(number, self._note) for number in self.SIGNALS}
+        return self
+
+    def _note(self, number, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether to stop now: under DDP, when any process was asked, so that all stop at the same step."""
+        if not distributed():
+            return self.requested
+        flag = torch.tensor([int(self.requested)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool = False,
           say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict:
     """Train and return a summary; ``say`` receives the machine line (and any precision warning) first,
@@ -449,46 +484,56 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
         out.mkdir(parents=True, exist_ok=True)
         rewind_metrics(out / "metrics.jsonl", step)
         metrics_file = open(out / "metrics.jsonl", "a")
+    between_steps = True  # where a checkpoint resumes exactly
     try:
-        while step < steps:
-            batch = sampler.next_batch()
-            optimizer.zero_grad(set_to_none=True)
-            loss = backward(model, batch, config)
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            examples += len(batch)
-            elapsed = time.time() - started
-            record = {"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
-                      "examples_per_second": round(examples / max(elapsed, 1e-9), 2),
-                      "batch": "mono" if batch[0].query_lang == batch[0].passage_lang else "cross",
-                      "precision": config.precision, "threads": where["threads"]["intra_op"]}
-            if examples == len(batch):  # this process's first step says where the steps after it run
-                record["machine"] = where
-            if config.eval_every and step % config.eval_every == 0 or step == steps:
-                record["validation_loss"] = validation_loss(model, val_records, config)
-                if record["validation_loss"] < best:
-                    best, bad_evals = record["validation_loss"], 0
-                    if rank0:
-                        save_checkpoint(model, out / "best", config, {"step": step, "validation_loss": best,
-                                                                         "machine": where})
-                else:
-                    bad_evals += 1
-                checkpoint("evaluation")
-            if metrics_file:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-            log(record)
-            if config.patience and bad_evals >= config.patience:
-                stop_reason = "early stopping"
-                break
-            if config.time_budget and elapsed > config.time_budget:
-                stop_reason = "time budget"
-                checkpoint("time budget")
-                break
+        with StopRequest() as stop:
+            while step < steps:
+                between_steps = False
+                batch = sampler.next_batch()
+                optimizer.zero_grad(set_to_none=True)
+                loss = backward(model, batch, config)
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                examples += len(batch)
+                elapsed = time.time() - started
+                record = {"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
+                          "examples_per_second": round(examples / max(elapsed, 1e-9), 2),
+                          "batch": "mono" if batch[0].query_lang == batch[0].passage_lang else "cross",
+                          "precision": config.precision, "threads": where["threads"]["intra_op"]}
+                if examples == len(batch):  # this process's first step says where the steps after it run
+                    record["machine"] = where
+                if config.eval_every and step % config.eval_every == 0 or step == steps:
+                    record["validation_loss"] = validation_loss(model, val_records, config)
+                    if record["validation_loss"] < best:
+                        best, bad_evals = record["validation_loss"], 0
+                        if rank0:
+                            save_checkpoint(model, out / "best", config, {"step": step, "validation_loss": best,
+                                                                             "machine": where})
+                    else:
+                        bad_evals += 1
+                    checkpoint("evaluation")
+                if metrics_file:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                between_steps = True
+                log(record)
+                if config.patience and bad_evals >= config.patience:
+                    stop_reason = "early stopping"
+                    break
+                if config.time_budget and elapsed > config.time_budget:
+                    stop_reason = "time budget"
+                    checkpoint("time budget")
+                    break
+                if stop.agreed(device):
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
-        checkpoint("interrupted")
+        if between_steps:
+            checkpoint("interrupted")
+        else:
+            say("stopped inside a step: --resume continues from the last checkpoint (its step is in "
+                "last/hbt_train.json), not from here")
         raise
     finally:
         if metrics_file:

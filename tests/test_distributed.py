@@ -1,4 +1,4 @@
-"""Data parallel training for real: 2 gloo processes must match one process on the same global batch."""
+"""Data parallel training for real: 2 gloo processes must match one process on the same global batch, and stop together."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hbt.data import Record
 from hbt.modeling import DualEncoder
 from hbt.sampler import BatchSampler, Pair
 from hbt.sources import resolve_source
-from hbt.train import TrainConfig, backward
+from hbt.train import StopRequest, TrainConfig, backward
 from tests.test_train import make_records
 
 WORLD = 2
@@ -69,3 +69,22 @@ def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path, case):
         assert grads.keys() == single_grads.keys()
         for name, grad in grads.items():
             torch.testing.assert_close(grad, single_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def stop_rank_main(rank: int, store: str, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
+                                         timeout=COLLECTIVE_TIMEOUT)
+    try:
+        stop = StopRequest()
+        results[rank, "before"] = stop.agreed(torch.device("cpu"))
+        stop.requested = rank == 1  # only one process got the signal
+        results[rank, "after"] = stop.agreed(torch.device("cpu"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_stop_asked_of_one_process_stops_every_process_at_the_same_step(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(stop_rank_main, args=(str(tmp_path / "store"), results), nprocs=WORLD)
+    assert [results[rank, "before"] for rank in range(WORLD)] == [False, False]
+    assert [results[rank, "after"] for rank in range(WORLD)] == [True, True]

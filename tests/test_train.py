@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -237,6 +238,49 @@ def test_resume_reproduces_uninterrupted_run(tiny_model_dir, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(interrupted, log=stop_at_three)
+    train(interrupted, log=lambda record: None, resume=True)
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "a" / "run" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "run" / "last" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_a_signal_inside_a_step_stops_after_it_and_resume_reproduces_the_uninterrupted_run(tiny_model_dir, tmp_path,
+                                                                                        monkeypatch):
+    """SIGTERM (or Ctrl-C) arriving mid-step: the step finishes, is checkpointed, and no batch is skipped on resume."""
+    import signal
+
+    import hbt.train
+
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+    straight = tiny_config(tiny_model_dir, tmp_path / "a", steps=5)
+    train(straight, log=lambda record: None)
+    real_backward, calls = hbt.train.backward, []
+
+    def signalled_in_step_three(model, batch, config):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # after step 3's batch is drawn, before its update
+        return real_backward(model, batch, config)
+
+    monkeypatch.setattr(hbt.train, "backward", signalled_in_step_three)
+    interrupted = tiny_config(tiny_model_dir, tmp_path / "b", steps=5)
+    from hbt.cli.train import interrupt  # hbt-train's own SIGTERM handler, as the command runs
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(interrupted, log=lambda record: None)
+        assert signal.getsignal(signal.SIGTERM) is interrupt  # given back after training
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    saved = json.loads((tmp_path / "b" / "run" / "last" / "hbt_train.json").read_text())
+    assert (saved["step"], saved["saved"]) == (3, "interrupted")
+    assert len(calls) == 3
+    monkeypatch.setattr(hbt.train, "backward", real_backward)
     train(interrupted, log=lambda record: None, resume=True)
     from safetensors.torch import load_file
 
