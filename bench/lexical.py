@@ -197,7 +197,7 @@ def bench_modes(size: int, bundle: Path, data_dir: Path, directory: Path, ef_con
     from hbt.bench.ann import grow
     from hbt.corpus import Document
     from hbt.encoder import Encoder
-    from hbt.index import Index, IndexConfig, build_index, text_pieces
+    from hbt.index import Index, IndexConfig, build_index, fanout, text_pieces
     from hbt.lareqa import raw_texts
     from hbt.search import Searcher
 
@@ -234,19 +234,24 @@ def bench_modes(size: int, bundle: Path, data_dir: Path, directory: Path, ef_con
     lexical_bytes = sum(p.stat().st_size for p in files if p.name == "lexical.bin")
     total_bytes = sum(p.stat().st_size for p in files)
     searcher = Searcher(feed, index)
-    settings = {f"{mode}, {'all' if langs is None else langs[0]}": (mode, langs)
-                for langs in (None, ["l50"], ["l10"]) for mode in ("dense", "lexical", "hybrid")}
-    for mode, langs in settings.values():  # warm: each path's first query pays for imports and caches
+    # (mode, filter, threads): hybrid also with its two sides side by side (HBT_SEGMENT_THREADS=2)
+    settings = {f"{mode}{' (2 threads)' if threads > 1 else ''}, {'all' if langs is None else langs[0]}":
+                (mode, langs, threads) for langs in (None, ["l50"], ["l10"])
+                for mode, threads in (("dense", 1), ("lexical", 1), ("hybrid", 1), ("hybrid", 2))}
+    for mode, langs, threads in settings.values():  # warm: each path's first query pays for imports and caches
+        fanout.WORKERS = threads
         searcher.run(texts[:2], k=K, langs=langs, mode=mode)
     times = {name: [] for name in settings}
     stages = {name: {} for name in settings}
     for text in texts:
-        for name, (mode, langs) in settings.items():
+        for name, (mode, langs, threads) in settings.items():
+            fanout.WORKERS = threads
             begin = time.perf_counter()
             run = searcher.run([text], k=K, langs=langs, mode=mode)
             times[name].append((time.perf_counter() - begin) * 1e3)
             for stage, ms in run.timings.items():
                 stages[name].setdefault(stage, []).append(ms)
+    fanout.WORKERS = 1
     # The accumulation before this one (a score array over every document) against the product's, same queries.
     lexical = index.segments[0].segment.lexical
     pieces = text_pieces(encoder.tokenizer, texts)

@@ -15,6 +15,7 @@ parts, dense otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import threading
 import time
@@ -26,7 +27,7 @@ import numpy as np
 
 from hbt.errors import DataError
 from hbt.fusion import convex_fusion, reciprocal_rank_fusion
-from hbt.index import Index, IndexSnapshot, Ranking, check_bundle, has_lexical, text_pieces
+from hbt.index import Index, IndexSnapshot, Ranking, check_bundle, fan_out, has_lexical, text_pieces
 
 MODES = ("auto", "dense", "lexical", "hybrid")
 FUSIONS = ("convex", "rrf")
@@ -124,6 +125,13 @@ def as_mode(mode: SearchMode | str | None, query_lang: str | None = None) -> Sea
     """A ``SearchMode`` from one or its name (None: auto); ``query_lang``, when given, is the queries' language."""
     mode = mode if isinstance(mode, SearchMode) else SearchMode(mode or "auto")
     return dataclasses.replace(mode, query_lang=query_lang) if query_lang is not None else mode
+
+
+def _timed(call):
+    """A call's result, and the milliseconds it took."""
+    start = time.perf_counter()
+    result = call()
+    return result, (time.perf_counter() - start) * 1e3
 
 
 def fuse(dense: Ranking, lexical: Ranking, k: int, mode: SearchMode) -> tuple[list[list[int]], list[list[float]]]:
@@ -245,22 +253,18 @@ class Searcher:
         if k <= 0:
             raise DataError(f"k = {k}: must be at least 1")
         depth = max(k, FUSION_DEPTH) if chosen == "hybrid" else k  # hybrid fuses each side's top FUSION_DEPTH
-        timings, plans, rankings = {}, [mode.describe(chosen)], []
+        sides = {}  # stage name -> the search of that side
         if chosen != "lexical":
-            start = time.perf_counter()
-            dense = index.search(vectors, depth, ef, langs)
-            timings["search"] = (time.perf_counter() - start) * 1e3
-            plans += dense.plans
-            rankings.append(dense)
+            sides["search"] = functools.partial(index.search, vectors, depth, ef, langs)
         if chosen != "dense":
-            start = time.perf_counter()
-            lexical = index.search_lexical(text_pieces(self.encoder.tokenizer, texts), depth, langs)
-            timings["lexical"] = (time.perf_counter() - start) * 1e3
-            plans += lexical.plans
-            rankings.append(lexical)
+            sides["lexical"] = lambda: index.search_lexical(text_pieces(self.encoder.tokenizer, texts), depth, langs)
+        found = fan_out([functools.partial(_timed, side) for side in sides.values()])  # side by side if threads allow
+        timings = {name: ms for name, (_, ms) in zip(sides, found)}
+        rankings = [ranking for ranking, _ in found]
+        plans = [mode.describe(chosen), *(plan for ranking in rankings for plan in ranking.plans)]
         start = time.perf_counter()
         if chosen == "hybrid":
-            keys, scores = fuse(dense, lexical, k, mode)
+            keys, scores = fuse(*rankings, k, mode)
             timings["fuse"] = (time.perf_counter() - start) * 1e3
             start = time.perf_counter()
         else:

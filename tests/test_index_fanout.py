@@ -29,3 +29,17 @@ def test_parallel_and_sequential_segment_searches_agree(tmp_path, monkeypatch):
         rankings.append([index.search(queries, 10, langs=langs) for langs in (None, ["sw"])])
     for sequential, parallel in zip(*rankings):
         assert np.array_equal(sequential.keys, parallel.keys) and sequential.plans == parallel.plans
+
+
+def test_a_fan_out_from_the_pools_own_threads_runs_there_and_never_waits_on_the_pool(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(fanout, "WORKERS", 2)
+
+    def outer(i):
+        inner = fanout.fan_out([lambda j=j: (j, threading.current_thread().name) for j in range(3)])
+        return i, threading.current_thread().name, inner
+
+    for i, thread, inner in fanout.fan_out([lambda i=i: outer(i) for i in range(2)]):
+        assert thread.startswith(fanout.THREAD_PREFIX)
+        assert inner == [(j, thread) for j in range(3)]  # on the calling pool thread, in order

@@ -21,7 +21,7 @@ from hbt.errors import SearchIndexError
 from hbt.fusion import convex_fusion, reciprocal_rank_fusion
 from hbt.index import (Index, IndexConfig, add_documents, build_index, compact_index, delete_documents, text_pieces,
                        upgrade_index, verify_index)
-from hbt.index import lexical
+from hbt.index import fanout, lexical
 from hbt.index.lexical import K1, B
 from hbt.search import LEXICAL_WEIGHT, Searcher, SearchMode
 from hbt.tokenizer import Tokenizer
@@ -112,6 +112,19 @@ def test_hybrid_fuses_the_two_rankings(segmented, fusion, langs):
         assert all(math.isclose(hit.score, fused[hit.id], rel_tol=1e-6) for hit in run.hits[0])
         assert {"encode", "search", "lexical", "fuse", "fetch"} <= set(run.timings)
         assert "mode hybrid" in run.plan and "lexical:" in run.plan
+
+
+def test_hybrids_two_sides_on_threads_answer_as_one_after_another(segmented, monkeypatch):
+    directory, encoder = segmented
+    searcher = Searcher(encoder, Index(directory))
+    runs = {}
+    for workers in (1, 2):
+        monkeypatch.setattr(fanout, "WORKERS", workers)
+        runs[workers] = [searcher.run([query], k=7, langs=langs, mode="hybrid")
+                         for query in ("alpha beta", "fresh text 3") for langs in (None, ["de"])]
+    assert len(Index(directory).segments) > 1  # the dense side fans out again, inside a pool thread
+    for one, two in zip(runs[1], runs[2]):
+        assert one.hits == two.hits and one.plan == two.plan and set(one.timings) == set(two.timings)
 
 
 def test_auto_is_hybrid_for_queries_searched_in_their_own_language_alone(segmented, tmp_path):
