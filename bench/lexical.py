@@ -377,7 +377,7 @@ def main(data_dir, sizes, cutoffs, queries, fts5_queries, out, modes_at, bundle,
             "pieces_per_sentence": float(np.mean([len(p) for p in pieces])), "queries": len(query_pieces),
             "fts5_queries": min(fts5_queries, len(query_pieces)), "tokenize_us_per_text": tokenize_us,
             "sqlite": sqlite3.sqlite_version, "fusion": fusion_cost(),
-            "compare_at": MAX_DF, "command": "nice -n 10 python -m hbt.bench.lexical " + " ".join(sys.argv[1:])}
+            "compare_at": MAX_DF, "command": "python -m hbt.bench.lexical " + " ".join(sys.argv[1:])}
     out.mkdir(parents=True, exist_ok=True)
     runs, modes = [], None
     with tempfile.TemporaryDirectory(prefix="lexical-") as scratch:
