@@ -7,10 +7,9 @@ manifest's rules), ``durable`` (fsync, atomic rename, the writers' lock), ``grap
 HNSW per filter), ``calibrate`` (the planner's costs measured on this machine),
 ``language_graphs`` (a graph per mid-sized language of each segment), ``lexical`` (BM25
 over the bundle tokenizer's pieces, a part of each segment), ``fanout`` (segments, and
-hybrid's two sides, searched on threads, off by default), ``snapshot`` (what every snapshot answers, document keys, the
-merge), ``reader`` (a commit's snapshot), ``writer`` (the lock, names, commits), ``merge``
-(the merge policy),
-``ops`` (build, add, delete, compact, staged segments), ``upgrade`` (format 1) and
+hybrid's two sides, searched on threads, off by default), ``snapshot`` (what every
+snapshot answers, document keys, the merge), ``reader`` (a commit's snapshot), ``writer``
+(the lock, names, commits), ``merge`` (the merge policy), ``ops`` (build, add, delete, compact, staged segments), ``upgrade`` (format 1) and
 ``verify``. Importing this package loads neither hnswlib nor an encoder.
 """
 
@@ -33,7 +32,7 @@ from hbt.index.writer import ENCODE_CHUNK, check_build_target
 __all__ = ["CommitFacts", "Costs", "ENCODE_CHUNK", "FORMAT_VERSION", "INSERT_BATCH", "FileRecord", "Index",
            "IndexBundle", "IndexConfig", "IndexSnapshot", "Manifest", "Ranking", "SegmentEntry", "add_documents",
            "add_in_batches", "add_shuffled", "build_index", "bundle_tokenizer", "check_build_target", "check_bundle",
-           "commit_staged", "compact_index", "delete_documents", "discard_unfinished", "document_key", "fan_out", "has_lexical",
-           "is_staged", "key_label", "key_position", "merge_lexical", "merge_rankings", "new_graph", "passage_text",
+           "commit_staged", "compact_index", "delete_documents", "discard_unfinished", "document_key", "fan_out",
+           "has_lexical", "is_staged", "key_label", "key_position", "merge_lexical", "merge_rankings", "new_graph", "passage_text",
            "read_manifest", "remove", "require_lexical", "stage_segment", "summary", "text_pieces", "upgrade_index",
            "verify_index", "write_atomically"]
