@@ -10,7 +10,8 @@ over the bundle tokenizer's pieces, a part of each segment), ``fanout`` (segment
 hybrid's two sides, searched on threads, off by default), ``snapshot`` (what every
 snapshot answers, document keys, the merge), ``reader`` (a commit's snapshot), ``writer``
 (the lock, names, commits), ``merge`` (the merge policy), ``ops`` (build, add, delete,
-compact, staged segments), ``upgrade`` (format 1) and ``verify``. Importing this package loads neither hnswlib nor an encoder.
+compact, staged segments), ``upgrade`` (format 1) and ``verify``. Importing this package
+loads neither hnswlib nor an encoder.
 """
 
 from hbt.index.durable import remove, write_atomically
