@@ -14,7 +14,7 @@ from hbt.cli import user_errors
 
 
 def interrupt(signum, frame):
-    """SIGTERM (kill, a scheduler's preemption) checkpoints like Ctrl-C, so --resume continues from here."""
+    """SIGTERM (kill, a scheduler's preemption) stops like Ctrl-C: while training, after the step, checkpointed."""
     raise KeyboardInterrupt
 
 
