@@ -81,7 +81,7 @@ def queue(seeds: list[int]) -> list[Job]:
     return [Job("zero-shot"), Job("zero-shot", precisions=("int8",)), Job("zero-shot", evaluations=("mlqa-r-dev",)),
             *arms(first), *[job for seed in others for job in arms(seed)],
             Job("zero-shot", evaluations=("tatoeba",)), *arms(first, evaluations=("tatoeba",)),
-            *[job for job in arms(first, evaluations=dev) if job.row == "hybrid"],
+            Job("hybrid", first, **ARMS["hybrid"], evaluations=dev),
             *[Job(row, first, **knob, evaluations=dev) for row, knob in KNOBS.items()],
             Job("zero-shot", evaluations=("xquad-r",)), *arms(first, evaluations=("xquad-r",)),
             *[job for seed in others for job in arms(seed, evaluations=("tatoeba",))],
@@ -441,8 +441,7 @@ def knob_verdicts(comparisons: list[dict]) -> dict[str, dict]:
     return verdicts
 
 
-def knob_lines(comparisons: list[dict]) -> list[str]:
-    verdicts = knob_verdicts(comparisons)
+def knob_lines(verdicts: dict[str, dict], comparisons: list[dict]) -> list[str]:
     if not verdicts:
         return ["Not measured yet (needs the recipe and its knobs on mlqa-r-dev).", ""]
     lines = ["Each knob moved alone from the recipe (hybrid, alpha 0.5, hard negatives, seed 0), both scored on "
@@ -572,7 +571,7 @@ def report(work, data_dir, out):
              "'seeds and questions' also resamples each row's seeds (hierarchical): its p is the one corrected. "
              "Per-seed differences pair seed i with seed i (zero-shot, one model, with every seed).", "",
              *comparison_lines(analysis["comparisons"], "primary"),
-             "## The recipe's knobs on the dev half", "", *knob_lines(analysis["comparisons"]),
+             "## The recipe's knobs on the dev half", "", *knob_lines(analysis["knobs"], analysis["comparisons"]),
              "## Targets (the recipe, hybrid fp32, on MLQA-R's test half)", "", *target_lines(analysis["targets"]),
              "## Exploratory comparisons (uncorrected; descriptive)", "",
              *comparison_lines(analysis["comparisons"], "exploratory")]

