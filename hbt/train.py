@@ -545,7 +545,8 @@ def train(config: TrainConfig, log: Callable[[dict], None] = print, resume: bool
         result = out / interpolated_name(config.interpolate)
         model = DualEncoder(resolve_source(str(out / "best")))
         interpolate(model, DualEncoder(resolve_source(config.base)), config.interpolate)
-        save_checkpoint(model, result, config, {"step": step, "machine": where,
+        best_step = json.loads((out / "best" / TRAIN_INFO).read_text())["step"]  # the blend's trained side
+        save_checkpoint(model, result, config, {"step": best_step, "machine": where,
                                                        "interpolated": {"base": config.base, "weight": config.interpolate}})
     return {"steps": step, "stopped": stop_reason, "best_validation_loss": best if math.isfinite(best) else None,
             "examples_per_second": round(examples / max(time.time() - started, 1e-9), 2),

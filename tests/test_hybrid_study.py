@@ -57,25 +57,32 @@ def test_memoized_encodes_each_text_once():
 def test_every_arm_trains_at_the_recipe_budget_on_three_seeds_and_knobs_are_scored_on_dev_alone():
     from dataclasses import asdict
 
-    from hbt.bench.hybrid_study import KNOBS, RECIPE, queue, training_command
+    from hbt.bench.hybrid_study import ARMS, KNOBS, RECIPE, Job, queue, training_command
 
-    training = {}
-    for job in queue([0, 1, 2]):
-        recipe = {k: v for k, v in asdict(job).items() if k not in ("precisions", "evaluations")}
-        assert training.setdefault(job.directory, recipe) == recipe, job.directory
-        if job.row in KNOBS:  # one knob moved from the hybrid recipe, never seen by the test half or Tatoeba
-            moved = {k for k in RECIPE if recipe[k] != {**RECIPE, "alpha": 0.5}[k]}
-            assert len(moved) == 1 and job.seed == 0 and job.evaluations == ("mlqa-r-dev",), job
+    jobs, training = queue([0, 1, 2]), {}
+    for job in jobs:
+        config = asdict(job)
+        # The checkpoint rule and WiSE-FT choose among a run's weights: they share the recipe's training.
+        trained = {k: v for k, v in config.items() if k not in ("precisions", "evaluations", "checkpoint", "interpolate")}
+        assert training.setdefault(job.directory, trained) == trained, job.directory
+        if job in KNOBS:  # one knob moved from the hybrid recipe, never seen by the test half or Tatoeba
+            assert len({k for k in RECIPE if config[k] != RECIPE[k]}) == 1 and job.seed == 0, job
+            assert job.evaluations == ("mlqa-r-dev",), job
         elif job.batching:
-            assert {k: recipe[k] for k in RECIPE if k != "alpha"} == {k: v for k, v in RECIPE.items() if k != "alpha"}
+            assert {k: config[k] for k in RECIPE if k != "alpha"} == {k: v for k, v in RECIPE.items() if k != "alpha"}
             command = training_command(job, job_file := Path("train.jsonl.gz"), 16, Path("out"))
             assert command[command.index("--data") + 1] == str(job_file) and "--eval-every" in command
     arms = {f"{row}-s{seed}" for row in ("hybrid", "x-x-mono", "x-y") for seed in (0, 1, 2)}
-    assert arms | {f"{knob}-s0" for knob in KNOBS} | {"zero-shot"} == set(training)
-    order = [(job.directory, job.evaluations) for job in queue([0, 1, 2])]
+    assert arms | {knob.directory for knob in KNOBS} | {"zero-shot"} == set(training)
+    assert len({knob.label for knob in KNOBS}) == len(KNOBS)
+    blend = next(knob for knob in KNOBS if knob.interpolate < 1)
+    command = training_command(blend, Path("train.jsonl.gz"), 16, Path("out"))
+    assert command[command.index("--interpolate") + 1] == str(blend.interpolate) and blend.directory == "hybrid-s0"
+    order = [(job.directory, job.evaluations) for job in jobs]
     assert order.index(("x-y-s0", ("mlqa-r-test",))) < order.index(("hybrid-s1", ("mlqa-r-test",)))
     assert order.index(("x-y-s2", ("mlqa-r-test",))) < order.index(("zero-shot", ("tatoeba",)))
-    assert order.index(("hybrid-s0", ("mlqa-r-dev",))) < min(order.index((f"{k}-s0", ("mlqa-r-dev",))) for k in KNOBS)
+    recipe_on_dev = Job("hybrid", 0, **ARMS["hybrid"], evaluations=("mlqa-r-dev",))
+    assert jobs.index(recipe_on_dev) < min(jobs.index(knob) for knob in KNOBS)
 
 
 def fake_run(work, run, model, evaluation, groups, seed_shift, step):
@@ -88,9 +95,9 @@ def fake_run(work, run, model, evaluation, groups, seed_shift, step):
     for group, (ids, ap, bias) in groups.items():
         arrays |= {f"{group}|ids": ids, f"{group}|ap": ap + seed_shift, f"{group}|bias": bias}
     np.savez(folder / f"{evaluation}.questions.npz", **arrays)
-    if model == "best":
-        (work / run / "best").mkdir(parents=True)
-        (work / run / "best" / "hbt_train.json").write_text(json.dumps({"step": step}))
+    if model != "base":
+        (work / run / model).mkdir(parents=True)
+        (work / run / model / "hbt_train.json").write_text(json.dumps({"step": step}))
 
 
 def toy_groups(rng, level):
@@ -157,13 +164,16 @@ def test_a_knob_changes_the_recipe_only_when_better_on_dev_and_worse_on_nothing(
     mixed = {g: (ids, ap + (0.08 if g.startswith("mono") else -0.08 if g.startswith("cross") else 0.0), bias)
              for g, (ids, ap, bias) in recipe.items()}
     same = {g: (ids, ap + rng.normal(0, 0.01, len(ap)), bias) for g, (ids, ap, bias) in recipe.items()}
-    for knob, groups in zip(KNOBS, (lifted, mixed, same)):
-        fake_run(work, f"{knob}-s0", "best", "mlqa-r-dev", groups, 0, 160)
+    # A knob that trains its own run, and two that choose other weights of the recipe's run.
+    picked = (KNOBS[0], next(k for k in KNOBS if k.checkpoint == "last"), next(k for k in KNOBS if k.interpolate < 1))
+    for knob, groups in zip(picked, (lifted, mixed, same)):
+        fake_run(work, knob.directory, knob.model, "mlqa-r-dev", groups, 0, 160)
     out = tmp_path / "report"
     result = CliRunner().invoke(study_cli, ["report", "--work", str(work), "--data-dir", str(tmp_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     knobs = json.loads((out / "results.json").read_text())["knobs"]
-    lifted_knob, mixed_knob, same_knob = KNOBS
+    lifted_knob, mixed_knob, same_knob = (knob.label for knob in picked)
+    assert mixed_knob == "hybrid-last" and same_knob.startswith("hybrid-interpolated-")
     assert knobs[lifted_knob] == {"better": ["mono"], "worse": [], "changes_the_recipe": True}
     assert knobs[mixed_knob]["better"] == ["mono"] and knobs[mixed_knob]["worse"] == ["cross"]
     assert not knobs[mixed_knob]["changes_the_recipe"] and not knobs[same_knob]["changes_the_recipe"]

@@ -345,6 +345,7 @@ def test_interpolation_blends_trained_and_base_weights(tiny_model_dir, tmp_path)
         torch.testing.assert_close(blended[name], 0.75 * base[name] + 0.25 * trained[name], rtol=1e-5, atol=1e-6)
     info = json.loads((run / "interpolated-0.25" / "hbt_train.json").read_text())
     assert info["interpolated"] == {"base": str(tiny_model_dir), "weight": 0.25}
+    assert info["step"] == json.loads((run / "best" / "hbt_train.json").read_text())["step"]  # the blended checkpoint's
     # On the finished run, --resume --interpolate only adds another blend.
     result = CliRunner().invoke(train_cli, ["--base", str(tiny_model_dir), "--data", str(tmp_path / "pairs.jsonl"),
                                             "--out", str(run), "--steps", "4", "--batch-size", "4", "--resume",

@@ -74,9 +74,9 @@ def main(languages, dry_run, resume, bf16, **options):
       hbt-train --data parallel_qp.jsonl.gz --passage-unit sentence --steps 240 --batch-size 16 --max-passage-length 96 --eval-every 40 --freeze-embeddings --out runs/recipe
       hbt-train --data train.jsonl.gz --batching mono --out runs/mono --dry-run
 
-    The second is the study's recipe for LAReQA-style retrieval (about 10 minutes on 2 AMD Zen 4
-    cores, 6 to 8 on 2 Intel Sapphire Rapids vCPUs: both have native bf16, which --precision auto
-    picks; docs/train.md). The result is runs/NAME/best (a Hugging Face directory):
+    The second is the study's recipe for LAReQA-style retrieval (about 9 minutes on 2 Intel Sapphire
+    Rapids vCPUs, 10 on 2 AMD Zen 4 cores: both have native bf16, which --precision auto picks; in
+    fp32, where a CPU lacks it, about 13 to 15; docs/train.md). The result is runs/NAME/best (a Hugging Face directory):
     hbt-export runs/NAME/best --out bundle.
     """
     from hbt.train import TrainConfig
