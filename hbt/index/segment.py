@@ -265,7 +265,8 @@ class SegmentView:
 
     def _admits(self, labels: np.ndarray, langs: frozenset) -> np.ndarray:
         """``admitted(langs)[labels]``, computed for those labels alone. Same shape as labels."""
-        return self.live_mask[labels] & self._in_languages(langs)[self.segment.codes[labels]]
+        in_languages = self._in_languages(langs)[self.segment.codes[labels]]
+        return in_languages & self.live_mask[labels] if len(self.deleted) else in_languages  # no tombstones: all live
 
     def search(self, queries: np.ndarray, k: int, ef: int, langs: frozenset | None,
                exact: bool = False, costs: Costs = ZEN4) -> tuple[np.ndarray, np.ndarray, Plan]:
