@@ -76,8 +76,8 @@ def main(languages, dry_run, resume, bf16, **options):
 
     The second is the study's recipe for LAReQA-style retrieval (about 9 minutes on 2 Intel Sapphire
     Rapids vCPUs, 10 on 2 AMD Zen 4 cores: both have native bf16, which --precision auto picks; in
-    fp32, where a CPU lacks it, about 13 to 15; docs/train.md). The result is runs/NAME/best (a Hugging Face directory):
-    hbt-export runs/NAME/best --out bundle.
+    fp32, where a CPU lacks it, about 13 to 15; docs/train.md). The result is runs/NAME/best (a
+    Hugging Face directory): hbt-export runs/NAME/best --out bundle.
     """
     from hbt.train import TrainConfig
 
