@@ -20,7 +20,6 @@ have none until ``hbt-index upgrade`` adds it (``has_lexical``).
 
 from __future__ import annotations
 
-import functools
 import json
 import mmap
 import struct
@@ -411,12 +410,7 @@ def search_views(views: list, queries: list[LexicalQuery], k: int, langs: frozen
     """
     parts = []
     for position, view in enumerate(views):
-        # Filtered over the postings read alone: a mask of the whole segment would cost 1M steps a query;
-        # with no filter and no tombstones, not filtered at all (a fifth of a top 100's time at 1M).
-        if langs is not None:
-            admitted = functools.partial(view._admits, langs=langs)
-        else:
-            admitted = view.live_mask.__getitem__ if len(view.deleted) else None
+        admitted = view.label_filter(langs)  # over the postings read alone; None: nothing to filter
         found = [view.segment.lexical.search(query, k, admitted) for query in queries]
         parts.append(pad([document_key(position, rows) for rows, _ in found], [scores for _, scores in found]))
     return merge_lexical(parts, k, ids)

@@ -7,12 +7,13 @@ older commit keeps its answers while newer views share the same loaded graph.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
 from array import array
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -262,6 +263,13 @@ class SegmentView:
         if langs is None:
             return self.live_mask
         return self.live_mask & self._in_languages(langs)[self.segment.codes]
+
+    def label_filter(self, langs: frozenset | None) -> Callable[[np.ndarray], np.ndarray] | None:
+        """``admitted(langs)[labels]`` as a function of the labels a search reads (it costs what they cost, not the
+        segment's size); None where every label is admitted: no filter and no tombstones."""
+        if langs is not None:
+            return functools.partial(self._admits, langs=langs)
+        return self.live_mask.__getitem__ if len(self.deleted) else None
 
     def _admits(self, labels: np.ndarray, langs: frozenset) -> np.ndarray:
         """``admitted(langs)[labels]``, computed for those labels alone. Same shape as labels."""
