@@ -37,6 +37,10 @@ SETTINGS = ("mono", "cross", "multi")
 # The recipe (docs/study.md, hbt-train --help): chosen on the whole of MLQA-R before the split existed.
 RECIPE = dict(steps=240, eval_every=40, alpha=0.5, learning_rate="3e-5", hard_negatives=True, translation_weight=0.0,
               checkpoint="best", interpolate=1.0)
+# Recipe 2: recipe 1 with the three knobs that beat it alone on the dev half (``knob_verdicts``), together.
+# It is scored against recipe 1 on the dev half with three seeds each; its arms are the rows named ``*-r2``.
+RECIPE_2 = {**RECIPE, "steps": 480, "translation_weight": 0.5, "checkpoint": "last"}
+SECOND = "-r2"
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,9 @@ class Job:
 
 
 def row_label(run_row: str, model: str) -> str:
-    return run_row if model in ("best", "base") else f"{run_row}-{model}"
+    """A run's row, with the evaluated weights named where they are not its recipe's checkpoint rule."""
+    rule = (RECIPE_2 if run_row.endswith(SECOND) else RECIPE)["checkpoint"]
+    return run_row if model in (rule, "base") else f"{run_row}-{model}"
 
 
 ARMS = {"hybrid": dict(batching="hybrid", alpha=0.5), "x-x-mono": dict(batching="mono", alpha=1.0),
@@ -94,6 +100,17 @@ KNOBS = (_knob("hybrid-alpha-0.25", alpha=0.25), _knob("hybrid-alpha-0.75", alph
          _knob("hybrid-steps-480", steps=480))
 
 
+def second_recipe(seeds: list[int]) -> list[Job]:
+    """Recipe 2's hybrid on both halves for every seed (dev to choose, test to report), recipe 1's other seeds
+    on dev to compare with, then X-X-mono and X-Y at recipe 2, seed by seed."""
+    halves = ("mlqa-r-dev", "mlqa-r-test")
+    change = {k: v for k, v in RECIPE_2.items() if k not in ("alpha", "learning_rate")}
+    at_recipe_2 = lambda row, seed: Job(f"{row}{SECOND}", seed, **ARMS[row], **change, evaluations=halves)
+    return [*[at_recipe_2("hybrid", seed) for seed in seeds],
+            *[Job("hybrid", seed, **ARMS["hybrid"], evaluations=("mlqa-r-dev",)) for seed in seeds],
+            *[at_recipe_2(row, seed) for seed in seeds for row in ("x-x-mono", "x-y")]]
+
+
 def queue(seeds: list[int]) -> list[Job]:
     """Most important first: zero-shot (fp32, int8, dev), every arm's seeds on MLQA-R test (the primary
     comparisons), the first seed on Tatoeba, the recipe and its knobs on the dev half, XQuAD-R, then the
@@ -111,7 +128,8 @@ def queue(seeds: list[int]) -> list[Job]:
             *KNOBS,
             Job("zero-shot", evaluations=("xquad-r",)), *arms(first, evaluations=("xquad-r",)),
             *[job for seed in others for job in arms(seed, evaluations=("tatoeba",))],
-            *[job for job in arms(first, evaluations=dev) if job.row != "hybrid"]]
+            *[job for job in arms(first, evaluations=dev) if job.row != "hybrid"],
+            *second_recipe(seeds)]
 
 
 def training_command(job: Job, train_file: Path, batch_size: int, run_dir: Path) -> list[str]:
@@ -284,7 +302,8 @@ def evaluate(bundle, evaluations, data_dir, out):
 
 Variant = tuple[str, str]  # (row, precision)
 TRAINING_LANGUAGES = frozenset({"en", "es", "it", "zh", "id"})  # the parallel training set's
-ROWS = ("zero-shot", "hybrid", "x-x-mono", "x-y", *(knob.label for knob in KNOBS))
+ARM_ROWS = ("hybrid", "x-x-mono", "x-y")
+ROWS = ("zero-shot", *ARM_ROWS, *(row + SECOND for row in ARM_ROWS), *(knob.label for knob in KNOBS))
 BOOTSTRAP_SAMPLES = 2000
 MARGIN = 0.005  # the target: the recipe's mono ≥ zero-shot's − MARGIN
 
@@ -361,8 +380,12 @@ def measures_for(evaluation: str) -> list[Measure]:
 
 
 PRIMARY_MEASURES = ("mono", "cross", "multi", "bias")
-PRIMARY: list[tuple[Variant, Variant]] = [(("hybrid", "fp32"), ("x-x-mono", "fp32")), (("hybrid", "fp32"), ("x-y", "fp32"))]
-AGAINST_BASE: list[tuple[Variant, Variant]] = [((row, "fp32"), ("zero-shot", "fp32")) for row in ("hybrid", "x-x-mono", "x-y")]
+# Each recipe's primary family: hybrid against X-X-mono and against X-Y, at that recipe, on the test half.
+PRIMARY: dict[str, list[tuple[Variant, Variant]]] = {
+    family: [((f"hybrid{suffix}", "fp32"), (f"{other}{suffix}", "fp32")) for other in ("x-x-mono", "x-y")]
+    for family, suffix in (("primary", ""), ("primary, recipe 2", SECOND))}
+AGAINST_BASE: list[tuple[Variant, Variant]] = [((row + suffix, "fp32"), ("zero-shot", "fp32"))
+                                               for suffix in ("", SECOND) for row in ARM_ROWS]
 PRECISION: list[tuple[Variant, Variant]] = [(("zero-shot", "int8"), ("zero-shot", "fp32"))]
 
 
@@ -370,21 +393,23 @@ def planned(evaluations: list[str]) -> list[tuple[str, Variant, Variant, str, st
     """(family, a, b, evaluation, measure) for every comparison, the primary ones first.
 
     Primary (named before any result: issue 27): hybrid against X-X-mono and against X-Y
-    on MLQA-R's test half, mono, cross, multi and bias; Holm's correction over those 8.
-    Everything else is exploratory: uncorrected p, to read as a description. The knobs
-    against the recipe on the dev half are the family ``dev``, which chooses the recipe.
+    on MLQA-R's test half, mono, cross, multi and bias; Holm's correction over those 8,
+    one family per recipe (recipe 2's named before its arms ran). Everything else is
+    exploratory: uncorrected p, to read as a description. The knobs and recipe 2 against
+    recipe 1 on the dev half are the family ``dev``, which chooses the recipe.
     """
-    plan = [("primary", a, b, "mlqa-r-test", m) for a, b in PRIMARY for m in PRIMARY_MEASURES]
+    plan = [(family, a, b, "mlqa-r-test", m) for family, pairs in PRIMARY.items() for a, b in pairs
+            for m in PRIMARY_MEASURES]
     for evaluation in evaluations:
         names = [m.name for m in measures_for(evaluation)]
-        for a, b in PRIMARY + AGAINST_BASE:
+        for a, b in [*PRIMARY["primary"], *PRIMARY["primary, recipe 2"], *AGAINST_BASE]:
             plan += [("exploratory", a, b, evaluation, m) for m in names
-                     if ("primary", a, b, evaluation, m) not in plan]
+                     if not any(p[1:] == (a, b, evaluation, m) for p in plan)]
         if evaluation == "mlqa-r-test":
             plan += [("exploratory", a, b, evaluation, m) for a, b in PRECISION for m in PRIMARY_MEASURES]
         if evaluation == "mlqa-r-dev":
-            plan += [("dev", (knob.label, "fp32"), ("hybrid", "fp32"), evaluation, m) for knob in KNOBS
-                     for m in PRIMARY_MEASURES]
+            plan += [("dev", (label, "fp32"), ("hybrid", "fp32"), evaluation, m)
+                     for label in [knob.label for knob in KNOBS] + ["hybrid" + SECOND] for m in PRIMARY_MEASURES]
     return plan
 
 
@@ -412,7 +437,7 @@ def analyse(results: list[Result]) -> dict:
                         measure.name, {})[f"seed {r.seed}"] = mean_of(groups)[0]
     comparisons = []
     for family, a, b, evaluation, name in planned(evaluations):
-        first, second = matching(results, a, evaluation), matching(results, b, evaluation)
+        first, second = same_seeds(matching(results, a, evaluation), matching(results, b, evaluation))
         if not first or not second:
             continue
         measure = next(m for m in measures_for(evaluation) if m.name == name)
@@ -428,21 +453,31 @@ def analyse(results: list[Result]) -> dict:
                             "question": {"low": question.low, "high": question.high, "p": question.p},
                             "hierarchical": {"low": hierarchical.low, "high": hierarchical.high, "p": hierarchical.p},
                             "per_seed": _seed_pairs(first, second, per_seed)})
-    primary = [c for c in comparisons if c["family"] == "primary"]
-    for c, adjusted in zip(primary, holm([c["hierarchical"]["p"] for c in primary])):
-        c["holm_p"] = adjusted
-    return {"measures": table, "comparisons": comparisons, "targets": targets(table, comparisons),
+    for family in PRIMARY:
+        primary = [c for c in comparisons if c["family"] == family]
+        for c, adjusted in zip(primary, holm([c["hierarchical"]["p"] for c in primary])):
+            c["holm_p"] = adjusted
+    found = {recipe: targets(table, comparisons, row) for recipe, row in (("recipe 1", "hybrid"), ("recipe 2", "hybrid" + SECOND))}
+    return {"measures": table, "comparisons": comparisons, "targets": {k: v for k, v in found.items() if v},
             "knobs": knob_verdicts(comparisons)}
 
 
-def targets(table: dict, comparisons: list[dict]) -> dict:
-    """Issue 27's targets for the recipe (hybrid, fp32) on MLQA-R's test half, where the rows exist."""
+def same_seeds(first: list[Result], second: list[Result]) -> tuple[list[Result], list[Result]]:
+    """Two trained rows compare on the seeds both have (a knob ran seed 0 alone); the untrained base on all."""
+    if any(r.row == "zero-shot" for r in first + second):
+        return first, second
+    common = {r.seed for r in first} & {r.seed for r in second}
+    return [r for r in first if r.seed in common], [r for r in second if r.seed in common]
+
+
+def targets(table: dict, comparisons: list[dict], row: str) -> dict:
+    """Issue 27's targets for a recipe's hybrid ``row`` (fp32) on MLQA-R's test half, where the rows exist."""
     rows = table.get("mlqa-r-test", {})
-    if "hybrid | fp32" not in rows or "zero-shot | fp32" not in rows:
+    if f"{row} | fp32" not in rows or "zero-shot | fp32" not in rows:
         return {}
-    recipe, base = rows["hybrid | fp32"], rows["zero-shot | fp32"]
+    recipe, base = rows[f"{row} | fp32"], rows["zero-shot | fp32"]
     mean = lambda row, m: float(np.mean(list(row[m].values())))
-    against_base = next(c for c in comparisons if c["a"] == ["hybrid", "fp32"] and c["b"] == ["zero-shot", "fp32"]
+    against_base = next(c for c in comparisons if c["a"] == [row, "fp32"] and c["b"] == ["zero-shot", "fp32"]
                         and c["evaluation"] == "mlqa-r-test" and c["measure"] == "mono")
     return {"mono >= zero-shot - 0.005": {"difference": against_base["difference"],
                                           "lower_end": against_base["hierarchical"]["low"],
@@ -454,12 +489,13 @@ def targets(table: dict, comparisons: list[dict]) -> dict:
 
 
 def knob_verdicts(comparisons: list[dict]) -> dict[str, dict]:
-    """Each knob against the recipe on the dev half: it would change the recipe only if, on the questions'
-    95% interval, it is better on some primary measure and worse on none (higher mAP, lower bias)."""
+    """Each knob against the recipe on the dev half: it would change the recipe only if, on the 95% interval
+    of seeds and questions (of the questions alone, with one seed), it is better on some primary measure and
+    worse on none (higher mAP, lower bias)."""
     verdicts: dict[str, dict] = {}
     for c in (c for c in comparisons if c["family"] == "dev"):
         sign = -1 if c["measure"].startswith("bias") else 1  # the direction that is better
-        low, high = sorted((sign * c["question"]["low"], sign * c["question"]["high"]))
+        low, high = sorted((sign * c["hierarchical"]["low"], sign * c["hierarchical"]["high"]))
         found = verdicts.setdefault(c["a"][0], {"better": [], "worse": []})
         if low > 0:
             found["better"].append(c["measure"])
@@ -473,8 +509,9 @@ def knob_verdicts(comparisons: list[dict]) -> dict[str, dict]:
 def knob_lines(verdicts: dict[str, dict], comparisons: list[dict]) -> list[str]:
     if not verdicts:
         return ["Not measured yet (needs the recipe and its knobs on mlqa-r-dev).", ""]
-    lines = ["Each knob moved alone from the recipe (hybrid, alpha 0.5, hard negatives, seed 0), both scored on "
-             "the dev half; a knob changes the recipe if, on the questions' 95% interval, it is better on some of "
+    lines = ["Each knob moved alone from recipe 1 (hybrid, alpha 0.5, hard negatives, seed 0), both scored on "
+             f"the dev half; recipe 2 (hybrid{SECOND}) moves the knobs that won alone together, on every seed of both. "
+             "A row changes the recipe if, on the 95% interval of seeds and questions, it is better on some of "
              "mono, cross, multi and bias and worse on none.", "", *comparison_lines(comparisons, "dev")]
     for knob, found in verdicts.items():
         said = lambda measures: ", ".join(measures) or "none"
@@ -520,7 +557,7 @@ def comparison_lines(comparisons: list[dict], family: str) -> list[str]:
     chosen = [c for c in comparisons if c["family"] == family]
     if not chosen:
         return ["No two rows with per-question results yet.", ""]
-    holm_column = family == "primary"
+    holm_column = family in PRIMARY
     lines = ["| a − b | evaluation | measure | seeds a, b | difference | 95% (questions) | p (questions) | "
              "95% (seeds and questions) | p (seeds and questions) |" + (" Holm p |" if holm_column else "")
              + " per-seed differences |",
@@ -537,9 +574,13 @@ def comparison_lines(comparisons: list[dict], family: str) -> list[str]:
     return lines + [""]
 
 
-def target_lines(found: dict) -> list[str]:
-    if not found:
+def target_lines(recipes: dict) -> list[str]:
+    if not recipes:
         return ["Not measured yet (needs zero-shot and hybrid on mlqa-r-test, fp32).", ""]
+    return [line for recipe, found in recipes.items() for line in (f"{recipe}:", "", *recipe_target_lines(found))]
+
+
+def recipe_target_lines(found: dict) -> list[str]:
     mono, multi, bias = found.values()
     verdict = lambda met: "met" if met else "not met"
     return [f"- mono ≥ zero-shot − {MARGIN}: difference {mono['difference']:+.3f}, interval's lower end "
@@ -562,6 +603,7 @@ def setup(data_dir: Path) -> dict:
     found = tatoeba.languages(data_dir / "tatoeba") if (data_dir / "tatoeba").is_dir() else []
     groups = {g: [lang for lang in found if tatoeba.group(lang) == g] for g in ("cc100", "other")}
     return {"mlqa-r": halves, "tatoeba_groups": groups, "training": {**RECIPE, "batch_size": 16},
+            "training, recipe 2": {**RECIPE_2, "batch_size": 16},
             "bootstrap_samples": BOOTSTRAP_SAMPLES}
 
 
@@ -571,7 +613,9 @@ def setup_lines(found: dict) -> list[str]:
     lines += [f"| {h} | {v['articles']} | {v['questions']} | {v['candidates']} |" for h, v in halves.items()]
     lines += ["", f"Training (every arm): {training['steps']} steps, batch {training['batch_size']}, learning rate "
               f"{training['learning_rate']}, validation every {training['eval_every']} steps (the checkpoint kept is "
-              "the lowest validation loss), hard negatives; hybrid alpha 0.5, X-X-mono alpha 1, X-Y alpha 0.", ""]
+              "the lowest validation loss), hard negatives; hybrid alpha 0.5, X-X-mono alpha 1, X-Y alpha 0.",
+              f"Recipe 2 (rows `*{SECOND}`): the same with {found['training, recipe 2']['steps']} steps, translation "
+              f"loss weight {found['training, recipe 2']['translation_weight']} and the last checkpoint.", ""]
     for name, langs in groups.items():
         lines.append(f"Tatoeba group {name} ({len(langs)} languages): {' '.join(langs)}.")
     return lines + [""]
@@ -599,9 +643,11 @@ def report(work, data_dir, out):
              "(a qa id with all its translations), of the per-question scores averaged over each row's seeds; "
              "'seeds and questions' also resamples each row's seeds (hierarchical): its p is the one corrected. "
              "Per-seed differences pair seed i with seed i (zero-shot, one model, with every seed).", "",
-             *comparison_lines(analysis["comparisons"], "primary"),
+             "Recipe 1 (chosen before the split):", "", *comparison_lines(analysis["comparisons"], "primary"),
+             "Recipe 2 (chosen on the dev half; its own family, named before its arms ran):", "",
+             *comparison_lines(analysis["comparisons"], "primary, recipe 2"),
              "## The recipe's knobs on the dev half", "", *knob_lines(analysis["knobs"], analysis["comparisons"]),
-             "## Targets (the recipe, hybrid fp32, on MLQA-R's test half)", "", *target_lines(analysis["targets"]),
+             "## Targets (each recipe's hybrid, fp32, on MLQA-R's test half)", "", *target_lines(analysis["targets"]),
              "## Exploratory comparisons (uncorrected; descriptive)", "",
              *comparison_lines(analysis["comparisons"], "exploratory")]
     logged = (work / "commands.log").read_text().splitlines() if (work / "commands.log").exists() else []

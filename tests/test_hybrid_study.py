@@ -54,10 +54,10 @@ def test_memoized_encodes_each_text_once():
     assert calls == [["a", "bb"], ["ccc"]]
 
 
-def test_every_arm_trains_at_the_recipe_budget_on_three_seeds_and_knobs_are_scored_on_dev_alone():
+def test_every_arm_trains_at_its_recipe_budget_on_three_seeds_and_knobs_are_scored_on_dev_alone():
     from dataclasses import asdict
 
-    from hbt.bench.hybrid_study import ARMS, KNOBS, RECIPE, Job, queue, training_command
+    from hbt.bench.hybrid_study import ARMS, KNOBS, RECIPE, RECIPE_2, SECOND, Job, queue, training_command
 
     jobs, training = queue([0, 1, 2]), {}
     for job in jobs:
@@ -69,10 +69,12 @@ def test_every_arm_trains_at_the_recipe_budget_on_three_seeds_and_knobs_are_scor
             assert len({k for k in RECIPE if config[k] != RECIPE[k]}) == 1 and job.seed == 0, job
             assert job.evaluations == ("mlqa-r-dev",), job
         elif job.batching:
-            assert {k: config[k] for k in RECIPE if k != "alpha"} == {k: v for k, v in RECIPE.items() if k != "alpha"}
+            recipe = RECIPE_2 if job.row.endswith(SECOND) else RECIPE
+            assert {k: config[k] for k in recipe if k != "alpha"} == {k: v for k, v in recipe.items() if k != "alpha"}
+            assert job.label == job.row  # each recipe's own checkpoint rule goes unnamed
             command = training_command(job, job_file := Path("train.jsonl.gz"), 16, Path("out"))
             assert command[command.index("--data") + 1] == str(job_file) and "--eval-every" in command
-    arms = {f"{row}-s{seed}" for row in ("hybrid", "x-x-mono", "x-y") for seed in (0, 1, 2)}
+    arms = {f"{row}{recipe}-s{seed}" for row in ("hybrid", "x-x-mono", "x-y") for seed in (0, 1, 2) for recipe in ("", SECOND)}
     assert arms | {knob.directory for knob in KNOBS} | {"zero-shot"} == set(training)
     assert len({knob.label for knob in KNOBS}) == len(KNOBS)
     blend = next(knob for knob in KNOBS if knob.interpolate < 1)
@@ -83,6 +85,10 @@ def test_every_arm_trains_at_the_recipe_budget_on_three_seeds_and_knobs_are_scor
     assert order.index(("x-y-s2", ("mlqa-r-test",))) < order.index(("zero-shot", ("tatoeba",)))
     recipe_on_dev = Job("hybrid", 0, **ARMS["hybrid"], evaluations=("mlqa-r-dev",))
     assert jobs.index(recipe_on_dev) < min(jobs.index(knob) for knob in KNOBS)
+    # Recipe 2 is the knobs that won alone, together; its hybrid runs every seed before the other arms start.
+    assert {k for k in RECIPE if RECIPE_2[k] != RECIPE[k]} == {"steps", "translation_weight", "checkpoint"}
+    second = [job.directory for job in jobs if job.row.endswith(SECOND)]
+    assert second[:3] == [f"hybrid{SECOND}-s{seed}" for seed in (0, 1, 2)] and len(second) == 9
 
 
 def fake_run(work, run, model, evaluation, groups, seed_shift, step):
@@ -115,26 +121,31 @@ def test_report_pins_checkpoints_corrects_the_primary_tests_and_keeps_p_independ
         groups = toy_groups(rng, level)
         for seed in (0, 1):
             fake_run(work, f"{row}-s{seed}", "best", "mlqa-r-test", groups, 0.01 * seed, 200 + 40 * seed)
+            fake_run(work, f"{row}-r2-s{seed}", "last", "mlqa-r-test", groups, 0.02 * seed, 480)  # recipe 2
     out = tmp_path / "report"
     result = CliRunner().invoke(study_cli, ["report", "--work", str(work), "--data-dir", str(tmp_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"]["hybrid | fp32 | mlqa-r-test | seed 1"]["checkpoint_step"] == 240
     assert saved["results"]["zero-shot | fp32 | mlqa-r-test | seed 0"]["checkpoint_step"] == 0
-    primary = [c for c in saved["comparisons"] if c["family"] == "primary"]
-    assert [(c["b"][0], c["measure"]) for c in primary] == [(b, m) for b in ("x-x-mono", "x-y")
-                                                            for m in ("mono", "cross", "multi", "bias")]
-    for c in primary:
+    for family, suffix in (("primary", ""), ("primary, recipe 2", "-r2")):  # Holm within each recipe's family
+        primary = [c for c in saved["comparisons"] if c["family"] == family]
+        assert [(c["b"][0], c["measure"]) for c in primary] == [(b + suffix, m) for b in ("x-x-mono", "x-y")
+                                                                for m in ("mono", "cross", "multi", "bias")]
+        smallest = min(primary, key=lambda c: c["hierarchical"]["p"])
+        assert smallest["holm_p"] == min(1.0, 8 * smallest["hierarchical"]["p"])
+    for c in (c for c in saved["comparisons"] if c["family"].startswith("primary")):
         assert c["holm_p"] >= c["hierarchical"]["p"] and c["seeds"] == [2, 2]
         assert c["hierarchical"]["high"] - c["hierarchical"]["low"] >= c["question"]["high"] - c["question"]["low"] - 1e-9
     assert all("holm_p" not in c for c in saved["comparisons"] if c["family"] == "exploratory")
     assert {"mono, unseen", "multi (per language)", "bias, seen"} <= {c["measure"] for c in saved["comparisons"]}
-    assert set(saved["targets"]) == {"mono >= zero-shot - 0.005", "multi >= 0.50", "bias <= zero-shot / 3"}
+    assert set(saved["targets"]) == {"recipe 1", "recipe 2"}
+    assert set(saved["targets"]["recipe 2"]) == {"mono >= zero-shot - 0.005", "multi >= 0.50", "bias <= zero-shot / 3"}
     text = (out / "results.md").read_text()
-    assert "| hybrid | fp32 | 2 | 200, 240 |" in text
+    assert "| hybrid | fp32 | 2 | 200, 240 |" in text and "| hybrid-r2 | fp32 | 2 | 480, 480 |" in text
     # Without X-Y's runs, hybrid − X-X-mono keeps exactly its p-values: each comparison has its own generator.
     for seed in (0, 1):
-        for path in sorted((work / f"x-y-s{seed}").rglob("*"), reverse=True):
+        for path in sorted((work / f"x-y-s{seed}").rglob("*"), reverse=True) + sorted((work / f"x-y-r2-s{seed}").rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
     CliRunner().invoke(study_cli, ["report", "--work", str(work), "--data-dir", str(tmp_path), "--out", str(out)])
     again = json.loads((out / "results.json").read_text())["comparisons"]
@@ -160,6 +171,7 @@ def test_a_knob_changes_the_recipe_only_when_better_on_dev_and_worse_on_nothing(
     work = tmp_path / "runs"
     recipe = toy_groups(rng, 0.6)
     fake_run(work, "hybrid-s0", "best", "mlqa-r-dev", recipe, 0, 200)
+    fake_run(work, "hybrid-s1", "best", "mlqa-r-dev", recipe, -0.3, 200)  # the knobs ran seed 0: never paired with it
     lifted = {g: (ids, ap + (0.08 if g.startswith("mono") else 0.0), bias) for g, (ids, ap, bias) in recipe.items()}
     mixed = {g: (ids, ap + (0.08 if g.startswith("mono") else -0.08 if g.startswith("cross") else 0.0), bias)
              for g, (ids, ap, bias) in recipe.items()}
@@ -171,7 +183,9 @@ def test_a_knob_changes_the_recipe_only_when_better_on_dev_and_worse_on_nothing(
     out = tmp_path / "report"
     result = CliRunner().invoke(study_cli, ["report", "--work", str(work), "--data-dir", str(tmp_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    knobs = json.loads((out / "results.json").read_text())["knobs"]
+    saved = json.loads((out / "results.json").read_text())
+    assert {tuple(c["seeds"]) for c in saved["comparisons"] if c["family"] == "dev"} == {(1, 1)}
+    knobs = saved["knobs"]
     lifted_knob, mixed_knob, same_knob = (knob.label for knob in picked)
     assert mixed_knob == "hybrid-last" and same_knob.startswith("hybrid-interpolated-")
     assert knobs[lifted_knob] == {"better": ["mono"], "worse": [], "changes_the_recipe": True}
