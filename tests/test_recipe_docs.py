@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from hbt.bench.hybrid_study import ARMS, Job, training_command
+from hbt.bench.hybrid_study import at_recipe_2, training_command
 from hbt.cli.train import main as train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def options(line: str, tmp_path: Path) -> dict:
 
 
 def study_recipe(tmp_path: Path) -> dict:
-    job = Job("hybrid", 0, **ARMS["hybrid"])
+    job = at_recipe_2("hybrid")  # recipe 2: chosen on the dev half
     return options(shlex.join(training_command(job, Path("data.jsonl"), 16, tmp_path / "run")), tmp_path)
 
 

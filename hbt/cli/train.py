@@ -71,13 +71,13 @@ def main(languages, dry_run, resume, bf16, **options):
     \b
     Examples:
       hbt-train --data train.jsonl.gz --batching hybrid --alpha 0.5 --out runs/hybrid --steps 300
-      hbt-train --data parallel_qp.jsonl.gz --passage-unit sentence --steps 240 --batch-size 16 --max-passage-length 96 --eval-every 40 --freeze-embeddings --out runs/recipe
+      hbt-train --data parallel_qp.jsonl.gz --passage-unit sentence --steps 480 --batch-size 16 --max-passage-length 96 --eval-every 40 --translation-weight 0.5 --freeze-embeddings --out runs/recipe
       hbt-train --data train.jsonl.gz --batching mono --out runs/mono --dry-run
 
-    The second is the study's recipe for LAReQA-style retrieval (about 9 minutes on 2 Intel Sapphire
-    Rapids vCPUs, 10 on 2 AMD Zen 4 cores: both have native bf16, which --precision auto picks; in
-    fp32, where a CPU lacks it, about 13 to 15; docs/train.md). The result is runs/NAME/best (a
-    Hugging Face directory): hbt-export runs/NAME/best --out bundle.
+    The second is the study's recipe for LAReQA-style retrieval, chosen on MLQA-R's dev half
+    (docs/study.md): about 19 minutes on 2 Intel Sapphire Rapids vCPUs, whose native bf16
+    --precision auto picks (in fp32, where a CPU lacks it, slower; docs/train.md). It keeps the
+    last checkpoint, runs/NAME/last (a Hugging Face directory): hbt-export runs/NAME/last --out bundle.
     """
     from hbt.train import TrainConfig
 
