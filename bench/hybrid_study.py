@@ -34,11 +34,12 @@ from hbt.sources import interpolated_name
 EVALUATIONS = {"mlqa-r-test": ("mlqa-r", "test"), "mlqa-r-dev": ("mlqa-r", "dev"), "mlqa-r": ("mlqa-r", "all"),
                "xquad-r": ("xquad-r", "all"), "tatoeba": ("tatoeba", "all")}
 SETTINGS = ("mono", "cross", "multi")
-# The recipe (docs/study.md, hbt-train --help): chosen on the whole of MLQA-R before the split existed.
+# Recipe 1: chosen on the whole of MLQA-R before the split existed.
 RECIPE = dict(steps=240, eval_every=40, alpha=0.5, learning_rate="3e-5", hard_negatives=True, translation_weight=0.0,
               checkpoint="best", interpolate=1.0)
-# Recipe 2: recipe 1 with the three knobs that beat it alone on the dev half (``knob_verdicts``), together.
-# It is scored against recipe 1 on the dev half with three seeds each; its arms are the rows named ``*-r2``.
+# Recipe 2, the recipe of docs/study.md and hbt-train --help: recipe 1 with the three knobs that beat it alone
+# on the dev half (``knob_verdicts``), together. It is scored against recipe 1 on the dev half with three seeds
+# each; its arms are the rows named ``*-r2``.
 RECIPE_2 = {**RECIPE, "steps": 480, "translation_weight": 0.5, "checkpoint": "last"}
 SECOND = "-r2"
 
@@ -117,10 +118,10 @@ def second_recipe(seeds: list[int]) -> list[Job]:
 
 def queue(seeds: list[int]) -> list[Job]:
     """Most important first: zero-shot (fp32, int8, dev), every arm's seeds on MLQA-R test (the primary
-    comparisons), the first seed on Tatoeba, the recipe and its knobs on the dev half, XQuAD-R, then the
-    other seeds on Tatoeba and the other arms on dev.
+    comparisons), the first seed on Tatoeba, recipe 1 and its knobs on the dev half, XQuAD-R, the
+    other seeds on Tatoeba, the other arms on dev, then recipe 2's runs (``second_recipe``).
 
-    Each arm trains with the recipe's budget (240 steps, checkpoint rule every 40);
+    Each arm trains with its recipe's budget (recipe 1: 240 steps, checkpoint rule every 40);
     only the batching differs. One job runs at a time (a shared CPU).
     """
     first, others, dev = seeds[0], seeds[1:], ("mlqa-r-dev",)
@@ -406,7 +407,7 @@ def planned(evaluations: list[str]) -> list[tuple[str, Variant, Variant, str, st
             for m in PRIMARY_MEASURES]
     for evaluation in evaluations:
         names = [m.name for m in measures_for(evaluation)]
-        for a, b in [*PRIMARY["primary"], *PRIMARY["primary, recipe 2"], *AGAINST_BASE]:
+        for a, b in [*(pair for pairs in PRIMARY.values() for pair in pairs), *AGAINST_BASE]:
             plan += [("exploratory", a, b, evaluation, m) for m in names
                      if not any(p[1:] == (a, b, evaluation, m) for p in plan)]
         if evaluation == "mlqa-r-test":
