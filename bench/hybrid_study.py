@@ -42,6 +42,7 @@ RECIPE = dict(steps=240, eval_every=40, alpha=0.5, learning_rate="3e-5", hard_ne
 # each; its arms are the rows named ``*-r2``.
 RECIPE_2 = {**RECIPE, "steps": 480, "translation_weight": 0.5, "checkpoint": "last"}
 SECOND = "-r2"
+RECIPE_ROWS = {"recipe 1": "", "recipe 2": SECOND}  # each recipe's row-name suffix
 
 
 @dataclass(frozen=True)
@@ -388,9 +389,9 @@ PRIMARY_MEASURES = ("mono", "cross", "multi", "bias")
 # Each recipe's primary family: hybrid against X-X-mono and against X-Y, at that recipe, on the test half.
 PRIMARY: dict[str, list[tuple[Variant, Variant]]] = {
     family: [((f"hybrid{suffix}", "fp32"), (f"{other}{suffix}", "fp32")) for other in ("x-x-mono", "x-y")]
-    for family, suffix in (("primary", ""), ("primary, recipe 2", SECOND))}
+    for family, suffix in zip(("primary", "primary, recipe 2"), RECIPE_ROWS.values())}
 AGAINST_BASE: list[tuple[Variant, Variant]] = [((row + suffix, "fp32"), ("zero-shot", "fp32"))
-                                               for suffix in ("", SECOND) for row in ARM_ROWS]
+                                               for suffix in RECIPE_ROWS.values() for row in ARM_ROWS]
 PRECISION: list[tuple[Variant, Variant]] = [(("zero-shot", "int8"), ("zero-shot", "fp32"))]
 
 
@@ -462,7 +463,7 @@ def analyse(results: list[Result]) -> dict:
         primary = [c for c in comparisons if c["family"] == family]
         for c, adjusted in zip(primary, holm([c["hierarchical"]["p"] for c in primary])):
             c["holm_p"] = adjusted
-    found = {recipe: targets(table, comparisons, row) for recipe, row in (("recipe 1", "hybrid"), ("recipe 2", "hybrid" + SECOND))}
+    found = {recipe: targets(table, comparisons, "hybrid" + suffix) for recipe, suffix in RECIPE_ROWS.items()}
     return {"measures": table, "comparisons": comparisons, "targets": {k: v for k, v in found.items() if v},
             "knobs": knob_verdicts(comparisons)}
 
