@@ -393,6 +393,8 @@ PRIMARY: dict[str, list[tuple[Variant, Variant]]] = {
 AGAINST_BASE: list[tuple[Variant, Variant]] = [((row + suffix, "fp32"), ("zero-shot", "fp32"))
                                                for suffix in RECIPE_ROWS.values() for row in ARM_ROWS]
 PRECISION: list[tuple[Variant, Variant]] = [(("zero-shot", "int8"), ("zero-shot", "fp32"))]
+# Recipe 2's hybrid against recipe 1's: the family ``dev`` on the dev half, exploratory everywhere else.
+RECIPE_AGAINST_RECIPE: tuple[Variant, Variant] = (("hybrid" + SECOND, "fp32"), ("hybrid", "fp32"))
 
 
 def planned(evaluations: list[str]) -> list[tuple[str, Variant, Variant, str, str]]:
@@ -408,14 +410,17 @@ def planned(evaluations: list[str]) -> list[tuple[str, Variant, Variant, str, st
             for m in PRIMARY_MEASURES]
     for evaluation in evaluations:
         names = [m.name for m in measures_for(evaluation)]
-        for a, b in [*(pair for pairs in PRIMARY.values() for pair in pairs), *AGAINST_BASE]:
+        pairs = [*(pair for pairs in PRIMARY.values() for pair in pairs), *AGAINST_BASE]
+        if evaluation != "mlqa-r-dev":
+            pairs.append(RECIPE_AGAINST_RECIPE)
+        for a, b in pairs:
             plan += [("exploratory", a, b, evaluation, m) for m in names
                      if not any(p[1:] == (a, b, evaluation, m) for p in plan)]
         if evaluation == "mlqa-r-test":
             plan += [("exploratory", a, b, evaluation, m) for a, b in PRECISION for m in PRIMARY_MEASURES]
         if evaluation == "mlqa-r-dev":
-            plan += [("dev", (label, "fp32"), ("hybrid", "fp32"), evaluation, m)
-                     for label in [knob.label for knob in KNOBS] + ["hybrid" + SECOND] for m in PRIMARY_MEASURES]
+            against_recipe_1 = [*(((knob.label, "fp32"), ("hybrid", "fp32")) for knob in KNOBS), RECIPE_AGAINST_RECIPE]
+            plan += [("dev", a, b, evaluation, m) for a, b in against_recipe_1 for m in PRIMARY_MEASURES]
     return plan
 
 

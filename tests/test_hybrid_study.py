@@ -138,6 +138,8 @@ def test_report_pins_checkpoints_corrects_the_primary_tests_and_keeps_p_independ
         assert c["holm_p"] >= c["hierarchical"]["p"] and c["seeds"] == [2, 2]
         assert c["hierarchical"]["high"] - c["hierarchical"]["low"] >= c["question"]["high"] - c["question"]["low"] - 1e-9
     assert all("holm_p" not in c for c in saved["comparisons"] if c["family"] == "exploratory")
+    compared = [(c["a"][0], c["b"][0], c["evaluation"], c["measure"]) for c in saved["comparisons"]]
+    assert len(compared) == len(set(compared)) and ("hybrid-r2", "hybrid", "mlqa-r-test", "mono") in compared
     assert {"mono, unseen", "multi (per language)", "bias, seen"} <= {c["measure"] for c in saved["comparisons"]}
     assert set(saved["targets"]) == {"recipe 1", "recipe 2"}
     assert set(saved["targets"]["recipe 2"]) == {"mono >= zero-shot - 0.005", "multi >= 0.50", "bias <= zero-shot / 3"}
