@@ -540,8 +540,6 @@ def _cell(values: list[float], bias: bool) -> str:
     return _number(float(np.mean(values)), bias) + spread
 
 
-def _p(value: float) -> str:
-    return f"<{1 / BOOTSTRAP_SAMPLES:.4f}" if value == 0 else f"{value:.3f}"
 
 
 def tables(results: list[Result], analysis: dict) -> list[str]:
@@ -578,9 +576,9 @@ def comparison_lines(comparisons: list[dict], family: str) -> list[str]:
         q, h = c["question"], c["hierarchical"]
         lines.append(f"| {c['a'][0]} ({c['a'][1]}) − {c['b'][0]} ({c['b'][1]}) | {c['evaluation']} | {c['measure']} | "
                      f"{c['seeds'][0]}, {c['seeds'][1]} | {_number(c['difference'], bias, True)} | "
-                     f"[{_number(q['low'], bias, True)}, {_number(q['high'], bias, True)}] | {_p(q['p'])} | "
-                     f"[{_number(h['low'], bias, True)}, {_number(h['high'], bias, True)}] | {_p(h['p'])} |"
-                     + (f" {_p(c['holm_p'])} |" if holm_column else "")
+                     f"[{_number(q['low'], bias, True)}, {_number(q['high'], bias, True)}] | {q['p']:.3f} | "
+                     f"[{_number(h['low'], bias, True)}, {_number(h['high'], bias, True)}] | {h['p']:.3f} |"
+                     + (f" {c['holm_p']:.3f} |" if holm_column else "")
                      + f" {', '.join(_number(d, bias, True) for d in c['per_seed'])} |")
     return lines + [""]
 
@@ -599,6 +597,37 @@ def recipe_target_lines(found: dict) -> list[str]:
             f"{verdict(mono['met_by_lower_end'])} by the lower end.",
             f"- multi ≥ 0.50: {multi['value']:.3f}: {verdict(multi['met'])}.",
             f"- bias ≤ zero-shot's / 3 = {bias['limit']:.1f}: {bias['value']:.1f}: {verdict(bias['met'])}.", ""]
+
+
+TATOEBA_COLUMNS = {"P@1 into English": ("xx-en", "p@1"), "P@1 from English": ("en-xx", "p@1"), "error": ("laser", "error")}
+
+
+def tatoeba_languages(results: list[Result]) -> dict[str, dict]:
+    """Zero-shot's and each recipe's hybrid's Tatoeba figures per language (fp32), averaged over the seeds."""
+    from hbt.tatoeba import group
+
+    table: dict[str, dict] = {}
+    for row in ("zero-shot", *("hybrid" + suffix for suffix in RECIPE_ROWS.values())):
+        found = [r.settings() for r in matching(results, (row, "fp32"), "tatoeba")]
+        for lang in (found[0]["laser"]["per_language"] if found else ()):
+            table.setdefault(lang, {"group": group(lang)})[row] = {
+                column: float(np.mean([s[setting]["per_language"][lang][value] for s in found]))
+                for column, (setting, value) in TATOEBA_COLUMNS.items()}
+    return table
+
+
+def tatoeba_language_lines(table: dict[str, dict]) -> list[str]:
+    if not table:
+        return ["Not measured yet (needs zero-shot on tatoeba).", ""]
+    rows = list(dict.fromkeys(row for found in table.values() for row in found if row != "group"))
+    lines = ["Per language (fp32; a recipe's hybrid averaged over its seeds). LASER's error rate is 1 − P@1, "
+             "averaged over both directions.", "",
+             "| language | group | " + " | ".join(f"{row}: {c}" for row in rows for c in TATOEBA_COLUMNS) + " |",
+             "|---|---|" + "---|" * (len(rows) * len(TATOEBA_COLUMNS))]
+    for lang, found in table.items():
+        lines.append(f"| {lang} | {found['group']} | "
+                     + " | ".join(f"{found[row][c]:.3f}" if row in found else "—" for row in rows for c in TATOEBA_COLUMNS) + " |")
+    return lines + [""]
 
 
 def setup(data_dir: Path) -> dict:
@@ -641,6 +670,7 @@ def report(work, data_dir, out):
     results = collect(work)
     analysis = analyse(results)
     found = setup(data_dir)
+    per_language = tatoeba_languages(results)
     lines = [*setup_lines(found), "## Results", "",
              "mAP (Tatoeba: mAP of the aligned line, i.e. its reciprocal rank) and language bias (multilingual pool, "
              "lower is better): mean ± sample standard deviation over seeds, each seed's value computed from its "
@@ -660,7 +690,8 @@ def report(work, data_dir, out):
              "## The recipe's knobs on the dev half", "", *knob_lines(analysis["knobs"], analysis["comparisons"]),
              "## Targets (each recipe's hybrid, fp32, on MLQA-R's test half)", "", *target_lines(analysis["targets"]),
              "## Exploratory comparisons (uncorrected; descriptive)", "",
-             *comparison_lines(analysis["comparisons"], "exploratory")]
+             *comparison_lines(analysis["comparisons"], "exploratory"),
+             "## Tatoeba per language", "", *tatoeba_language_lines(per_language)]
     logged = (work / "commands.log").read_text().splitlines() if (work / "commands.log").exists() else []
     commands = list(dict.fromkeys(logged))  # a stage interrupted and rerun is logged twice
     lines += ["## Commands", "", "Every number above comes from these commands, in this order:", "", "```"]
@@ -669,7 +700,7 @@ def report(work, data_dir, out):
     (out / "results.md").write_text("\n".join(lines))
     summary = {"results": {f"{r.row} | {r.precision} | {r.evaluation} | seed {r.seed}":
                            {"checkpoint_step": r.step, **{s: v["mean"] for s, v in r.settings().items()}}
-                           for r in results}, "setup": found, **analysis}
+                           for r in results}, "setup": found, **analysis, "tatoeba_per_language": per_language}
     (out / "results.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     click.echo(out / "results.md")
 

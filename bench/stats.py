@@ -86,7 +86,10 @@ def _per_seed(groups: Groups, ids: np.ndarray, counts: np.ndarray) -> np.ndarray
 def _interval(observed: float, resampled: np.ndarray) -> Difference:
     resampled = resampled[np.isfinite(resampled)]
     low, high = np.percentile(resampled, [2.5, 97.5])
-    p = min(1.0, 2 * min(np.mean(resampled <= 0), np.mean(resampled >= 0)))
+    # Two-sided, counting the observed difference as one of the resamples (Davison and Hinkley, 1997): a p of 0
+    # would claim more than the resamples can resolve; the smallest is 2 / (resamples + 1).
+    beyond = min(np.sum(resampled <= 0), np.sum(resampled >= 0))
+    p = min(1.0, 2 * (beyond + 1) / (len(resampled) + 1))
     return Difference(float(observed), float(low), float(high), float(p))
 
 

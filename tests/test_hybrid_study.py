@@ -194,3 +194,29 @@ def test_a_knob_changes_the_recipe_only_when_better_on_dev_and_worse_on_nothing(
     assert knobs[mixed_knob]["better"] == ["mono"] and knobs[mixed_knob]["worse"] == ["cross"]
     assert not knobs[mixed_knob]["changes_the_recipe"] and not knobs[same_knob]["changes_the_recipe"]
     assert "would change the recipe" in (out / "results.md").read_text()
+
+
+def test_tatoeba_per_language_gives_zero_shot_and_each_recipe_averaged_over_its_seeds(tmp_path):
+    work = tmp_path / "runs"
+    rng = np.random.default_rng(2)
+    langs = ("kab", "deu")  # outside CC-100, in it
+
+    def tatoeba_run(run, model, p_at_1):
+        ids = {lang: np.array([f"{lang}:{i}" for i in range(5)]) for lang in langs}
+        groups = {f"{d}/{lang}": (ids[lang], rng.random(5), np.zeros(5)) for d in ("xx-en", "en-xx") for lang in langs}
+        fake_run(work, run, model, "tatoeba", groups, 0, 480)
+        per_language = {lang: {"map": p, "p@1": p, "error": 1 - p} for lang, p in p_at_1.items()}
+        settings = {d: {"mean": {"map": 0.0}, "per_language": per_language} for d in ("xx-en", "en-xx", "laser")}
+        (work / run / "eval" / f"{model}-fp32" / "tatoeba" / "results.json").write_text(json.dumps({"settings": settings}))
+
+    tatoeba_run("zero-shot", "base", {"kab": 0.4, "deu": 0.9})
+    tatoeba_run("hybrid-r2-s0", "last", {"kab": 0.3, "deu": 0.8})
+    tatoeba_run("hybrid-r2-s1", "last", {"kab": 0.5, "deu": 0.9})
+    out = tmp_path / "report"
+    result = CliRunner().invoke(study_cli, ["report", "--work", str(work), "--data-dir", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "results.json").read_text())["tatoeba_per_language"]
+    assert table["kab"]["group"] == "other" and table["deu"]["group"] == "cc100"
+    assert table["kab"]["hybrid-r2"]["P@1 into English"] == pytest.approx(0.4)
+    assert table["deu"]["hybrid-r2"]["error"] == pytest.approx(0.15) and "hybrid" not in table["deu"]
+    assert "| kab | other | 0.400 | 0.400 | 0.600 | 0.400 | 0.400 | 0.600 |" in (out / "results.md").read_text()
