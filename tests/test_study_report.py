@@ -64,6 +64,26 @@ def unsourced(report: str, known: list[float]) -> list[str]:
     return missing
 
 
+# A difference and its interval as the report writes them: "+0.010 [−0.002, +0.022]".
+INTERVAL = re.compile(r"([+−-]?\d*\.\d+) \[([+−-]?\d*\.\d+), ([+−-]?\d*\.\d+)\]")
+
+
+def compared(folder: Path) -> list[tuple[float, float, float]]:
+    """(difference, low, high) of every comparison's intervals in ``folder``'s results.json."""
+    found = json.loads((folder / "results.json").read_text()).get("comparisons", [])
+    return [(c["difference"], c[kind]["low"], c[kind]["high"]) for c in found for kind in ("question", "hierarchical")]
+
+
+def unmatched_intervals(report: str, known: list[tuple[float, float, float]]) -> list[str]:
+    """Differences with intervals in ``report`` that no one comparison gives, all three at the precision written."""
+    missing = []
+    for match in INTERVAL.finditer(prose(report)):
+        written = [(float(t.replace("−", "-")), len(t.split(".")[1])) for t in match.groups()]
+        if not any(all(abs(round(k, d) - v) < 1e-9 for k, (v, d) in zip(triple, written)) for triple in known):
+            missing.append(match.group(0))
+    return missing
+
+
 def test_the_check_finds_an_invented_figure_and_accepts_a_quoted_one():
     known = [0.6601, -0.0071, 1548.2]
     assert unsourced("mono .660, a loss of .007 (−.007), bias 1548, in `code 0.999`", known) == []
@@ -75,3 +95,17 @@ def test_every_figure_in_the_report_has_a_committed_source():
     known = sources(STUDY) + sources(STUDY / "earlier-full-set")
     missing = unsourced((STUDY / "report.md").read_text(), known)
     assert not missing, f"figures in report.md found in neither results.md nor results.json: {missing}"
+
+
+def test_the_interval_check_wants_the_difference_and_both_ends_from_one_comparison():
+    known = [(0.0101, -0.0021, 0.0224), (0.5, -0.003, 0.9)]
+    assert unmatched_intervals("mono +0.010 [−0.002, +0.022] and bias −611.3 [−678.4, −544.7]",
+                               known + [(-611.31, -678.42, -544.66)]) == []
+    assert unmatched_intervals("mono +0.010 [−0.003, +0.022]", known) == ["+0.010 [−0.003, +0.022]"]
+
+
+def test_every_interval_in_the_report_is_one_comparison_of_the_results():
+    """A quoted interval's ends and its difference come from the same comparison, not three figures found apart."""
+    known = compared(STUDY) + compared(STUDY / "earlier-full-set")
+    missing = unmatched_intervals((STUDY / "report.md").read_text(), known)
+    assert not missing, f"intervals in report.md that no comparison in results.json gives: {missing}"
