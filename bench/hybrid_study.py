@@ -102,19 +102,22 @@ KNOBS = (_knob("hybrid-alpha-0.25", alpha=0.25), _knob("hybrid-alpha-0.75", alph
          _knob("hybrid-steps-480", steps=480))
 
 
-def at_recipe_2(row: str, seed: int = 0, evaluations: tuple[str, ...] = ("mlqa-r-dev", "mlqa-r-test")) -> Job:
-    """An arm (a key of ARMS) trained at recipe 2; by default scored on both halves (one embedding pass)."""
+def at_recipe_2(row: str, seed: int = 0, evaluations: tuple[str, ...] = ("mlqa-r-dev", "mlqa-r-test"),
+                precisions: tuple[str, ...] = ("fp32",)) -> Job:
+    """An arm (a key of ARMS) trained at recipe 2; by default scored in fp32 on both halves (one embedding pass)."""
     change = {k: v for k, v in RECIPE_2.items() if k not in ("alpha", "learning_rate")}
-    return Job(f"{row}{SECOND}", seed, **ARMS[row], **change, evaluations=evaluations)
+    return Job(f"{row}{SECOND}", seed, **ARMS[row], **change, precisions=precisions, evaluations=evaluations)
 
 
 def second_recipe(seeds: list[int]) -> list[Job]:
     """Recipe 2's hybrid on both halves for every seed (dev to choose, test to report), recipe 1's other seeds
-    on dev to compare with, X-X-mono and X-Y at recipe 2 seed by seed, then recipe 2's hybrid on Tatoeba."""
+    on dev to compare with, X-X-mono and X-Y at recipe 2 seed by seed, then recipe 2's hybrid on Tatoeba, and
+    its first seed as the recipe ships it (int8, ``hbt-export``'s default) on the test half."""
     return [*[at_recipe_2("hybrid", seed) for seed in seeds],
             *[Job("hybrid", seed, **ARMS["hybrid"], evaluations=("mlqa-r-dev",)) for seed in seeds],
             *[at_recipe_2(row, seed) for seed in seeds for row in ("x-x-mono", "x-y")],
-            *[at_recipe_2("hybrid", seed, ("tatoeba",)) for seed in seeds]]
+            *[at_recipe_2("hybrid", seed, ("tatoeba",)) for seed in seeds],
+            at_recipe_2("hybrid", seeds[0], ("mlqa-r-test",), ("int8",))]
 
 
 def queue(seeds: list[int]) -> list[Job]:
@@ -392,7 +395,7 @@ PRIMARY: dict[str, list[tuple[Variant, Variant]]] = {
     for family, suffix in zip(("primary", "primary, recipe 2"), RECIPE_ROWS.values())}
 AGAINST_BASE: list[tuple[Variant, Variant]] = [((row + suffix, "fp32"), ("zero-shot", "fp32"))
                                                for suffix in RECIPE_ROWS.values() for row in ARM_ROWS]
-PRECISION: list[tuple[Variant, Variant]] = [(("zero-shot", "int8"), ("zero-shot", "fp32"))]
+PRECISION: list[tuple[Variant, Variant]] = [((row, "int8"), (row, "fp32")) for row in ("zero-shot", "hybrid" + SECOND)]
 # Recipe 2's hybrid against recipe 1's: the family ``dev`` on the dev half, exploratory everywhere else.
 RECIPE_AGAINST_RECIPE: tuple[Variant, Variant] = (("hybrid" + SECOND, "fp32"), ("hybrid", "fp32"))
 

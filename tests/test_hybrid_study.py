@@ -89,6 +89,7 @@ def test_every_arm_trains_at_its_recipe_budget_on_three_seeds_and_knobs_are_scor
     assert {k for k in RECIPE if RECIPE_2[k] != RECIPE[k]} == {"steps", "translation_weight", "checkpoint"}
     second = [job.directory for job in jobs if job.row.endswith(SECOND)]
     assert second[:3] == [f"hybrid{SECOND}-s{seed}" for seed in (0, 1, 2)] and len(set(second)) == 9
+    assert jobs[-1].precisions == ("int8",) and jobs[-1].directory == f"hybrid{SECOND}-s0"  # the recipe as it ships
 
 
 def fake_run(work, run, model, evaluation, groups, seed_shift, step):
