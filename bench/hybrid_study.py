@@ -543,8 +543,6 @@ def _cell(values: list[float], bias: bool) -> str:
     return _number(float(np.mean(values)), bias) + spread
 
 
-
-
 def tables(results: list[Result], analysis: dict) -> list[str]:
     lines = []
     for evaluation, rows in analysis["measures"].items():
@@ -680,12 +678,15 @@ def report(work, data_dir, out):
              "per-question scores. Exact search. `multi` pools every query; `multi (per language)` averages the "
              "query languages' means. Seen: the training set's languages (en, es, it, zh, id); unseen: the rest "
              "(for cross, both languages of the pair). Checkpoint steps: the step of each seed's evaluated "
-             "checkpoint (`best`, the lowest validation loss among the steps checked every `--eval-every`).", "",
+             "checkpoint (recipe 1: `best`, the lowest validation loss among the steps checked every `--eval-every`; "
+             "recipe 2: `last`).", "",
              *tables(results, analysis),
              "## Primary comparisons (Holm's correction over these)", "",
              f"Bootstrap ({BOOTSTRAP_SAMPLES} resamples, a generator per comparison seeded by its name) over qa ids "
              "(a qa id with all its translations), of the per-question scores averaged over each row's seeds; "
-             "'seeds and questions' also resamples each row's seeds (hierarchical): its p is the one corrected. "
+             "'seeds and questions' also resamples each row's seeds (hierarchical): its p is the one corrected. Each "
+             "p is two-sided and counts the observed difference as one resample, so the smallest is "
+             f"{2 / (BOOTSTRAP_SAMPLES + 1):.4f}. "
              "Per-seed differences pair seed i with seed i (zero-shot, one model, with every seed).", "",
              "Recipe 1 (chosen before the split):", "", *comparison_lines(analysis["comparisons"], "primary"),
              "Recipe 2 (chosen on the dev half; its own family, named before its arms ran):", "",
