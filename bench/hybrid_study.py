@@ -1,7 +1,7 @@
 """The paper's comparison (arXiv 2408.10536) at CPU scale: zero-shot vs X-X-mono vs X-Y vs hybrid.
 
-    python -m hbt.bench.hybrid_study run --work /work/runs           # resumable; nohup it
-    python -m hbt.bench.hybrid_study report --work /work/runs --out bench/reports/hybrid-study
+    python -m hbt.bench.hybrid_study run --work /work/runs --record bench/reports/hybrid-study/runs  # nohup it
+    python -m hbt.bench.hybrid_study report --work bench/reports/hybrid-study/runs --out bench/reports/hybrid-study
 
 ``run`` works through a queue of jobs, most important first, and each job through
 its stages: hbt-train, hbt-export, then ``evaluate``, which embeds a dataset once and
@@ -9,6 +9,8 @@ scores each requested part of it (MLQA-R's frozen dev and test halves, XQuAD-R,
 Tatoeba) from those embeddings. A stage whose output exists is skipped and an
 interrupted training resumes, so the same command continues after a kill. Every
 command it runs is appended to ``WORK/commands.log``: they reproduce every number.
+After each job, ``--record`` copies what ``report`` reads (kilobytes, not the
+checkpoints) into a folder to commit: a machine's work folder can be lost with it.
 Recipes are chosen on ``mlqa-r-dev``; ``mlqa-r-test`` is what the report concludes on.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -120,17 +123,29 @@ def second_recipe(seeds: list[int]) -> list[Job]:
             at_recipe_2("hybrid", seeds[0], ("mlqa-r-test",), ("int8",))]
 
 
+def the_recipe(seeds: list[int]) -> list[Job]:
+    """What the report concludes on: zero-shot and every arm at recipe 2, seed by seed, each model scored on
+    the test half and Tatoeba from one export (a checkpoint need not outlive its job), and the recipe as it
+    ships (int8, ``hbt-export``'s default) beside its fp32, as is zero-shot's."""
+    first, both = seeds[0], ("mlqa-r-test", "tatoeba")
+    return [Job("zero-shot", evaluations=both), Job("zero-shot", precisions=("int8",)),
+            at_recipe_2("hybrid", first, both), at_recipe_2("hybrid", first, ("mlqa-r-test",), ("int8",)),
+            *[at_recipe_2(row, seed, both) for seed in seeds for row in ARMS if (row, seed) != ("hybrid", first)]]
+
+
 def queue(seeds: list[int]) -> list[Job]:
-    """Most important first: zero-shot (fp32, int8, dev), every arm's seeds on MLQA-R test (the primary
-    comparisons), the first seed on Tatoeba, recipe 1 and its knobs on the dev half, XQuAD-R, the
-    other seeds on Tatoeba, the other arms on dev, then recipe 2's runs (``second_recipe``).
+    """Most important first: the recipe's comparisons (``the_recipe``); then the study that chose it, for the
+    record: zero-shot on dev, every arm's seeds at recipe 1 on MLQA-R test, the first seed on Tatoeba, recipe 1
+    and its knobs on the dev half, XQuAD-R, the other seeds on Tatoeba, the other arms on dev, then recipe 2's
+    runs on dev (``second_recipe``).
 
     Each arm trains with its recipe's budget (recipe 1: 240 steps, checkpoint rule every 40);
     only the batching differs. One job runs at a time (a shared CPU).
     """
     first, others, dev = seeds[0], seeds[1:], ("mlqa-r-dev",)
     arms = lambda seed, **extra: [Job(row, seed, **kind, **extra) for row, kind in ARMS.items()]
-    return [Job("zero-shot"), Job("zero-shot", precisions=("int8",)), Job("zero-shot", evaluations=("mlqa-r-dev",)),
+    return list(dict.fromkeys([  # a job listed twice runs once
+            *the_recipe(seeds), Job("zero-shot"), Job("zero-shot", evaluations=("mlqa-r-dev",)),
             *arms(first), *[job for seed in others for job in arms(seed)],
             Job("zero-shot", evaluations=("tatoeba",)), *arms(first, evaluations=("tatoeba",)),
             Job("hybrid", first, **ARMS["hybrid"], evaluations=dev),
@@ -138,7 +153,7 @@ def queue(seeds: list[int]) -> list[Job]:
             Job("zero-shot", evaluations=("xquad-r",)), *arms(first, evaluations=("xquad-r",)),
             *[job for seed in others for job in arms(seed, evaluations=("tatoeba",))],
             *[job for job in arms(first, evaluations=dev) if job.row != "hybrid"],
-            *second_recipe(seeds)]
+            *second_recipe(seeds)]))
 
 
 def training_command(job: Job, train_file: Path, batch_size: int, run_dir: Path) -> list[str]:
@@ -191,7 +206,9 @@ def main():
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--rows", help="Comma-separated rows to run (default: all).")
-def run(work, data_dir, seeds, batch_size, rows):
+@click.option("--record", type=click.Path(file_okay=False, path_type=Path),
+              help="After each job, copy what `report` reads here (see `record`): a folder to commit.")
+def run(work, data_dir, seeds, batch_size, rows, record):
     """Work through the queue; rerun the same command to continue after an interruption."""
     work.mkdir(parents=True, exist_ok=True)
     failed = []
@@ -203,6 +220,8 @@ def run(work, data_dir, seeds, batch_size, rows):
         except JobFailed as e:  # e.g. a tool changed under the queue: the other jobs need not wait for it
             click.echo(str(e), err=True)
             failed.append(job)
+        if record:
+            keep_record(work, record)
     if failed:
         raise SystemExit(f"{len(failed)} job(s) failed; rerun the same command to retry them")
 
@@ -229,6 +248,24 @@ def run_job(job: Job, work: Path, data_dir: Path, batch_size: int) -> None:
             execute(["python", "-m", "hbt.bench.hybrid_study", "evaluate", "--bundle", str(bundle),
                      *[a for e in wanted for a in ("--evaluation", e)], "--data-dir", str(data_dir),
                      "--out", str(folder)], work)
+
+
+# What ``report`` reads of a work folder; the checkpoints and bundles (gigabytes) stay behind.
+RECORDED = ("*/eval/*/*/results.json", "*/eval/*/*.questions.npz", "*/*/hbt_train.json")
+
+
+def keep_record(work: Path, record: Path) -> None:
+    """Copy the files ``report`` reads from WORK into RECORD, where they are new or changed, and commands.log
+    with WORK's path written as ``runs``: ``report --work RECORD`` then regenerates the study without the runs."""
+    for pattern in RECORDED:
+        for file in work.glob(pattern):
+            target = record / file.relative_to(work)
+            if not target.exists() or target.read_bytes() != file.read_bytes():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, target)
+    if (work / "commands.log").exists():
+        log = (work / "commands.log").read_text().replace(str(work.resolve()), "runs").replace(str(work), "runs")
+        (record / "commands.log").write_text(log)
 
 
 def memoized(encode: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:

@@ -85,11 +85,15 @@ def test_every_arm_trains_at_its_recipe_budget_on_three_seeds_and_knobs_are_scor
     assert order.index(("x-y-s2", ("mlqa-r-test",))) < order.index(("zero-shot", ("tatoeba",)))
     recipe_on_dev = Job("hybrid", 0, **ARMS["hybrid"], evaluations=("mlqa-r-dev",))
     assert jobs.index(recipe_on_dev) < min(jobs.index(knob) for knob in KNOBS)
-    # Recipe 2 is the knobs that won alone, together; its hybrid runs every seed before the other arms start.
+    # Recipe 2 is the knobs that won alone, together. Its comparisons come first: zero-shot and every arm seed by
+    # seed, each model on the test half and Tatoeba in one job, and the recipe as it ships (int8).
     assert {k for k in RECIPE if RECIPE_2[k] != RECIPE[k]} == {"steps", "translation_weight", "checkpoint"}
-    second = [job.directory for job in jobs if job.row.endswith(SECOND)]
-    assert second[:3] == [f"hybrid{SECOND}-s{seed}" for seed in (0, 1, 2)] and len(set(second)) == 9
-    assert jobs[-1].precisions == ("int8",) and jobs[-1].directory == f"hybrid{SECOND}-s0"  # the recipe as it ships
+    first = [(job.directory, job.precisions) for job in jobs[:12]]
+    assert first[:4] == [("zero-shot", ("fp32",)), ("zero-shot", ("int8",)), (f"hybrid{SECOND}-s0", ("fp32",)),
+                         (f"hybrid{SECOND}-s0", ("int8",))]
+    assert {d for d, _ in first[2:]} == {f"{row}{SECOND}-s{seed}" for row in ARMS for seed in (0, 1, 2)}
+    assert all(set(job.evaluations) == {"mlqa-r-test", "tatoeba"} for job in jobs[:12] if job.precisions == ("fp32",))
+    assert len(jobs) == len(set(jobs))
 
 
 def fake_run(work, run, model, evaluation, groups, seed_shift, step):
@@ -155,6 +159,29 @@ def test_report_pins_checkpoints_corrects_the_primary_tests_and_keeps_p_independ
     key = lambda c: (c["a"][0], c["b"][0], c["evaluation"], c["measure"])
     before = {key(c): c["question"]["p"] for c in saved["comparisons"]}
     assert all(before[key(c)] == c["question"]["p"] for c in again) and len(again) < len(saved["comparisons"])
+
+
+def test_the_record_regenerates_the_report_without_the_checkpoints(tmp_path):
+    from hbt.bench.hybrid_study import keep_record
+
+    rng, work, record = np.random.default_rng(1), tmp_path / "runs", tmp_path / "record"
+    fake_run(work, "zero-shot", "base", "mlqa-r-test", toy_groups(rng, 0.5), 0, 0)
+    for row, level in {"hybrid": 0.6, "x-x-mono": 0.55}.items():
+        fake_run(work, f"{row}-r2-s0", "last", "mlqa-r-test", toy_groups(rng, level), 0, 480)
+    (work / "hybrid-r2-s0" / "last" / "model.safetensors").write_bytes(b"weights")
+    (work / "commands.log").write_text(f"hbt-train --out {work}/hybrid-r2-s0\n")
+    keep_record(work, record)
+    keep_record(work, record)  # again: nothing changes
+    assert not (record / "hybrid-r2-s0" / "last" / "model.safetensors").exists()
+    assert (record / "commands.log").read_text() == "hbt-train --out runs/hybrid-r2-s0\n"
+    saved = {}
+    for source in (work, record):
+        out = tmp_path / f"report-{source.name}"
+        result = CliRunner().invoke(study_cli, ["report", "--work", str(source), "--data-dir", str(tmp_path),
+                                                "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        saved[source.name] = (out / "results.json").read_text(), (out / "results.md").read_text()
+    assert saved["runs"] == saved["record"] and "hybrid-r2 (fp32) − x-x-mono-r2 (fp32)" in saved["record"][1]
 
 
 def test_execute_logs_each_command_with_its_exit_wall_and_cpu_time(tmp_path):
