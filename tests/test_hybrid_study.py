@@ -86,13 +86,14 @@ def test_every_arm_trains_at_its_recipe_budget_on_three_seeds_and_knobs_are_scor
     recipe_on_dev = Job("hybrid", 0, **ARMS["hybrid"], evaluations=("mlqa-r-dev",))
     assert jobs.index(recipe_on_dev) < min(jobs.index(knob) for knob in KNOBS)
     # Recipe 2 is the knobs that won alone, together. Its comparisons come first: zero-shot and every arm seed by
-    # seed, each model on the test half and Tatoeba in one job, and the recipe as it ships (int8).
+    # seed on the test half (seed 0 on Tatoeba in the same job), the recipe as it ships (int8), then Tatoeba.
     assert {k for k in RECIPE if RECIPE_2[k] != RECIPE[k]} == {"steps", "translation_weight", "checkpoint"}
     first = [(job.directory, job.precisions) for job in jobs[:12]]
     assert first[:4] == [("zero-shot", ("fp32",)), ("zero-shot", ("int8",)), (f"hybrid{SECOND}-s0", ("fp32",)),
                          (f"hybrid{SECOND}-s0", ("int8",))]
     assert {d for d, _ in first[2:]} == {f"{row}{SECOND}-s{seed}" for row in ARMS for seed in (0, 1, 2)}
-    assert all(set(job.evaluations) == {"mlqa-r-test", "tatoeba"} for job in jobs[:12] if job.precisions == ("fp32",))
+    on_tatoeba = {job.directory for job in jobs[:18] if "tatoeba" in job.evaluations}
+    assert on_tatoeba == {"zero-shot"} | {f"{row}{SECOND}-s{seed}" for row in ARMS for seed in (0, 1, 2)}
     assert len(jobs) == len(set(jobs))
 
 
