@@ -111,7 +111,7 @@ def at_recipe_2(row: str, seed: int, evaluations: tuple[str, ...], precisions: t
     return Job(f"{row}{SECOND}", seed, **ARMS[row], **change, precisions=precisions, evaluations=evaluations)
 
 
-def second_recipe(seeds: list[int]) -> list[Job]:
+def choosing_recipe_2(seeds: list[int]) -> list[Job]:
     """How recipe 2 was chosen, on the dev half: its hybrid for every seed, recipe 1's other seeds to compare
     with, and X-X-mono and X-Y at recipe 2 there too."""
     dev = ("mlqa-r-dev",)
@@ -124,21 +124,24 @@ def the_recipe(seeds: list[int]) -> list[Job]:
     """What the report concludes on: zero-shot and every arm at recipe 2 on the test half, seed by seed, with the
     recipe as it ships (int8, ``hbt-export``'s default) beside its fp32 as zero-shot's is, and on Tatoeba.
 
-    Tatoeba costs about a third of a training per model, so it follows each round of seeds on the test half
-    (in the session that trained them: a checkpoint need not outlive its machine).
+    Tatoeba costs about a third of a training per model, so it follows each round of seeds on the test half;
+    a checkpoint may not outlive its machine, so a round is best begun where it can finish.
     """
     first, others = seeds[0], seeds[1:]
-    at = lambda seeds, evaluation: [at_recipe_2(row, seed, (evaluation,)) for seed in seeds for row in ARMS]
+
+    def every_arm(round_seeds: list[int], evaluation: str) -> list[Job]:
+        return [at_recipe_2(row, seed, (evaluation,)) for seed in round_seeds for row in ARMS]
+
     return [Job("zero-shot", evaluations=("mlqa-r-test", "tatoeba")), Job("zero-shot", precisions=("int8",)),
-            *at([first], "mlqa-r-test"), at_recipe_2("hybrid", first, ("mlqa-r-test",), ("int8",)),
-            *at([first], "tatoeba"), *at(others, "mlqa-r-test"), *at(others, "tatoeba")]
+            *every_arm([first], "mlqa-r-test"), at_recipe_2("hybrid", first, ("mlqa-r-test",), ("int8",)),
+            *every_arm([first], "tatoeba"), *every_arm(others, "mlqa-r-test"), *every_arm(others, "tatoeba")]
 
 
 def queue(seeds: list[int]) -> list[Job]:
-    """Most important first: the recipe's comparisons (``the_recipe``); then the study that chose it, for the
-    record: zero-shot on dev, every arm's seeds at recipe 1 on MLQA-R test, the first seed on Tatoeba, recipe 1
+    """Most important first: the recipe's comparisons (``the_recipe``); then the study that chose it, as it
+    ran first: zero-shot on dev, every arm's seeds at recipe 1 on MLQA-R test, the first seed on Tatoeba, recipe 1
     and its knobs on the dev half, XQuAD-R, the other seeds on Tatoeba, the other arms on dev, then how recipe 2
-    was chosen (``second_recipe``).
+    was chosen (``choosing_recipe_2``).
 
     Each arm trains with its recipe's budget (recipe 1: 240 steps, checkpoint rule every 40);
     only the batching differs. One job runs at a time (a shared CPU).
@@ -146,15 +149,15 @@ def queue(seeds: list[int]) -> list[Job]:
     first, others, dev = seeds[0], seeds[1:], ("mlqa-r-dev",)
     arms = lambda seed, **extra: [Job(row, seed, **kind, **extra) for row, kind in ARMS.items()]
     return list(dict.fromkeys([  # a job listed twice runs once
-            *the_recipe(seeds), Job("zero-shot"), Job("zero-shot", evaluations=("mlqa-r-dev",)),
+            *the_recipe(seeds), Job("zero-shot", evaluations=("mlqa-r-dev",)),
             *arms(first), *[job for seed in others for job in arms(seed)],
-            Job("zero-shot", evaluations=("tatoeba",)), *arms(first, evaluations=("tatoeba",)),
+            *arms(first, evaluations=("tatoeba",)),
             Job("hybrid", first, **ARMS["hybrid"], evaluations=dev),
             *KNOBS,
             Job("zero-shot", evaluations=("xquad-r",)), *arms(first, evaluations=("xquad-r",)),
             *[job for seed in others for job in arms(seed, evaluations=("tatoeba",))],
             *[job for job in arms(first, evaluations=dev) if job.row != "hybrid"],
-            *second_recipe(seeds)]))
+            *choosing_recipe_2(seeds)]))
 
 
 def training_command(job: Job, train_file: Path, batch_size: int, run_dir: Path) -> list[str]:
@@ -213,6 +216,7 @@ def main():
 def run(work, data_dir, seeds, batch_size, rows, record):
     """Work through the queue; rerun the same command to continue after an interruption."""
     work.mkdir(parents=True, exist_ok=True)
+    work = work.resolve()  # logged commands name it whole, so the record can rewrite it
     failed = []
     for job in queue([int(s) for s in seeds.split(",")]):
         if rows and job.row not in rows.split(","):
@@ -222,8 +226,9 @@ def run(work, data_dir, seeds, batch_size, rows, record):
         except JobFailed as e:  # e.g. a tool changed under the queue: the other jobs need not wait for it
             click.echo(str(e), err=True)
             failed.append(job)
-        if record:
-            keep_record(work, record)
+        finally:  # an interrupted run keeps what finished
+            if record:
+                keep_record(work, record)
     if failed:
         raise SystemExit(f"{len(failed)} job(s) failed; rerun the same command to retry them")
 
@@ -252,8 +257,9 @@ def run_job(job: Job, work: Path, data_dir: Path, batch_size: int) -> None:
                      "--out", str(folder)], work)
 
 
-# What ``report`` reads of a work folder; the checkpoints and bundles (gigabytes) stay behind.
-RECORDED = ("*/eval/*/*/results.json", "*/eval/*/*.questions.npz", "*/*/hbt_train.json")
+# What ``report`` reads of a work folder, and each bundle's manifest (its int8 plan and gate); the checkpoints
+# and models (gigabytes) stay behind.
+RECORDED = ("*/eval/*/*/results.json", "*/eval/*/*.questions.npz", "*/*/hbt_train.json", "*/eval/*/bundle/manifest.json")
 
 
 def keep_record(work: Path, record: Path) -> None:
@@ -266,7 +272,7 @@ def keep_record(work: Path, record: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(file, target)
     if (work / "commands.log").exists():
-        log = (work / "commands.log").read_text().replace(str(work.resolve()), "runs").replace(str(work), "runs")
+        log = (work / "commands.log").read_text().replace(f"{work.resolve()}/", "runs/")
         (record / "commands.log").write_text(log)
 
 
