@@ -19,7 +19,6 @@ import json
 import os
 import resource
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -267,13 +266,20 @@ def keep_record(work: Path, record: Path) -> None:
     with WORK's path written as ``runs``: ``report --work RECORD`` then regenerates the study without the runs."""
     for pattern in RECORDED:
         for file in work.glob(pattern):
-            target = record / file.relative_to(work)
-            if not target.exists() or target.read_bytes() != file.read_bytes():
+            target, data = record / file.relative_to(work), file.read_bytes()
+            if not target.exists() or target.read_bytes() != data:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(file, target)
+                write_whole(target, data)
     if (work / "commands.log").exists():
         log = (work / "commands.log").read_text().replace(f"{work.resolve()}/", "runs/")
-        (record / "commands.log").write_text(log)
+        write_whole(record / "commands.log", log.encode())
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """Write beside ``path``, then rename: a reader, or a commit of the record, never sees half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    partial.replace(path)
 
 
 def memoized(encode: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
