@@ -1,5 +1,5 @@
-"""Every figure that the study's report.md quotes is in its committed results.md or results.json, or in the
-records of the runs before them kept beside them."""
+"""Every figure that the study's report.md quotes is in its own source: the results regenerated from the committed
+record, or, in a section or paragraph about them, the results of the runs before it kept beside them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 STUDY = Path(__file__).resolve().parents[1] / "bench" / "reports" / "hybrid-study"
-# The results regenerated from the committed record, and those kept from runs whose record was not committed.
-SOURCES = (STUDY, STUDY / "first-runs", STUDY / "earlier-full-set")
+RECORD, FIRST_RUNS, EARLIER = STUDY, STUDY / "first-runs", STUDY / "earlier-full-set"
+# A section headed for the runs whose record was not committed quotes their results alone.
+SECTION_SOURCES = {"## First runs": (FIRST_RUNS,), "## The earlier study": (EARLIER,)}
+# Elsewhere a paragraph quotes the record, and those runs' results only where it names them.
+NAMES_THE_OTHERS = re.compile(r"first\s+runs?|earlier", re.I)
 # A figure: optional sign, digits with thousands commas and/or decimals (".660" counts); not part of a word
 # (fp32, e5, s0, 2408.10536 in a link are left out with the code and the links).
 FIGURE = re.compile(r"(?<![\w.\-−/])([+−-]?)((?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?)(?![\w.]*\w)")
@@ -22,6 +25,19 @@ def prose(markdown: str) -> str:
     markdown = re.sub(r"```.*?```", " ", markdown, flags=re.S)
     markdown = re.sub(r"`[^`]*`", " ", markdown)
     return re.sub(r"\]\([^)]*\)", "]", markdown)
+
+
+def sourced_paragraphs(report: str) -> list[tuple[str, tuple[Path, ...]]]:
+    """Each paragraph (a list item is one) of ``report`` with the result folders its figures may come from."""
+    found, own = [], (RECORD,)
+    for block in re.split(r"(?m)^(## .*)$", prose(report)):
+        if block.startswith("## "):
+            own = next((folders for head, folders in SECTION_SOURCES.items() if block.startswith(head)), (RECORD,))
+            continue
+        for paragraph in filter(str.strip, re.split(r"\n\s*\n|\n(?=\s*[-*] )", block)):
+            named = own == (RECORD,) and NAMES_THE_OTHERS.search(paragraph)
+            found.append((paragraph, (RECORD, FIRST_RUNS, EARLIER) if named else own))
+    return found
 
 
 def figures(text: str) -> list[tuple[str, float, int]]:
@@ -93,10 +109,17 @@ def test_the_check_finds_an_invented_figure_and_accepts_a_quoted_one():
     assert unsourced("mono .661 and +.007 and bias 1,549 [link](http://x/0.5)", known) == [".661", "+.007", "1,549"]
 
 
+def test_a_paragraph_draws_on_the_earlier_runs_only_where_it_names_them():
+    report = "Record .5.\n\nThe first\nruns gave .6.\n- and .7\n\n## First runs: recipe 1\n\nThey gave .8.\n"
+    assert [folders for _, folders in sourced_paragraphs(report)] == [
+        (RECORD,), (RECORD, FIRST_RUNS, EARLIER), (RECORD,), (FIRST_RUNS,)]
+
+
 def test_every_figure_in_the_report_has_a_committed_source():
-    known = [number for folder in SOURCES for number in sources(folder)]
-    missing = unsourced((STUDY / "report.md").read_text(), known)
-    assert not missing, f"figures in report.md found in neither results.md nor results.json: {missing}"
+    known = {folder: sources(folder) for folder in (RECORD, FIRST_RUNS, EARLIER)}
+    missing = [figure for paragraph, folders in sourced_paragraphs((STUDY / "report.md").read_text())
+               for figure in unsourced(paragraph, [n for folder in folders for n in known[folder]])]
+    assert not missing, f"figures in report.md that their paragraph's sources do not give: {missing}"
 
 
 def test_the_interval_check_wants_the_difference_and_both_ends_from_one_comparison():
@@ -108,6 +131,7 @@ def test_the_interval_check_wants_the_difference_and_both_ends_from_one_comparis
 
 def test_every_interval_in_the_report_is_one_comparison_of_the_results():
     """A quoted interval's ends and its difference come from the same comparison, not three figures found apart."""
-    known = [triple for folder in SOURCES for triple in compared(folder)]
-    missing = unmatched_intervals((STUDY / "report.md").read_text(), known)
+    known = {folder: compared(folder) for folder in (RECORD, FIRST_RUNS, EARLIER)}
+    missing = [interval for paragraph, folders in sourced_paragraphs((STUDY / "report.md").read_text())
+               for interval in unmatched_intervals(paragraph, [t for folder in folders for t in known[folder]])]
     assert not missing, f"intervals in report.md that no comparison in results.json gives: {missing}"
