@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 
 STUDY = Path(__file__).resolve().parents[1] / "bench" / "reports" / "hybrid-study"
 RECORD, FIRST_RUNS, EARLIER = STUDY, STUDY / "first-runs", STUDY / "earlier-full-set"
+EVERY_SOURCE = (RECORD, FIRST_RUNS, EARLIER)
 # A section headed for the runs whose record was not committed quotes their results alone.
 SECTION_SOURCES = {"## First runs": (FIRST_RUNS,), "## The earlier study": (EARLIER,)}
 # Elsewhere a paragraph quotes the record, and those runs' results only where it names them.
@@ -36,8 +37,15 @@ def sourced_paragraphs(report: str) -> list[tuple[str, tuple[Path, ...]]]:
             continue
         for paragraph in filter(str.strip, re.split(r"\n\s*\n|\n(?=\s*[-*] )", block)):
             named = own == (RECORD,) and NAMES_THE_OTHERS.search(paragraph)
-            found.append((paragraph, (RECORD, FIRST_RUNS, EARLIER) if named else own))
+            found.append((paragraph, EVERY_SOURCE if named else own))
     return found
+
+
+def unsupported_in_report(check: Callable[[str, list], list[str]], known_in: Callable[[Path], list]) -> list[str]:
+    """What ``check`` finds in each paragraph of report.md against what its sources give (``known_in`` a folder)."""
+    known = {folder: known_in(folder) for folder in EVERY_SOURCE}
+    return [missing for paragraph, folders in sourced_paragraphs((STUDY / "report.md").read_text())
+            for missing in check(paragraph, [k for folder in folders for k in known[folder]])]
 
 
 def figures(text: str) -> list[tuple[str, float, int]]:
@@ -112,13 +120,11 @@ def test_the_check_finds_an_invented_figure_and_accepts_a_quoted_one():
 def test_a_paragraph_draws_on_the_earlier_runs_only_where_it_names_them():
     report = "Record .5.\n\nThe first\nruns gave .6.\n- and .7\n\n## First runs: recipe 1\n\nThey gave .8.\n"
     assert [folders for _, folders in sourced_paragraphs(report)] == [
-        (RECORD,), (RECORD, FIRST_RUNS, EARLIER), (RECORD,), (FIRST_RUNS,)]
+        (RECORD,), EVERY_SOURCE, (RECORD,), (FIRST_RUNS,)]
 
 
 def test_every_figure_in_the_report_has_a_committed_source():
-    known = {folder: sources(folder) for folder in (RECORD, FIRST_RUNS, EARLIER)}
-    missing = [figure for paragraph, folders in sourced_paragraphs((STUDY / "report.md").read_text())
-               for figure in unsourced(paragraph, [n for folder in folders for n in known[folder]])]
+    missing = unsupported_in_report(unsourced, sources)
     assert not missing, f"figures in report.md that their paragraph's sources do not give: {missing}"
 
 
@@ -131,7 +137,5 @@ def test_the_interval_check_wants_the_difference_and_both_ends_from_one_comparis
 
 def test_every_interval_in_the_report_is_one_comparison_of_the_results():
     """A quoted interval's ends and its difference come from the same comparison, not three figures found apart."""
-    known = {folder: compared(folder) for folder in (RECORD, FIRST_RUNS, EARLIER)}
-    missing = [interval for paragraph, folders in sourced_paragraphs((STUDY / "report.md").read_text())
-               for interval in unmatched_intervals(paragraph, [t for folder in folders for t in known[folder]])]
+    missing = unsupported_in_report(unmatched_intervals, compared)
     assert not missing, f"intervals in report.md that no comparison in results.json gives: {missing}"
