@@ -735,7 +735,8 @@ def report(work, data_dir, out):
              "## Primary comparisons (Holm's correction over these)", "",
              f"Bootstrap ({BOOTSTRAP_SAMPLES} resamples, a generator per comparison seeded by its name) over qa ids "
              "(a qa id with all its translations), of the per-question scores averaged over each row's seeds; "
-             "'seeds and questions' also resamples each row's seeds (hierarchical): its p is the one corrected. Each "
+             "'seeds and questions' also resamples each row's seeds (hierarchical; each resample's seed mean widened "
+             "by √(n / (n − 1)), the variance of a mean of n seeds): its p is the one corrected. Each "
              "p is two-sided and counts the observed difference as one resample, so the smallest is "
              f"{2 / (BOOTSTRAP_SAMPLES + 1):.4f}. "
              "Per-seed differences pair seed i with seed i (zero-shot, one model, with every seed).", "",

@@ -10,7 +10,10 @@ Two intervals for a difference between arms:
 - ``question``: the per-question scores averaged over each arm's seeds, qa ids resampled
   (a qa id with all its translations): the evaluation's noise only.
 - ``hierarchical``: qa ids resampled as above and, within each arm, its seeds resampled
-  with replacement: the training's variance too (none with one seed).
+  with replacement: the training's variance too (none with one seed). Drawing n seeds
+  from n understates their variance by (n − 1)/n (by half with two seeds), so each
+  resample's seed mean is moved away from the seeds' mean by √(n / (n − 1)): the
+  variance of a mean of n independent seeds.
 """
 
 from __future__ import annotations
@@ -93,6 +96,17 @@ def _interval(observed: float, resampled: np.ndarray) -> Difference:
     return Difference(float(observed), float(low), float(high), float(p))
 
 
+def resample_seeds(per_seed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[resamples]: each resample's mean over its seeds ([resamples, seeds]) drawn with replacement, its spread
+    around the seeds' mean widened by √(n / (n − 1)) so that its variance is the seed mean's, not (n − 1)/n of it."""
+    n = per_seed.shape[1]
+    drawn = np.take_along_axis(per_seed, rng.integers(0, n, per_seed.shape), axis=1).mean(axis=1)
+    if n == 1:
+        return drawn
+    centre = per_seed.mean(axis=1)
+    return centre + np.sqrt(n / (n - 1)) * (drawn - centre)
+
+
 def compare(a: Groups, b: Groups, rng: np.random.Generator, samples: int = 2000) -> tuple[Difference, Difference]:
     """(question bootstrap, hierarchical bootstrap) of measure(a) − measure(b), each seed-averaged."""
     if set(a) != set(b) or not a:
@@ -106,8 +120,7 @@ def compare(a: Groups, b: Groups, rng: np.random.Generator, samples: int = 2000)
     counts = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=samples)  # [R, ids]
     first, second = _per_seed(a, ids, counts), _per_seed(b, ids, counts)  # [R, seeds of a], [R, seeds of b]
     question = first.mean(axis=1) - second.mean(axis=1)
-    pick = lambda per: np.take_along_axis(per, rng.integers(0, per.shape[1], per.shape), axis=1).mean(axis=1)
-    hierarchical = pick(first) - pick(second)
+    hierarchical = resample_seeds(first, rng) - resample_seeds(second, rng)
     return _interval(observed, question), _interval(observed, hierarchical)
 
 

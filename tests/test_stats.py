@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hbt.bench.stats import Measure, compare, holm, mean_of, rng_for, select
+from hbt.bench.stats import Measure, compare, holm, mean_of, resample_seeds, rng_for, select
 
 p_values = st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=30)
 
@@ -81,6 +81,18 @@ def test_seed_variance_widens_the_hierarchical_interval_only():
     question, hierarchical = compare(a, b, rng_for("seeds"), 2000)
     assert question.high - question.low < 1e-9  # the per-seed mean is base: no question noise left
     assert hierarchical.high - hierarchical.low > 0.04
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.floats(-1, 1, allow_nan=False), min_size=2, max_size=5, unique=True))
+def test_resampled_seeds_have_the_variance_of_a_mean_of_independent_seeds(seed_values):
+    """Var of the resampled seed mean is s² / n (s² the seeds' sample variance), not (n − 1)/n of it."""
+    seeds = np.asarray(seed_values)
+    if seeds.std() < 1e-3:
+        return
+    resampled = resample_seeds(np.tile(seeds, (40_000, 1)), rng_for("variance"))
+    assert resampled.mean() == pytest.approx(seeds.mean(), abs=0.05 * seeds.std(ddof=1))
+    assert resampled.var() == pytest.approx(seeds.var(ddof=1) / len(seeds), rel=0.05)
 
 
 def test_a_real_difference_and_a_null_one():
