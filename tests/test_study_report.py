@@ -1,5 +1,6 @@
 """Every figure that the study's report.md quotes is in its own source: the results regenerated from the committed
-record, or, in a section or paragraph about them, the results of the runs before it kept beside them."""
+record, or, in a section or paragraph about them, the results of the runs before it kept beside them. README's
+paragraph on the study quotes them too."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-STUDY = Path(__file__).resolve().parents[1] / "bench" / "reports" / "hybrid-study"
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "bench" / "reports" / "hybrid-study"
 RECORD, FIRST_RUNS, EARLIER = STUDY, STUDY / "first-runs", STUDY / "earlier-full-set"
 EVERY_SOURCE = (RECORD, FIRST_RUNS, EARLIER)
 # A section headed for the runs whose record was not committed quotes their results alone.
@@ -139,3 +141,17 @@ def test_every_interval_in_the_report_is_one_comparison_of_the_results():
     """A quoted interval's ends and its difference come from the same comparison, not three figures found apart."""
     missing = unsupported_in_report(unmatched_intervals, compared)
     assert not missing, f"intervals in report.md that no comparison in results.json gives: {missing}"
+
+
+def readme_study_paragraph() -> str:
+    """README's paragraph on the study: it names the first runs, so any of the study's results may be its source."""
+    paragraphs = re.split(r"\n\s*\n", prose((ROOT / "README.md").read_text()))
+    return next(p for p in paragraphs if "The study is rebuilt" in p)
+
+
+def test_the_readme_quotes_the_study_from_its_results():
+    paragraph = readme_study_paragraph()
+    known = [k for folder in EVERY_SOURCE for k in sources(folder)]
+    triples = [t for folder in EVERY_SOURCE for t in compared(folder)]
+    assert not unsourced(paragraph, known), f"README figures no study result gives: {unsourced(paragraph, known)}"
+    assert not unmatched_intervals(paragraph, triples), f"README intervals no comparison gives: {unmatched_intervals(paragraph, triples)}"
