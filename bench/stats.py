@@ -12,7 +12,7 @@ Two intervals for a difference between arms:
 - ``hierarchical``: qa ids resampled as above and, within each arm, its seeds resampled
   with replacement: the training's variance too (none with one seed). Drawing n seeds
   from n understates their variance by (n − 1)/n (by half with two seeds), so each
-  resample's seed mean is moved away from the seeds' mean by √(n / (n − 1)): the
+  resample's seed mean is put √(n / (n − 1)) times as far from the seeds' mean: the
   variance of a mean of n independent seeds.
 """
 

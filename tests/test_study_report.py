@@ -153,5 +153,5 @@ def test_the_readme_quotes_the_study_from_its_results():
     paragraph = readme_study_paragraph()
     known = [k for folder in EVERY_SOURCE for k in sources(folder)]
     triples = [t for folder in EVERY_SOURCE for t in compared(folder)]
-    assert not unsourced(paragraph, known), f"README figures no study result gives: {unsourced(paragraph, known)}"
-    assert not unmatched_intervals(paragraph, triples), f"README intervals no comparison gives: {unmatched_intervals(paragraph, triples)}"
+    missing = unsourced(paragraph, known) + unmatched_intervals(paragraph, triples)
+    assert not missing, f"figures or intervals in README's study paragraph that no study result gives: {missing}"
