@@ -143,14 +143,10 @@ def test_every_interval_in_the_report_is_one_comparison_of_the_results():
     assert not missing, f"intervals in report.md that no comparison in results.json gives: {missing}"
 
 
-def readme_study_paragraph() -> str:
-    """README's paragraph on the study: it names the first runs, so any of the study's results may be its source."""
-    paragraphs = re.split(r"\n\s*\n", prose((ROOT / "README.md").read_text()))
-    return next(p for p in paragraphs if "The study is rebuilt" in p)
-
-
 def test_the_readme_quotes_the_study_from_its_results():
-    paragraph = readme_study_paragraph()
+    """README's paragraph on the study names the first runs, so any of the study's results may be its source."""
+    paragraphs = re.split(r"\n\s*\n", prose((ROOT / "README.md").read_text()))
+    paragraph = next(p for p in paragraphs if "The study is rebuilt" in p)
     known = [k for folder in EVERY_SOURCE for k in sources(folder)]
     triples = [t for folder in EVERY_SOURCE for t in compared(folder)]
     missing = unsourced(paragraph, known) + unmatched_intervals(paragraph, triples)
